@@ -1,0 +1,6 @@
+"""freebies: the "bag of freebies" for image classifiers and detectors.
+
+Training tricks that raise accuracy and cost nothing at inference time.
+"""
+
+__version__ = "0.1.0"

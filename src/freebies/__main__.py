@@ -1,0 +1,7 @@
+"""`python -m freebies ...` (also what torchrun runs: `torchrun ... -m freebies train`)."""
+
+import sys
+
+from freebies.cli import main
+
+sys.exit(main())

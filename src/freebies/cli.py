@@ -1,0 +1,186 @@
+"""The `freebies` command: train | eval.
+
+Mistakes a person can fix end in one line on stderr and exit code 2; Ctrl-C saves a
+checkpoint and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from freebies import __version__, config
+from freebies.errors import UsageError
+
+DATA_HELP = (
+    "fashion-mnist[:DIR] (default; DIR holds the four IDX .gz files, else standard places are "
+    "searched), mnist[:DIR], cifar10:DIR, cifar100:DIR (python pickle batches), or folder:DIR "
+    "(train/ and test/ or val/, one subfolder per class)"
+)
+
+# CLI flag -> recipe key; these are shorthands for --set.
+FLAG_KEYS = {
+    "data": "data.spec",
+    "model": "model.name",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "seed": "train.seed",
+    "device": "train.device",
+    "compile": "train.compile",
+    "limit_train": "data.limit_train",
+    "limit_test": "data.limit_test",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="freebies", description="Train with the bag of freebies.")
+    p.add_argument("--version", action="version", version=f"freebies {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a classifier from a recipe")
+    t.add_argument("--recipe", default=None, help="recipe name or PATH.yaml (default: default)")
+    t.add_argument("--data", help=DATA_HELP)
+    t.add_argument("--model", help="model name, e.g. resnet20, preact_resnet18, wrn-16-4")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int, help="global batch (split across torchrun ranks)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--out", type=Path, help="run folder (default: runs/RECIPE-MODEL-seedN)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--resume", type=Path, metavar="DIR", help="continue an earlier run")
+    t.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
+    t.add_argument("--limit-train", type=int, metavar="N", help="train on the first N images")
+    t.add_argument("--limit-test", type=int, metavar="N", help="test on the first N images")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set optim.lr=0.2 (repeatable)",
+    )
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON line")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("--data", help=DATA_HELP + " (default: the data it was trained on)")
+    e.add_argument("--tta", action="store_true", help="average the image and its flip")
+    e.add_argument("--limit-test", type=int, metavar="N")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags the user actually gave, as recipe keys, then --set (which wins)."""
+    out = {
+        key: getattr(args, flag)
+        for flag, key in FLAG_KEYS.items()
+        if getattr(args, flag) is not None
+    }
+    out.update(config.parse_set(args.set))
+    return out
+
+
+def _train(args: argparse.Namespace) -> None:
+    from freebies import checkpoint, train
+
+    overrides = _overrides(args)
+    if args.resume is not None:
+        if args.out is not None and args.out.resolve() != args.resume.resolve():
+            raise UsageError("--resume continues the run in its own folder; drop --out")
+        train.check_out_dir(args.resume, resume=True, overwrite=False)
+        saved = checkpoint.load(args.resume / "last.pt")
+        cfg = config.from_dict(saved["config"])
+        if args.recipe is not None and args.recipe != saved["recipe"]:
+            raise UsageError(
+                f"--resume {args.resume}: that run used recipe {saved['recipe']!r}, "
+                f"not {args.recipe!r}; drop --recipe or start a new run"
+            )
+        flat = config.flatten(config.to_dict(cfg))
+        asked = config.flatten(
+            config.to_dict(config.apply(config.from_dict(saved["config"]), overrides))
+        )
+        for key, value in asked.items():
+            if value != flat[key] and key != "train.device":
+                raise UsageError(
+                    f"--resume {args.resume}: that run has {key}={flat[key]!r}, not {value!r}; "
+                    "drop the flag to continue it, or start a new run with --out"
+                )
+        cfg.train.device = asked["train.device"]
+        train.run(cfg, args.resume, resume=True)
+        return
+    recipe = args.recipe or "default"
+    cfg = config.load(recipe, overrides)
+    out = args.out or Path("runs") / f"{Path(recipe).stem}-{cfg.model.name}-seed{cfg.train.seed}"
+    summary = train.run(cfg, out, recipe=Path(recipe).stem, overwrite=args.overwrite)
+    print(
+        f"final test accuracy {summary['test_acc']:.2f}% after {summary['epochs']} epochs "
+        f"({summary['wall_s']:.0f} s); run folder {out}"
+    )
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from freebies import checkpoint
+    from freebies.data.splits import prepare
+    from freebies.distributed import pick_device
+    from freebies.evaluate import evaluate
+    from freebies.train import autocast_for, build_model
+
+    ckpt = checkpoint.load(args.checkpoint)
+    cfg = config.from_dict(ckpt["config"])
+    cfg.train.sync_bn = False
+    cfg.data.val_split, cfg.data.limit_train = 0.0, None
+    if args.data is not None:
+        cfg.data.spec = args.data
+    cfg.data.limit_test = args.limit_test
+    data = prepare(cfg.data)
+    classes = ckpt["data"]["classes"]
+    if len(data.classes) != len(classes) or list(data.test_x.shape[1:]) != ckpt["data"]["shape"]:
+        raise UsageError(
+            f"{args.data} does not match the checkpoint: it has {len(data.classes)} classes of "
+            f"{list(data.test_x.shape[1:])} images, the model expects {len(classes)} of "
+            f"{ckpt['data']['shape']}"
+        )
+    device = pick_device(args.device)
+    model = build_model(cfg, len(classes), ckpt["data"]["shape"][0])
+    model.load_state_dict(ckpt["model"])
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt)
+    result = evaluate(
+        model,
+        data.test_x.to(device),
+        data.test_y.to(device),
+        ckpt["data"]["mean"].to(device),
+        ckpt["data"]["std"].to(device),
+        batch_size=cfg.train.eval_batch_size,
+        tta=args.tta,
+        autocast=autocast_for(cfg, device),
+        channels_last=cfg.train.channels_last,
+    )
+    print(
+        json.dumps(
+            {"test_acc": result["acc"], "test_nll": result["nll"], "test_ece": result["ece"]}
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        {"train": _train, "eval": _eval}[args.command](args)
+    except UsageError as e:
+        print(f"freebies: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        where = args.resume or args.out if args.command == "train" else None
+        hint = f"; continue with: freebies train --resume {where}" if where else ""
+        print(f"freebies: interrupted, checkpoint saved{hint}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

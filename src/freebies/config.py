@@ -1,0 +1,286 @@
+"""A recipe is one nested dataclass; its defaults are the plain baseline.
+
+YAML recipes override the defaults and ``--set a.b=value`` overrides both. An unknown key is an
+error that names the nearest valid key; a value of the wrong type is an error that names the
+expected type. The resolved recipe is saved in every run folder as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from freebies.errors import UsageError, nearest
+
+
+@dataclass
+class DataCfg:
+    spec: str = "fashion-mnist"  # see `freebies train --help` for the forms
+    image_size: int | None = None  # resize folder images to this square size (pixels)
+    val_split: float = 0.0  # fraction of train held out for validation (choosing, never test)
+    split_seed: int = 0  # the validation split is fixed across training seeds
+    limit_train: int | None = None  # keep only the first N training images (smoke runs)
+    limit_test: int | None = None
+
+
+@dataclass
+class AugCfg:
+    crop_pad: int = 4  # random crop after zero-padding by this many pixels; 0 = off
+    flip: bool = True  # random horizontal flip
+
+
+@dataclass
+class ModelCfg:
+    name: str = "resnet20"
+    norm: str = "bn"  # bn | gn (GroupNorm: statistics independent of the batch split)
+
+
+@dataclass
+class OptimCfg:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # base LR at `lr_base_batch` images per step
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    no_wd_norm_bias: bool = False  # exempt norm weights and all biases from weight decay
+    lr_scaling: str = "none"  # none | linear: lr = lr * global_batch / lr_base_batch (Goyal 2017)
+    lr_base_batch: int = 256
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+
+
+@dataclass
+class SchedCfg:
+    decay: str = "step"  # step | cosine | linear | none, over the post-warmup iterations
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the run
+    gamma: float = 0.1  # step decay factor at each milestone
+    min_lr: float = 0.0  # floor of cosine / linear decay (absolute LR)
+    warmup_epochs: float = 0.0
+    warmup: str = "linear"  # linear (Goyal 2017, gradual) | constant (He 2016)
+    warmup_lr: float = 0.0  # LR at the start of linear warmup, or throughout constant warmup
+
+
+@dataclass
+class LossCfg:
+    label_smoothing: float = 0.0  # eps: q = (1 - eps) * onehot + eps / K (Szegedy 2016)
+
+
+@dataclass
+class TrainCfg:
+    epochs: int = 30
+    batch_size: int = 128  # global batch, split across ranks under torchrun
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # nn.SyncBatchNorm across ranks (CUDA only)
+    eval_every: int = 1  # evaluate every N epochs; the last epoch is always evaluated
+    eval_batch_size: int = 1024
+    tta: bool = False  # final evaluation averages the image and its horizontal flip
+    threads: int = 0  # torch.set_num_threads on CPU; 0 = leave torch's default
+
+
+@dataclass
+class Config:
+    data: DataCfg = field(default_factory=DataCfg)
+    aug: AugCfg = field(default_factory=AugCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    sched: SchedCfg = field(default_factory=SchedCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+
+
+RECIPE_DIRS = (
+    Path(__file__).parent / "recipes",  # installed wheel
+    Path(__file__).resolve().parents[2] / "recipes",  # source checkout / editable install
+)
+
+
+def recipe_names() -> list[str]:
+    return sorted({p.stem for d in RECIPE_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+
+
+def find_recipe(name: str) -> Path:
+    """A recipe by name (`recipes/NAME.yaml`) or by path to a YAML file."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"recipe file {name} does not exist")
+        return path
+    for d in RECIPE_DIRS:
+        if (d / f"{name}.yaml").is_file():
+            return d / f"{name}.yaml"
+    names = recipe_names()
+    raise UsageError(
+        f"unknown recipe {name!r}{nearest(name, names)}; choose one of {', '.join(names)} "
+        "or pass a path to a .yaml file"
+    )
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain YAML-safe types (tuples become lists)."""
+    return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(cfg))))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    """`value` converted to type `tp`, or a UsageError naming the key and the expected type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item,) = set(typing.get_args(tp)) - {Ellipsis}
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{key} must be a list of {item.__name__}, got {value!r}")
+        if origin is tuple and len(value) != len(typing.get_args(tp)):
+            raise UsageError(f"{key} must have {len(typing.get_args(tp))} items, got {value!r}")
+        return origin(_check_type(key, v, item) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
+        raise UsageError(f"{key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _set(cfg: Any, key: str, value: Any) -> None:
+    obj, parts = cfg, key.split(".")
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names:
+            prefix = ".".join(parts[:i])
+            full = [f"{prefix}.{n}" if prefix else n for n in names]
+            raise UsageError(f"unknown key {key!r}{nearest(key, _all_keys(cfg) + full)}")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(obj, part)):
+                raise UsageError(f"{key} is a section; set one of its keys, e.g. {key}.{names[0]}")
+            hints = typing.get_type_hints(type(obj))
+            setattr(obj, part, _check_type(key, value, hints[part]))
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise UsageError(f"{'.'.join(parts[: i + 1])} is a value, not a section")
+
+
+def _all_keys(obj: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        name = prefix + f.name
+        keys += _all_keys(v, name + ".") if dataclasses.is_dataclass(v) else [name]
+    return keys
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def apply(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Set dotted keys (`{"optim.lr": 0.2}`) or nested dicts on `cfg`, checking every key."""
+    for key, value in flatten(overrides).items():
+        _set(cfg, key, value)
+    return cfg
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`["optim.lr=0.2", "aug.flip=false"]` -> `{"optim.lr": 0.2, "aug.flip": False}`."""
+    out = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--set takes key=value, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" near line {line + 1}" if line is not None else ""
+        raise UsageError(f"{path} is not valid YAML{where}; fix the file") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+CHOICES = {
+    "model.norm": ("bn", "gn"),
+    "optim.name": ("sgd", "adamw"),
+    "optim.lr_scaling": ("none", "linear"),
+    "sched.decay": ("step", "cosine", "linear", "none"),
+    "sched.warmup": ("linear", "constant"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "fp32", "bf16"),
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Reject impossible values with a message that says what to change."""
+    flat = flatten(to_dict(cfg))
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            hint = nearest(str(flat[key]), list(allowed))
+            raise UsageError(f"{key}={flat[key]!r} is not one of {', '.join(allowed)}{hint}")
+    checks = [
+        (cfg.train.epochs > 0, "train.epochs must be > 0"),
+        (cfg.train.batch_size > 0, "train.batch_size must be > 0"),
+        (cfg.train.eval_every > 0, "train.eval_every must be > 0"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing must be in [0, 1)"),
+        (0 <= cfg.data.val_split < 1, "data.val_split must be in [0, 1)"),
+        (cfg.aug.crop_pad >= 0, "aug.crop_pad must be >= 0"),
+        (cfg.sched.warmup_epochs >= 0, "sched.warmup_epochs must be >= 0"),
+        (
+            cfg.sched.warmup_epochs < cfg.train.epochs,
+            f"sched.warmup_epochs={cfg.sched.warmup_epochs} must be shorter than the run "
+            f"(train.epochs={cfg.train.epochs})",
+        ),
+        (
+            all(0 < m <= 1 for m in cfg.sched.milestones),
+            "sched.milestones are fractions of the run, each in (0, 1], e.g. [0.5, 0.75]",
+        ),
+        (0 < cfg.sched.gamma <= 1, "sched.gamma must be in (0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    return cfg
+
+
+def load(recipe: str = "default", overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults <- recipe YAML <- overrides, validated."""
+    cfg = apply(Config(), read_yaml(find_recipe(recipe)))
+    return validate(apply(cfg, overrides or {}))
+
+
+def from_dict(d: dict) -> Config:
+    return validate(apply(Config(), d))

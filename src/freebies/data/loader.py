@@ -1,0 +1,84 @@
+"""The in-memory batch loader: the dataset is one uint8 tensor on the device.
+
+Batches are drawn by index from one global shuffled order (seeded by the run seed and the epoch,
+the same on every rank); each rank takes its slice. Crop and flip are batched tensor ops with
+each image's own random draw, from the rank's own generator, in the style of airbench
+(Keller Jordan), instead of per-sample PIL transforms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The global shuffled order of `n` indices for `epoch`; identical on every rank."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def random_crop(
+    x: torch.Tensor, pad: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Zero-pad by `pad` and crop back to (H, W) at a random offset per image.
+
+    x: (N, C, H, W), any dtype. Returns (N, C, H, W). pad=0 is the identity.
+    """
+    if pad == 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    # Advanced indexing moves the channel axis last: (N, H, W, C) -> back to (N, C, H, W).
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image horizontally with probability 1/2. x: (N, C, H, W)."""
+    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def normalize(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False
+) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32, standardised per channel with `mean`, `std` of shape (C,)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.to(memory_format=fmt).float()
+    return (x - mean[:, None, None]) / std[:, None, None]
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of a uint8 (N, C, H, W) tensor, in pixel units."""
+    chunks = x.transpose(0, 1).reshape(x.shape[1], -1).double()
+    return chunks.mean(1).float(), chunks.std(1).float()
+
+
+def train_batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    start_step: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield this rank's (uint8 images, labels) for each global batch of one epoch.
+
+    The last incomplete global batch is dropped so every step sees `batch_size` images and
+    every rank the same share. `start_step` skips batches already trained (exact resume).
+    """
+    local = batch_size // world
+    order = epoch_order(len(x), seed, epoch).to(x.device)
+    for step in range(start_step, len(x) // batch_size):
+        idx = order[step * batch_size + rank * local : step * batch_size + (rank + 1) * local]
+        yield x[idx], y[idx]

@@ -1,0 +1,85 @@
+"""Evaluation: top-1 accuracy (%), NLL and expected calibration error, optional flip TTA.
+
+ECE uses 15 equal-width confidence bins (Guo et al. 2017, "On Calibration of Modern Neural
+Networks", arXiv:1706.04599). Under torchrun each rank scores a strided shard of the set and
+the per-bin sums are all-reduced, so the figures equal a single-process evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from freebies.data.loader import normalize
+from freebies.distributed import all_sum
+
+ECE_BINS = 15
+
+
+def calibration_sums(probs: torch.Tensor, y: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:
+    """Per-bin (count, sum of confidence, number correct) as a (3, bins) float64 tensor.
+
+    probs: (N, K) probabilities; y: (N,) labels.
+    """
+    conf, pred = probs.max(1)
+    idx = (conf * bins).ceil().long().clamp(1, bins) - 1
+    out = torch.zeros(3, bins, dtype=torch.float64, device=probs.device)
+    out[0].index_add_(0, idx, torch.ones_like(conf, dtype=torch.float64))
+    out[1].index_add_(0, idx, conf.double())
+    out[2].index_add_(0, idx, (pred == y).double())
+    return out
+
+
+def ece_from_sums(sums: torch.Tensor) -> float:
+    """sum_b |acc_b - conf_b| * n_b / N, from `calibration_sums` output."""
+    count, conf, correct = sums
+    return float((correct - conf).abs().sum() / count.sum().clamp(min=1))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    batch_size: int = 1024,
+    tta: bool = False,
+    autocast: contextlib.AbstractContextManager | None = None,
+    channels_last: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> dict[str, float]:
+    """Score uint8 images x: (N, C, H, W) with labels y: (N,) -> {acc (0-100), nll, ece}.
+
+    `tta` averages the softmax of the image and of its horizontal flip.
+    """
+    was_training = model.training
+    model.eval()
+    x, y = x[rank::world], y[rank::world]
+    nll = torch.zeros((), dtype=torch.float64, device=x.device)
+    sums = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), batch_size):
+        xb = normalize(x[i : i + batch_size], mean, std, channels_last)
+        yb = y[i : i + batch_size]
+        with autocast or contextlib.nullcontext():
+            logits = model(xb)
+            if tta:
+                logits_flip = model(xb.flip(3))
+        probs = logits.float().softmax(1)
+        if tta:
+            probs = (probs + logits_flip.float().softmax(1)) / 2
+        nll -= probs.gather(1, yb[:, None]).clamp(min=1e-12).log().double().sum()
+        sums += calibration_sums(probs, yb)
+    totals = all_sum(torch.cat([nll[None], sums.flatten()]))
+    nll, sums = totals[0], totals[1:].view(3, ECE_BINS)
+    model.train(was_training)
+    n = sums[0].sum().clamp(min=1)
+    return {
+        "acc": float(100 * sums[2].sum() / n),
+        "nll": float(nll / n),
+        "ece": ece_from_sums(sums),
+    }

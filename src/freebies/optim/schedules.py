@@ -1,0 +1,72 @@
+"""LR schedules, stepped per iteration: warmup, then decay.
+
+Warmup: constant (He et al. 2016, arXiv:1512.03385) or gradual/linear (Goyal et al. 2017,
+arXiv:1706.02677). Cosine decay eta_t = 1/2 (1 + cos(pi t / T)) eta over the post-warmup
+iterations (Loshchilov & Hutter 2017, arXiv:1608.03983; He et al. 2019, arXiv:1812.01187).
+
+The schedule is one pure function of the iteration (as in nanoGPT), wrapped in
+`torch.optim.lr_scheduler.LambdaLR` so its state saves and resumes with the optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+
+from freebies.config import SchedCfg
+
+
+def lr_factor(
+    step: int,
+    *,
+    total_steps: int,
+    warmup_steps: int = 0,
+    warmup: str = "linear",
+    warmup_factor: float = 0.0,
+    decay: str = "step",
+    milestones: tuple[float, ...] = (0.5, 0.75),
+    gamma: float = 0.1,
+    min_factor: float = 0.0,
+) -> float:
+    """The LR at iteration `step` as a multiple of the base LR.
+
+    `warmup_factor` is the warmup LR over the base LR; `milestones` are fractions of the whole
+    run (step decay); `min_factor` is the floor of cosine and linear decay.
+    """
+    if step < warmup_steps:
+        if warmup == "constant":
+            return warmup_factor
+        return warmup_factor + (1 - warmup_factor) * step / warmup_steps
+    t, horizon = step - warmup_steps, max(total_steps - warmup_steps, 1)
+    if decay == "step":
+        return gamma ** sum(step >= round(m * total_steps) for m in milestones)
+    if decay == "cosine":
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t / horizon))
+    if decay == "linear":
+        return min_factor + (1 - min_factor) * max(0.0, 1 - t / horizon)
+    return 1.0
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    cfg: SchedCfg,
+    *,
+    base_lr: float,
+    steps_per_epoch: int,
+    epochs: int,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-iteration LambdaLR over `epochs * steps_per_epoch` steps."""
+    factor = partial(
+        lr_factor,
+        total_steps=epochs * steps_per_epoch,
+        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        warmup=cfg.warmup,
+        warmup_factor=cfg.warmup_lr / base_lr,
+        decay=cfg.decay,
+        milestones=tuple(cfg.milestones),
+        gamma=cfg.gamma,
+        min_factor=cfg.min_lr / base_lr,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

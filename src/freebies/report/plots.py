@@ -1,0 +1,44 @@
+"""PNG plots of a run's curves (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on training machines
+import matplotlib.pyplot as plt
+
+
+def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
+    """Loss, accuracy and LR against epoch, side by side, from metrics.jsonl rows."""
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.8))
+    epochs = [r["epoch"] for r in metrics]
+
+    def series(key: str) -> tuple[list, list]:
+        rows = [r for r in metrics if key in r]
+        return [r["epoch"] for r in rows], [r[key] for r in rows]
+
+    ax_loss.plot(epochs, [r["train_loss"] for r in metrics], "o-", label="train")
+    for key, label in (("test_loss", "test"), ("val_loss", "val")):
+        if any(key in r for r in metrics):
+            ax_loss.plot(*series(key), "o-", label=label)
+    ax_loss.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
+    for key, label in (("test_acc", "test"), ("val_acc", "val")):
+        if any(key in r for r in metrics):
+            xs, ys = series(key)
+            ax_acc.plot(xs, ys, "o-", label=label)
+            ax_acc.annotate(
+                f"{ys[-1]:.2f}%", (xs[-1], ys[-1]), textcoords="offset points", xytext=(-30, -14)
+            )
+    ax_acc.set(title="top-1 accuracy", xlabel="epoch", ylabel="%")
+    ax_lr.plot(epochs, [r["lr"] for r in metrics], "o-")
+    ax_lr.set(title="learning rate (end of epoch)", xlabel="epoch")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

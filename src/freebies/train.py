@@ -1,0 +1,444 @@
+"""The training loop. Each step, in order: batch -> augment -> soft targets -> model -> loss ->
+optimizer step -> LR schedule step. Every trick is called explicitly here; there are no hooks.
+
+A run folder holds config.yaml, metrics.jsonl, summary.json, last.pt and curves.png. The
+checkpoint carries the RNG, optimizer, scheduler and loader position, so an interrupted run
+resumes bit-identically on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from freebies import checkpoint
+from freebies.config import Config, to_dict
+from freebies.data.loader import channel_stats, normalize, random_crop, random_flip, train_batches
+from freebies.data.splits import Splits, prepare
+from freebies.distributed import Dist, all_sum, any_rank, setup
+from freebies.errors import UsageError
+from freebies.evaluate import evaluate
+from freebies.models import create_model
+from freebies.optim import build_optimizer, build_scheduler, scaled_lr
+from freebies.tricks import one_hot, smooth_targets
+
+SYNC_EVERY = 20  # steps between host syncs (progress bar, NaN check)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def autocast_for(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
+    bf16 = cfg.train.precision == "bf16" or (
+        cfg.train.precision == "auto" and device.type == "cuda"
+    )
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
+    model = create_model(cfg.model.name, num_classes, in_channels, norm=cfg.model.norm)
+    if cfg.train.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to touch an existing run folder unless asked to resume or overwrite it."""
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise UsageError(f"--resume {out}: no run there (no last.pt); check the path")
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(
+            f"run folder {out} already exists; pass --resume {out} to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+
+
+class _StopFlag:
+    """Ctrl-C sets a flag; the loop checks it between steps so it never stops mid-update."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        if _in_main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        self.set = True
+        signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C stops at once
+
+    def __exit__(self, *_: Any) -> None:
+        if _in_main_thread() and self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _gather_states(gen: torch.Generator, d: Dist) -> list[torch.Tensor]:
+    """Every rank's augmentation RNG state, so each resumes its own stream."""
+    state = gen.get_state()
+    if d.world == 1:
+        return [state]
+    states: list[Any] = [None] * d.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def run(
+    cfg: Config,
+    out: Path,
+    *,
+    recipe: str = "custom",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train `cfg` into run folder `out`; returns the summary (also written to summary.json)."""
+    t_start = time.perf_counter()
+    out = Path(out)
+    check_out_dir(out, resume=resume, overwrite=overwrite)
+    d = setup(cfg.train.device)
+    try:
+        return _run(cfg, out, d, recipe, resume, overwrite, progress, t_start)
+    finally:
+        if d.world > 1:
+            dist.destroy_process_group()
+
+
+def _run(
+    cfg: Config,
+    out: Path,
+    d: Dist,
+    recipe: str,
+    resume: bool,
+    overwrite: bool,
+    progress: bool | None,
+    t_start: float,
+) -> dict[str, Any]:
+    if cfg.train.sync_bn and d.device.type != "cuda":
+        raise UsageError(
+            "train.sync_bn needs CUDA (nn.SyncBatchNorm refuses CPU tensors); "
+            "turn it off for CPU runs"
+        )
+    if cfg.train.batch_size % d.world:
+        raise UsageError(
+            f"train.batch_size={cfg.train.batch_size} must divide evenly over {d.world} processes"
+        )
+    if cfg.train.threads > 0 and d.device.type == "cpu":
+        torch.set_num_threads(cfg.train.threads)
+
+    data = prepare(cfg.data)
+    n_train, batch = len(data.train_x), cfg.train.batch_size
+    if batch > n_train:
+        raise UsageError(
+            f"train.batch_size={batch} is larger than the training set "
+            f"({n_train} images); lower --batch-size"
+        )
+    ckpt = checkpoint.load(out / "last.pt") if resume else None
+    if ckpt is not None and ckpt["data"]["fingerprint"] != data.fingerprint:
+        raise UsageError(
+            f"--resume {out}: the data differ from the data this run was trained "
+            "on; point --data at the same files or start a new run"
+        )
+
+    if d.main:
+        if overwrite and out.exists() and not resume:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if d.world > 1:
+        dist.barrier()
+
+    # Data lives on the device as uint8; mean/std come from the training images.
+    dev = d.device
+    mean, std = channel_stats(data.train_x)
+    mean, std = mean.to(dev), std.to(dev)
+    train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
+    num_classes, in_channels = len(data.classes), data.train_x.shape[1]
+
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    net = build_model(cfg, num_classes, in_channels).to(dev)
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    steps_per_epoch = n_train // batch
+    lr = scaled_lr(cfg.optim, batch)
+    opt = build_optimizer(net, cfg.optim, lr)
+    sched = build_scheduler(
+        opt, cfg.sched, base_lr=lr, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
+    )
+    aug_gen = torch.Generator(dev).manual_seed(cfg.train.seed + 1_000_003 * d.rank)
+
+    start_epoch, start_step, metrics = 0, 0, []
+    partial = {"loss_sum": 0.0, "steps": 0, "train_s": 0.0}
+    times = {"train_s": 0.0, "wall_s": 0.0}
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if len(ckpt["rng"]["aug"]) != d.world:
+            raise UsageError(
+                f"--resume {out}: the run used {len(ckpt['rng']['aug'])} "
+                f"processes; resume it with the same number, not {d.world}"
+            )
+        aug_gen.set_state(ckpt["rng"]["aug"][d.rank])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        start_epoch, start_step = ckpt["epoch"], ckpt["step"]
+        metrics, partial, times = ckpt["metrics"], ckpt["partial"], ckpt["times"]
+        recipe = ckpt["recipe"]
+
+    model: nn.Module = net
+    if d.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    if cfg.train.compile:
+        model = torch.compile(model)
+    autocast = autocast_for(cfg, dev)
+    t_resumed = time.perf_counter() - times["wall_s"]  # wall clock continues across resumes
+
+    def save(epoch: int, step: int) -> None:
+        aug_states = _gather_states(aug_gen, d)
+        if not d.main:
+            return
+        checkpoint.save(
+            {
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "rng": {"aug": aug_states, "torch": torch.get_rng_state()},
+                "metrics": metrics,
+                "partial": partial,
+                "times": {"train_s": times["train_s"], "wall_s": time.perf_counter() - t_resumed},
+                "config": to_dict(cfg),
+                "recipe": recipe,
+                "data": {
+                    "fingerprint": data.fingerprint,
+                    "classes": data.classes,
+                    "mean": mean.cpu(),
+                    "std": std.cpu(),
+                    "shape": list(data.train_x.shape[1:]),
+                },
+            },
+            out / "last.pt",
+        )
+
+    total_steps = cfg.train.epochs * steps_per_epoch
+    show = (sys.stdout.isatty() if progress is None else progress) and d.main
+    bar = tqdm(
+        total=total_steps,
+        initial=start_epoch * steps_per_epoch + start_step,
+        disable=not show,
+        unit="step",
+        dynamic_ncols=True,
+    )
+
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            model.train()
+            first = start_step if epoch == start_epoch else 0
+            if first == 0:
+                partial = {"loss_sum": 0.0, "steps": 0, "train_s": 0.0}
+            losses = torch.zeros(steps_per_epoch, device=dev)
+            t_seg, step = time.perf_counter(), first
+            for step, (xb, yb) in enumerate(
+                train_batches(
+                    train_x,
+                    train_y,
+                    batch,
+                    seed=cfg.train.seed,
+                    epoch=epoch,
+                    rank=d.rank,
+                    world=d.world,
+                    start_step=first,
+                ),
+                start=first,
+            ):
+                # 1. augment (uint8, batched, each image its own draw)
+                xb = random_crop(xb, cfg.aug.crop_pad, aug_gen)
+                if cfg.aug.flip:
+                    xb = random_flip(xb, aug_gen)
+                xb = normalize(xb, mean, std, cfg.train.channels_last)
+                # 2. soft targets
+                target = smooth_targets(one_hot(yb, num_classes), cfg.loss.label_smoothing)
+                # 3. forward, loss, backward, optimizer step, LR schedule step
+                with autocast:
+                    logits = model(xb)
+                loss = F.cross_entropy(logits.float(), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses[step] = loss.detach()
+
+                done = step + 1
+                if done % SYNC_EVERY == 0 or done == steps_per_epoch:
+                    lo = max(first, (done - 1) // SYNC_EVERY * SYNC_EVERY)
+                    window = _check_finite(losses, lo, done, epoch, steps_per_epoch, out)
+                    bar.set_postfix(
+                        epoch=epoch + 1,
+                        loss=f"{window.mean().item():.3f}",
+                        lr=f"{sched.get_last_lr()[0]:.3g}",
+                        img_s=f"{(done - first) * batch / (time.perf_counter() - t_seg):.0f}",
+                        refresh=False,
+                    )
+                bar.update(1)
+                if any_rank(stop.set, dev) and done < steps_per_epoch:
+                    window = _check_finite(losses, first, done, epoch, steps_per_epoch, out)
+                    partial = _add(partial, window, time.perf_counter() - t_seg)
+                    save(epoch, done)
+                    raise KeyboardInterrupt
+
+            window = all_sum(losses[first : step + 1].clone()) / d.world
+            partial = _add(partial, window, time.perf_counter() - t_seg)
+            times["train_s"] += partial["train_s"]
+            last = epoch + 1 == cfg.train.epochs
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "lr": sched.get_last_lr()[0],
+                "train_loss": partial["loss_sum"] / max(partial["steps"], 1),
+                "img_per_s": steps_per_epoch * batch / max(partial["train_s"], 1e-9),
+            }
+            if last or (epoch + 1) % cfg.train.eval_every == 0:
+                tta = last and cfg.train.tta
+                row.update(_eval_row(model, data, mean, std, cfg, autocast, d, tta))
+            row["wall_s"] = time.perf_counter() - t_resumed
+            metrics.append(row)
+            partial = {"loss_sum": 0.0, "steps": 0, "train_s": 0.0}
+            save(epoch + 1, 0)
+            if d.main:
+                checkpoint.write_text(
+                    out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in metrics)
+                )
+                line = _epoch_line(row, cfg.train.epochs)
+                bar.write(line) if show else print(line, flush=True)
+            if any_rank(stop.set, dev) and not last:
+                raise KeyboardInterrupt
+    bar.close()
+
+    final = metrics[-1]
+    summary = {
+        "test_acc": final["test_acc"],
+        "test_nll": final["test_nll"],
+        "test_ece": final["test_ece"],
+        **({"val_acc": final["val_acc"]} if "val_acc" in final else {}),
+        "epochs": cfg.train.epochs,
+        "wall_s": time.perf_counter() - t_resumed,
+        "train_s": times["train_s"],
+        "train_img_per_s": total_steps * batch / max(times["train_s"], 1e-9),
+        "params": sum(p.numel() for p in net.parameters()),
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "world_size": d.world,
+        "torch": torch.__version__,
+        "seed": cfg.train.seed,
+        "recipe": recipe,
+        "git_commit": git_commit(),
+    }
+    if d.main:
+        checkpoint.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        from freebies.report.plots import plot_curves
+
+        plot_curves(metrics, out / "curves.png", title=f"{recipe}: {cfg.model.name}")
+    return summary
+
+
+def _add(partial: dict, window: torch.Tensor, seconds: float) -> dict:
+    """Fold a span of per-step (global mean) losses and its seconds into the epoch's sums."""
+    return {
+        "loss_sum": partial["loss_sum"] + float(window.double().sum()),
+        "steps": partial["steps"] + len(window),
+        "train_s": partial["train_s"] + seconds,
+    }
+
+
+def _check_finite(
+    losses: torch.Tensor, lo: int, hi: int, epoch: int, steps: int, out: Path
+) -> torch.Tensor:
+    """The global mean losses of steps [lo, hi); stop with the step named if any is NaN/inf."""
+    window = all_sum(losses[lo:hi].clone()) / max(_world(), 1)
+    bad = (~torch.isfinite(window)).nonzero()
+    if len(bad):
+        i = lo + int(bad[0]) + 1
+        raise UsageError(
+            f"loss became {window[bad[0]].item()} at step {epoch * steps + i} "
+            f"(epoch {epoch + 1}, batch {i}); stopped, the last good checkpoint is kept in "
+            f"{out / 'last.pt'}; lower optim.lr or check the data"
+        )
+    return window
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _eval_row(
+    model: nn.Module,
+    data: Splits,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    cfg: Config,
+    autocast: Any,
+    d: Dist,
+    tta: bool,
+) -> dict[str, float]:
+    kw = dict(
+        batch_size=cfg.train.eval_batch_size,
+        tta=tta,
+        autocast=autocast,
+        channels_last=cfg.train.channels_last,
+        rank=d.rank,
+        world=d.world,
+    )
+    dev = mean.device
+    row = {}
+    if data.val_x is not None:
+        val = evaluate(model, data.val_x.to(dev), data.val_y.to(dev), mean, std, **kw)
+        row.update(val_loss=val["nll"], val_acc=val["acc"])
+    test = evaluate(model, data.test_x.to(dev), data.test_y.to(dev), mean, std, **kw)
+    row.update(
+        test_loss=test["nll"], test_acc=test["acc"], test_nll=test["nll"], test_ece=test["ece"]
+    )
+    return row
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}"]
+    if "test_acc" in row:
+        parts.append(f"test_acc {row['test_acc']:.2f}%")
+    if "val_acc" in row:
+        parts.append(f"val_acc {row['val_acc']:.2f}%")
+    parts += [f"lr {row['lr']:.4g}", f"{row['img_per_s']:.0f} img/s", f"{row['wall_s']:.0f}s"]
+    return "  ".join(parts)

@@ -1,0 +1,20 @@
+"""Shared fixtures: small datasets written in the real on-disk formats."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakedata import write_idx
+
+
+@pytest.fixture
+def idx_dir(tmp_path: Path) -> Path:
+    """A tiny learnable Fashion-MNIST look-alike: 256 train / 128 test, 28x28, 10 classes."""
+    d = tmp_path / "fmnist"
+    write_idx(d, n_train=256, n_test=128)
+    return d

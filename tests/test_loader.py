@@ -1,0 +1,98 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from freebies.data.loader import (
+    channel_stats,
+    epoch_order,
+    normalize,
+    random_crop,
+    random_flip,
+    train_batches,
+)
+
+
+def reference_crop(img: torch.Tensor, pad: int, dy: int, dx: int) -> torch.Tensor:
+    h, w = img.shape[-2:]
+    return F.pad(img, (pad, pad, pad, pad))[:, dy : dy + h, dx : dx + w]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 28, 28), (5, 3, 9, 13), (7, 1, 28, 20)])
+def test_crop_is_a_shifted_window_of_the_padded_image(shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 256, shape, dtype=torch.uint8)
+    out = random_crop(x, 3, g)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    for img, got in zip(x, out, strict=True):
+        matches = [
+            (dy, dx)
+            for dy in range(7)
+            for dx in range(7)
+            if torch.equal(reference_crop(img, 3, dy, dx), got)
+        ]
+        assert matches, "each output must be one window of the zero-padded input"
+
+
+def test_crop_offsets_cover_the_range_uniformly():
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(4000, 1, 5, 5, dtype=torch.uint8)
+    x[:, :, 2, 2] = 1  # a single lit pixel reveals the shift
+    out = random_crop(x, 2, g)
+    pos = out[:, 0].flatten(1).argmax(1)
+    counts = torch.bincount(pos, minlength=25).float()
+    assert (counts > 0).all()
+    assert counts.std() / counts.mean() < 0.2
+
+
+def test_pad_zero_is_identity():
+    x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    assert random_crop(x, 0) is x
+
+
+def test_flip_flips_about_half_independently():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2001, 1, 4, 6), dtype=torch.uint8)
+    out = random_flip(x, g)
+    same = (out == x).flatten(1).all(1)
+    flipped = (out == x.flip(3)).flatten(1).all(1)
+    assert (same | flipped).all()
+    assert 0.45 < flipped.float().mean() < 0.55
+
+
+def test_normalize_matches_formula_and_layout():
+    x = torch.randint(0, 256, (3, 2, 5, 7), dtype=torch.uint8)
+    mean, std = torch.tensor([10.0, 20.0]), torch.tensor([2.0, 4.0])
+    out = normalize(x, mean, std, channels_last=True)
+    assert out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out[:, 1], (x[:, 1].float() - 20) / 4)
+
+
+def test_channel_stats():
+    x = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
+    mean, std = channel_stats(x)
+    torch.testing.assert_close(mean, x.float().mean((0, 2, 3)))
+    torch.testing.assert_close(std, x.float().transpose(0, 1).reshape(3, -1).std(1))
+
+
+def test_epoch_order_is_seeded_per_epoch():
+    assert torch.equal(epoch_order(100, 0, 3), epoch_order(100, 0, 3))
+    assert not torch.equal(epoch_order(100, 0, 3), epoch_order(100, 0, 4))
+    assert sorted(epoch_order(100, 1, 0).tolist()) == list(range(100))
+
+
+def test_rank_shards_partition_each_global_batch():
+    x = torch.arange(103).view(103, 1, 1, 1)
+    y = torch.arange(103)
+    single = list(train_batches(x, y, 20, seed=5, epoch=2))
+    assert len(single) == 5  # the incomplete last batch is dropped
+    ranks = [list(train_batches(x, y, 20, seed=5, epoch=2, rank=r, world=2)) for r in range(2)]
+    for step, (_, yb) in enumerate(single):
+        assert torch.equal(torch.cat([ranks[0][step][1], ranks[1][step][1]]), yb)
+
+
+def test_start_step_skips_exactly():
+    x, y = torch.zeros(50, 1, 2, 2), torch.arange(50)
+    full = [yb for _, yb in train_batches(x, y, 8, seed=0, epoch=0)]
+    tail = [yb for _, yb in train_batches(x, y, 8, seed=0, epoch=0, start_step=4)]
+    assert all(torch.equal(a, b) for a, b in zip(full[4:], tail, strict=True))
