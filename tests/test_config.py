@@ -109,3 +109,11 @@ def test_bad_yaml_recipe(tmp_path: Path):
     listed.write_text("- 1\n- 2\n")
     with pytest.raises(UsageError, match=r"must hold a mapping"):
         config.load(str(listed))
+
+
+def test_exponent_without_dot_is_a_float():
+    # YAML 1.1 reads 1e-3 as a string; people type it that way on the command line.
+    cfg = config.apply(config.Config(), config.parse_set(["optim.lr=1e-3"]))
+    assert cfg.optim.lr == 0.001
+    with pytest.raises(UsageError, match=r"optim\.lr must be float, got 'fast'"):
+        config.apply(config.Config(), {"optim.lr": "fast"})

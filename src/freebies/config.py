@@ -81,7 +81,7 @@ class TrainCfg:
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # nn.SyncBatchNorm across ranks (CUDA only)
     eval_every: int = 1  # evaluate every N epochs; the last epoch is always evaluated
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 256
     tta: bool = False  # final evaluation averages the image and its horizontal flip
     threads: int = 0  # torch.set_num_threads on CPU; 0 = leave torch's default
 
@@ -155,6 +155,11 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
         return origin(_check_type(key, v, item) for v in value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
         raise UsageError(f"{key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value

@@ -147,9 +147,14 @@ def _find_idx_file(directory: Path, stem: str) -> Path | None:
 
 def _load_idx_dataset(name: str, directory: Path | None) -> ImageData:
     classes = FASHION_MNIST_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
+    how = (
+        "run `make data` (installs Debian's dataset-fashion-mnist or downloads it with torchvision)"
+        if name == "fashion-mnist"
+        else "download it with torchvision.datasets.MNIST('data', download=True)"
+    )
     if directory is not None:
         if not directory.is_dir():
-            raise UsageError(f"{name} directory {directory} does not exist")
+            raise UsageError(f"{name} directory {directory} does not exist; {how}")
         missing = [s for s in _IDX_FILES.values() if _find_idx_file(directory, s) is None]
         if missing:
             raise UsageError(
@@ -162,12 +167,6 @@ def _load_idx_dataset(name: str, directory: Path | None) -> ImageData:
             d for d in looked if all(_find_idx_file(d, s) is not None for s in _IDX_FILES.values())
         ]
         if not found:
-            how = (
-                "run `make data` (installs Debian's dataset-fashion-mnist or downloads it with"
-                " torchvision)"
-                if name == "fashion-mnist"
-                else "download it with torchvision.datasets.MNIST('data', download=True)"
-            )
             raise UsageError(
                 f"{name} not found; looked in {', '.join(str(d) for d in looked)}; {how},"
                 f" or pass --data {name}:DIR"

@@ -1,0 +1,107 @@
+"""How much does the data pipeline cost? Full training step vs the bare model step.
+
+Runs, in one process and interleaved (this machine is shared and noisy):
+  * bare: forward + backward + optimizer step on one fixed, already-normalised batch;
+  * full: `freebies.train.run` itself for one epoch of the same number of steps: index the
+    uint8 dataset, batched crop + flip, normalise, soft targets, forward, backward, step,
+    LR schedule; its img/s excludes evaluation.
+Both start from a freshly built model. Prints img/s for each and the ratio full / bare, and
+writes the figures with the machine, torch version and seeds to docs/results/.
+
+    python benchmarks/loader_overhead.py [--steps 40] [--repeats 3] [--batch 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from freebies import config
+from freebies.data.splits import prepare
+from freebies.optim import build_optimizer
+from freebies.train import build_model, run
+
+
+def bare_img_per_s(cfg: config.Config, steps: int, x: torch.Tensor, y: torch.Tensor) -> float:
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, 10, x.shape[1]).to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg.optim, cfg.optim.lr)
+    x = x.to(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * len(x) / (time.perf_counter() - t0)
+
+
+def full_img_per_s(cfg: config.Config, out: Path) -> float:
+    summary = run(cfg, out, recipe="bench", overwrite=True, progress=False)
+    return summary["train_img_per_s"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--out", type=Path, default=Path("docs/results/loader_overhead.json"))
+    args = p.parse_args()
+
+    cfg = config.load(
+        "baseline",
+        {
+            "train.epochs": 1,
+            "train.batch_size": args.batch,
+            "data.limit_train": args.steps * args.batch,
+            "data.limit_test": 256,
+        },
+    )
+    data = prepare(cfg.data)
+    x = (data.train_x[: args.batch].float() - 72.9) / 90.0
+    y = data.train_y[: args.batch]
+
+    bare, full = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            bare.append(bare_img_per_s(cfg, args.steps, x, y))
+            full.append(full_img_per_s(cfg, Path(tmp) / f"run{i}"))
+            print(
+                f"repeat {i + 1}: bare {bare[-1]:.0f} img/s, full {full[-1]:.0f} img/s", flush=True
+            )
+    result = {
+        "benchmark": "loader_overhead",
+        "command": "python benchmarks/loader_overhead.py "
+        f"--steps {args.steps} --repeats {args.repeats} --batch {args.batch}",
+        "model": "resnet20",
+        "batch": args.batch,
+        "steps_per_repeat": args.steps,
+        "bare_img_per_s": bare,
+        "full_img_per_s": full,
+        "bare_median": statistics.median(bare),
+        "full_median": statistics.median(full),
+        "ratio_full_over_bare": statistics.median(full) / statistics.median(bare),
+        "machine": f"{platform.machine()} {platform.processor() or ''} "
+        f"{torch.get_num_threads()} threads".strip(),
+        "torch": torch.__version__,
+        "seed": cfg.train.seed,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"ResNet-20, batch {args.batch}: bare {result['bare_median']:.0f} img/s, "
+        f"full {result['full_median']:.0f} img/s, ratio {result['ratio_full_over_bare']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""End to end through the CLI: run folder contents, eval, bad input, interrupt + resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from freebies import config
+from freebies.cli import main
+from freebies.train import build_model
+
+TIME_KEYS = {"wall_s", "img_per_s"}
+
+
+def small(data: Path, out: Path, *extra: str) -> list[str]:
+    """A tiny but real run: 256 images, batch 64, 2 epochs, ResNet-20."""
+    return [
+        "train",
+        "--recipe",
+        "baseline",
+        "--data",
+        f"fashion-mnist:{data}",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--set",
+        "train.eval_batch_size=64",
+        *extra,
+    ]
+
+
+def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def usage_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """Run the CLI, expect exit code 2 and exactly one line on stderr; return that line."""
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_train_writes_a_complete_run_folder(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, stdout, _ = run_cli(capsys, *small(idx_dir, out), "--set", "data.val_split=0.25")
+    assert rc == 0
+    assert "final test accuracy" in stdout
+    assert {p.name for p in out.iterdir()} >= {
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "last.pt",
+        "curves.png",
+    }
+    saved = config.from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+    assert saved.train.epochs == 2 and saved.data.val_split == 0.25
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert {
+            "epoch",
+            "lr",
+            "train_loss",
+            "test_loss",
+            "test_acc",
+            "wall_s",
+            "img_per_s",
+            "val_loss",
+            "val_acc",
+        } <= r.keys()
+        assert 0 <= r["test_acc"] <= 100 and 0 <= r["val_acc"] <= 100
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_acc"] == rows[-1]["test_acc"]  # the final epoch, not the best
+    assert summary["val_acc"] == rows[-1]["val_acc"]
+    assert summary["wall_s"] >= summary["train_s"] > 0
+    # ResNet-20 with a 1-channel stem: 269,722 - 2 * 16 * 9 weights of the missing channels
+    assert summary["params"] == 269_434 and summary["epochs"] == 2
+    for key in ("test_nll", "test_ece", "train_img_per_s", "device", "torch", "seed", "recipe"):
+        assert key in summary
+    assert summary["torch"] == torch.__version__
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 0
+
+
+def test_learns_the_fake_data(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, _, _ = run_cli(
+        capsys,
+        *small(idx_dir, out),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "32",
+        "--set",
+        "optim.lr=0.05",
+    )
+    assert rc == 0
+    assert json.loads((out / "summary.json").read_text())["test_acc"] > 40  # chance is 10
+
+
+def test_eval_prints_one_json_line(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *small(idx_dir, out), "--epochs", "1")[0] == 0
+    final = json.loads((out / "summary.json").read_text())
+    rc, stdout, _ = run_cli(capsys, "eval", str(out / "last.pt"))
+    assert rc == 0 and len(stdout.strip().splitlines()) == 1
+    got = json.loads(stdout)
+    assert set(got) == {"test_acc", "test_nll", "test_ece"}
+    assert got["test_acc"] == pytest.approx(final["test_acc"])
+    rc, stdout, _ = run_cli(capsys, "eval", str(out / "last.pt"), "--tta", "--limit-test", "32")
+    assert rc == 0 and 0 <= json.loads(stdout)["test_acc"] <= 100
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--recipe", "nope"], r"unknown recipe 'nope'"),
+        (["--set", "optim.lrr=0.1"], r"unknown key 'optim\.lrr'.*'optim\.lr'"),
+        (["--set", "train.epochs=ten"], r"train\.epochs must be int"),
+        (["--epochs", "0"], r"train\.epochs must be > 0"),
+        (["--batch-size", "512"], r"batch_size=512 is larger than the training set \(256"),
+        (["--model", "resnet21"], r"unknown model 'resnet21'"),
+        (["--set", "train.sync_bn=true"], r"sync_bn needs CUDA"),
+    ],
+)
+def test_bad_recipe_input_is_one_line_exit_2(idx_dir, tmp_path, capsys, extra, message):
+    import re
+
+    line = usage_error(capsys, *small(idx_dir, tmp_path / "run"), *extra)
+    assert re.search(message, line), line
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path, capsys):
+    line = usage_error(capsys, *small(tmp_path / "nowhere", tmp_path / "run"))
+    assert "does not exist" in line and "make data" in line
+
+
+def test_corrupt_dataset_is_one_line(idx_dir, tmp_path, capsys):
+    f = idx_dir / "train-images-idx3-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:200])
+    line = usage_error(capsys, *small(idx_dir, tmp_path / "run"))
+    assert "train-images-idx3-ubyte.gz" in line
+
+
+def test_existing_out_is_refused_and_kept(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    line = usage_error(capsys, *small(idx_dir, out))
+    assert "already exists" in line and "--resume" in line and "--overwrite" in line
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_resume_refuses_missing_run_and_changed_model_or_data(idx_dir, tmp_path, capsys):
+    assert "no run there" in usage_error(capsys, "train", "--resume", str(tmp_path / "none"))
+    out = tmp_path / "run"
+    assert run_cli(capsys, *small(idx_dir, out), "--epochs", "1")[0] == 0
+    before = (out / "last.pt").read_bytes()
+    line = usage_error(capsys, "train", "--resume", str(out), "--model", "resnet32")
+    assert "model.name='resnet20', not 'resnet32'" in line
+    other = tmp_path / "other"
+    from fakedata import write_idx
+
+    write_idx(other, n_train=256, n_test=128, seed=1)
+    line = usage_error(capsys, "train", "--resume", str(out), "--data", f"fashion-mnist:{other}")
+    assert "data.spec" in line
+    (idx_dir / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        (other / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    )
+    line = usage_error(capsys, "train", "--resume", str(out))
+    assert "the data differ" in line
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    # Epoch 1 trains at a sane constant-warmup LR; epoch 2 jumps to an absurd one.
+    line = usage_error(
+        capsys,
+        *small(idx_dir, out),
+        "--set",
+        "optim.lr=1e30",
+        "--set",
+        "sched.decay=none",
+        "--set",
+        "sched.warmup=constant",
+        "--set",
+        "sched.warmup_epochs=1",
+        "--set",
+        "sched.warmup_lr=0.01",
+    )
+    assert "loss became" in line and "epoch 2" in line and "at step" in line
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+
+
+def test_sync_bn_conversion_is_structural_on_cpu():
+    cfg = config.load("baseline", {"train.sync_bn": True})
+    model = build_model(cfg, 10, 1)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "SyncBatchNorm" in kinds and "BatchNorm2d" not in kinds
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *small(idx_dir, out), "--device", "cuda", "--epochs", "1")[0] == 0
+    assert json.loads((out / "summary.json").read_text())["device"] != "cpu"
+
+
+def _state(out: Path) -> tuple[dict, list[dict]]:
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    rows = [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in ckpt["metrics"]]
+    return ckpt["model"], rows
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_is_bit_identical(idx_dir, tmp_path, capsys):
+    args = small(
+        idx_dir,
+        tmp_path / "x",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--set",
+        "train.eval_batch_size=128",
+    )
+    ref = tmp_path / "ref"
+    assert run_cli(capsys, *[str(ref) if a == str(tmp_path / "x") else a for a in args])[0] == 0
+
+    cut = tmp_path / "cut"
+    cmd = [
+        sys.executable,
+        "-m",
+        "freebies",
+        *[str(cut) if a == str(tmp_path / "x") else a for a in args],
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (cut / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # land somewhere inside epoch 2
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"--resume {cut}" in err
+    ckpt = torch.load(cut / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) < (3, 0), "the interrupt came too late to test"
+
+    assert run_cli(capsys, "train", "--resume", str(cut))[0] == 0
+    (ref_model, ref_rows), (cut_model, cut_rows) = _state(ref), _state(cut)
+    assert cut_rows == ref_rows
+    for key, value in ref_model.items():
+        assert torch.equal(value, cut_model[key]), key
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(idx_dir, tmp_path):
+    common = [
+        "train",
+        "--data",
+        f"fashion-mnist:{idx_dir}",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--set",
+        "model.norm=gn",
+        "--set",
+        "aug.crop_pad=0",
+        "--set",
+        "aug.flip=false",
+        "--set",
+        "optim.lr_scaling=linear",
+        "--set",
+        "train.eval_batch_size=64",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(
+        [sys.executable, "-m", "freebies", *common, "--out", str(one)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "freebies",
+            *common,
+            "--out",
+            str(two),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    (m1, rows1), (m2, rows2) = _state(one), _state(two)
+    for key, value in m1.items():
+        torch.testing.assert_close(m2[key], value, atol=1e-4, rtol=0, msg=key)
+    assert rows2[0]["test_acc"] == pytest.approx(rows1[0]["test_acc"], abs=1e-9)
+    assert rows2[0]["train_loss"] == pytest.approx(rows1[0]["train_loss"], abs=1e-4)
+    assert json.loads((two / "summary.json").read_text())["world_size"] == 2
+
+
+def test_missing_default_dataset_lists_places_and_how_to_get_it(tmp_path, capsys, monkeypatch):
+    from freebies.data import datasets
+
+    monkeypatch.setattr(datasets, "SYSTEM_DATASETS", tmp_path / "system")
+    monkeypatch.setenv("FREEBIES_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    line = usage_error(capsys, "train", "--recipe", "baseline", "--out", str(tmp_path / "run"))
+    assert "fashion-mnist not found" in line and "make data" in line
+    assert not (tmp_path / "run").exists()
