@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from freebies import config
 from freebies.data.splits import prepare
 from freebies.optim import build_optimizer
-from freebies.train import build_model, run
+from freebies.train import build_model, machine, run
 
 
 def bare_img_per_s(cfg: config.Config, steps: int, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -90,8 +89,8 @@ def main() -> None:
         "bare_median": statistics.median(bare),
         "full_median": statistics.median(full),
         "ratio_full_over_bare": statistics.median(full) / statistics.median(bare),
-        "machine": f"{platform.machine()} {platform.processor() or ''} "
-        f"{torch.get_num_threads()} threads".strip(),
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "seed": cfg.train.seed,
     }

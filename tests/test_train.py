@@ -337,3 +337,46 @@ def test_missing_default_dataset_lists_places_and_how_to_get_it(tmp_path, capsys
     line = usage_error(capsys, "train", "--recipe", "baseline", "--out", str(tmp_path / "run"))
     assert "fashion-mnist not found" in line and "make data" in line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_folder_trains_exactly_like_the_in_memory_folder(tmp_path, capsys, workers):
+    from fakedata import write_folder
+
+    write_folder(tmp_path / "imgs", classes=("a", "b", "c"), n_per_class=24, size=(12, 10))
+    runs = {}
+    for name, stream in (("mem", "false"), ("stream", "true")):
+        out = tmp_path / name
+        rc, _, err = run_cli(
+            capsys,
+            "train",
+            "--recipe",
+            "baseline",
+            "--data",
+            f"folder:{tmp_path / 'imgs'}",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--model",
+            "resnet20",
+            "--set",
+            "data.val_split=0.2",
+            "--set",
+            f"data.stream={stream}",
+            "--set",
+            f"data.workers={workers}",
+        )
+        assert rc == 0, err
+        runs[name] = _state(out)
+    (m_mem, rows_mem), (m_stream, rows_stream) = runs["mem"], runs["stream"]
+    assert rows_stream == rows_mem
+    for key, value in m_mem.items():
+        assert torch.equal(value, m_stream[key]), key
+
+
+def test_stream_is_refused_for_in_memory_formats(idx_dir, tmp_path, capsys):
+    line = usage_error(capsys, *small(idx_dir, tmp_path / "run"), "--set", "data.stream=true")
+    assert "data.stream is for folder:" in line

@@ -27,6 +27,8 @@ class DataCfg:
     split_seed: int = 0  # the validation split is fixed across training seeds
     limit_train: int | None = None  # keep only the first N training images (smoke runs)
     limit_test: int | None = None
+    stream: bool = False  # folder: only; decode files in DataLoader workers instead of memory
+    workers: int = 4  # DataLoader worker processes when streaming
 
 
 @dataclass
@@ -262,6 +264,7 @@ def validate(cfg: Config) -> Config:
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing must be in [0, 1)"),
         (0 <= cfg.data.val_split < 1, "data.val_split must be in [0, 1)"),
+        (cfg.data.workers >= 0, "data.workers must be >= 0"),
         (cfg.aug.crop_pad >= 0, "aug.crop_pad must be >= 0"),
         (cfg.sched.warmup_epochs >= 0, "sched.warmup_epochs must be >= 0"),
         (

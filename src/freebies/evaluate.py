@@ -12,7 +12,8 @@ import contextlib
 import torch
 from torch import nn
 
-from freebies.data.loader import normalize
+from freebies.data.datasets import FolderImages
+from freebies.data.loader import eval_batches, normalize
 from freebies.distributed import all_sum
 
 ECE_BINS = 15
@@ -41,7 +42,7 @@ def ece_from_sums(sums: torch.Tensor) -> float:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | FolderImages,
     y: torch.Tensor,
     mean: torch.Tensor,
     std: torch.Tensor,
@@ -52,19 +53,20 @@ def evaluate(
     channels_last: bool = False,
     rank: int = 0,
     world: int = 1,
+    workers: int = 4,
 ) -> dict[str, float]:
     """Score uint8 images x: (N, C, H, W) with labels y: (N,) -> {acc (0-100), nll, ece}.
+
+    Images are read on the device of `y` (in memory, or streamed from a folder).
 
     `tta` averages the softmax of the image and of its horizontal flip.
     """
     was_training = model.training
     model.eval()
-    x, y = x[rank::world], y[rank::world]
-    nll = torch.zeros((), dtype=torch.float64, device=x.device)
-    sums = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=x.device)
-    for i in range(0, len(x), batch_size):
-        xb = normalize(x[i : i + batch_size], mean, std, channels_last)
-        yb = y[i : i + batch_size]
+    nll = torch.zeros((), dtype=torch.float64, device=y.device)
+    sums = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=y.device)
+    for xb, yb in eval_batches(x, y, batch_size, rank=rank, world=world, workers=workers):
+        xb = normalize(xb, mean, std, channels_last)
         with autocast or contextlib.nullcontext():
             logits = model(xb)
             if tta:

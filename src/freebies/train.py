@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -27,7 +29,14 @@ from tqdm import tqdm
 
 from freebies import checkpoint
 from freebies.config import Config, to_dict
-from freebies.data.loader import channel_stats, normalize, random_crop, random_flip, train_batches
+from freebies.data.loader import (
+    channel_stats,
+    normalize,
+    random_crop,
+    random_flip,
+    to_device,
+    train_batches,
+)
 from freebies.data.splits import Splits, prepare
 from freebies.distributed import Dist, all_sum, any_rank, setup
 from freebies.errors import UsageError
@@ -51,6 +60,17 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def machine() -> str:
+    """CPU model and core count, for result files (compare figures only on the same machine)."""
+    model = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def autocast_for(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
@@ -185,7 +205,7 @@ def _run(
     dev = d.device
     mean, std = channel_stats(data.train_x)
     mean, std = mean.to(dev), std.to(dev)
-    train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
+    train_x, train_y = to_device(data.train_x, dev), data.train_y.to(dev)
     num_classes, in_channels = len(data.classes), data.train_x.shape[1]
 
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
@@ -284,6 +304,7 @@ def _run(
                     rank=d.rank,
                     world=d.world,
                     start_step=first,
+                    workers=cfg.data.workers,
                 ),
                 start=first,
             ):
@@ -361,6 +382,7 @@ def _run(
         "train_img_per_s": total_steps * batch / max(times["train_s"], 1e-9),
         "params": sum(p.numel() for p in net.parameters()),
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "machine": machine(),
         "world_size": d.world,
         "torch": torch.__version__,
         "seed": cfg.train.seed,
@@ -421,13 +443,14 @@ def _eval_row(
         channels_last=cfg.train.channels_last,
         rank=d.rank,
         world=d.world,
+        workers=cfg.data.workers,
     )
     dev = mean.device
     row = {}
     if data.val_x is not None:
-        val = evaluate(model, data.val_x.to(dev), data.val_y.to(dev), mean, std, **kw)
+        val = evaluate(model, to_device(data.val_x, dev), data.val_y.to(dev), mean, std, **kw)
         row.update(val_loss=val["nll"], val_acc=val["acc"])
-    test = evaluate(model, data.test_x.to(dev), data.test_y.to(dev), mean, std, **kw)
+    test = evaluate(model, to_device(data.test_x, dev), data.test_y.to(dev), mean, std, **kw)
     row.update(
         test_loss=test["nll"], test_acc=test["acc"], test_nll=test["nll"], test_ece=test["ece"]
     )

@@ -1,5 +1,5 @@
-"""Datasets: loading images and labels from disk into memory."""
+"""Datasets: images and labels from disk, in memory (or streamed for very large folders)."""
 
-from freebies.data.datasets import ImageData, load_dataset
+from freebies.data.datasets import FolderImages, ImageData, load_dataset
 
-__all__ = ["ImageData", "load_dataset"]
+__all__ = ["FolderImages", "ImageData", "load_dataset"]

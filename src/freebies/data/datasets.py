@@ -30,16 +30,16 @@ import torch
 
 from freebies.errors import UsageError, nearest
 
-__all__ = ["ImageData", "load_dataset"]
+__all__ = ["FolderImages", "ImageData", "load_dataset"]
 
 
 @dataclass
 class ImageData:
     """A labelled train/test split held in memory."""
 
-    train_x: torch.Tensor  # uint8 (N, C, H, W), contiguous, CPU
+    train_x: torch.Tensor | FolderImages  # uint8 (N, C, H, W), contiguous, CPU; or on disk
     train_y: torch.Tensor  # int64 (N,)
-    test_x: torch.Tensor  # uint8 (M, C, H, W)
+    test_x: torch.Tensor | FolderImages  # uint8 (M, C, H, W)
     test_y: torch.Tensor  # int64 (M,)
     classes: list[str]  # class names, len = number of classes
 
@@ -65,11 +65,12 @@ _NAMES = ["fashion-mnist", "mnist", "cifar10", "cifar100", "folder"]
 SYSTEM_DATASETS = Path("/usr/share/datasets")
 
 
-def load_dataset(spec: str, image_size: int | None = None) -> ImageData:
+def load_dataset(spec: str, image_size: int | None = None, stream: bool = False) -> ImageData:
     """Load the dataset named by ``spec`` (see the module docstring for the forms).
 
     ``image_size``, when given, resizes every image to ``image_size x image_size``; it is what
-    lets a folder of differently sized images load at all.
+    lets a folder of differently sized images load at all. ``stream`` (folders only) leaves the
+    images on disk as :class:`FolderImages`, decoded batch by batch by a DataLoader.
     """
     if image_size is not None and (
         isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
@@ -97,10 +98,15 @@ def load_dataset(spec: str, image_size: int | None = None) -> ImageData:
             raise UsageError(
                 "folder needs a directory with train/ and test/ inside: --data folder:DIR"
             )
-        return _load_folder(directory, image_size)
+        return _load_folder(directory, image_size, stream)
     else:
         raise UsageError(
             f"unknown dataset {spec!r}{nearest(name, _NAMES)}; valid forms: {VALID_FORMS}"
+        )
+    if stream:
+        raise UsageError(
+            f"data.stream is for folder: datasets too large for memory; {name} fits,"
+            " so drop data.stream"
         )
     if image_size is not None:
         data.train_x = _resize_batch(data.train_x, image_size)
@@ -425,7 +431,7 @@ def _list_split(split_dir: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _load_folder(directory: Path, image_size: int | None) -> ImageData:
+def _load_folder(directory: Path, image_size: int | None, stream: bool = False) -> ImageData:
     from PIL import Image
 
     if not directory.is_dir():
@@ -482,6 +488,14 @@ def _load_folder(directory: Path, image_size: int | None) -> ImageData:
     else:
         width = height = image_size
 
+    if stream:
+        return ImageData(
+            train_x=FolderImages(train_paths, channels, height, width),
+            train_y=torch.tensor(train_labels, dtype=torch.int64),
+            test_x=FolderImages(test_paths, channels, height, width),
+            test_y=torch.tensor(test_labels, dtype=torch.int64),
+            classes=classes,
+        )
     n = len(train_paths)
     # Separate arrays, so train and test tensors do not share (and drag along) one storage.
     train_out = np.empty((n, channels, height, width), dtype=np.uint8)
@@ -510,6 +524,39 @@ def _load_folder(directory: Path, image_size: int | None) -> ImageData:
         test_y=torch.tensor(test_labels, dtype=torch.int64),
         classes=classes,
     )
+
+
+class FolderImages(torch.utils.data.Dataset):
+    """Images left on disk and decoded on demand: the path for folders too large for memory.
+
+    Indexing with an int decodes one uint8 (C, H, W) image; indexing with a slice or an index
+    tensor gives the subset, like a tensor would, so splits and limits work unchanged.
+    """
+
+    def __init__(self, paths: list[Path], channels: int, height: int, width: int) -> None:
+        self.paths, self.channels, self.height, self.width = paths, channels, height, width
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.channels, self.height, self.width)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return FolderImages(self.paths[index], self.channels, self.height, self.width)
+        if isinstance(index, torch.Tensor) and index.ndim == 1:
+            picked = [self.paths[i] for i in index.tolist()]
+            return FolderImages(picked, self.channels, self.height, self.width)
+        from PIL import Image
+
+        x = torch.from_numpy(np.ascontiguousarray(_decode(self.paths[index], self.channels, Image)))
+        if tuple(x.shape[1:]) != (self.height, self.width):
+            from torchvision.transforms.v2 import functional as F
+
+            x = F.resize(x, [self.height, self.width], antialias=True)
+        return x
 
 
 def _parallel_map(fn: Callable[[Any], Any], items: Any) -> list:

@@ -1,9 +1,13 @@
-"""The in-memory batch loader: the dataset is one uint8 tensor on the device.
+"""The batch loader: the dataset is one uint8 tensor on the device.
 
 Batches are drawn by index from one global shuffled order (seeded by the run seed and the epoch,
 the same on every rank); each rank takes its slice. Crop and flip are batched tensor ops with
 each image's own random draw, from the rank's own generator, in the style of airbench
 (Keller Jordan), instead of per-sample PIL transforms.
+
+Image folders too large for memory (`data.stream`) go through a `torch.utils.data.DataLoader`
+whose workers decode files; it is fed the very same index lists, so the order, the rank shards
+and an exact resume are unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from freebies.data.datasets import FolderImages
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -55,14 +62,24 @@ def normalize(
     return (x - mean[:, None, None]) / std[:, None, None]
 
 
-def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of a uint8 (N, C, H, W) tensor, in pixel units."""
+def channel_stats(x: torch.Tensor | FolderImages) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 (N, C, H, W) images, in pixel units.
+
+    Streamed folders are estimated from 1024 images spread evenly over the set.
+    """
+    if isinstance(x, FolderImages):
+        x = torch.stack([x[i] for i in torch.linspace(0, len(x) - 1, min(len(x), 1024)).long()])
     chunks = x.transpose(0, 1).reshape(x.shape[1], -1).double()
     return chunks.mean(1).float(), chunks.std(1).float()
 
 
+def to_device(x: torch.Tensor | FolderImages, device: torch.device) -> torch.Tensor | FolderImages:
+    """Move in-memory images to the device; streamed ones move batch by batch."""
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
 def train_batches(
-    x: torch.Tensor,
+    x: torch.Tensor | FolderImages,
     y: torch.Tensor,
     batch_size: int,
     *,
@@ -71,14 +88,54 @@ def train_batches(
     rank: int = 0,
     world: int = 1,
     start_step: int = 0,
+    workers: int = 4,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield this rank's (uint8 images, labels) for each global batch of one epoch.
 
     The last incomplete global batch is dropped so every step sees `batch_size` images and
     every rank the same share. `start_step` skips batches already trained (exact resume).
+    Images come back on the device of `y`.
     """
     local = batch_size // world
-    order = epoch_order(len(x), seed, epoch).to(x.device)
-    for step in range(start_step, len(x) // batch_size):
-        idx = order[step * batch_size + rank * local : step * batch_size + (rank + 1) * local]
-        yield x[idx], y[idx]
+    order = epoch_order(len(x), seed, epoch).to(y.device)
+    index = [
+        order[step * batch_size + rank * local : step * batch_size + (rank + 1) * local]
+        for step in range(start_step, len(x) // batch_size)
+    ]
+    if isinstance(x, torch.Tensor):
+        for idx in index:
+            yield x[idx], y[idx]
+    else:
+        yield from _stream(x, y, [i.cpu().tolist() for i in index], workers)
+
+
+def eval_batches(
+    x: torch.Tensor | FolderImages,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 4,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's strided shard of an evaluation set, in order, as (uint8 images, labels)."""
+    mine = list(range(rank, len(x), world))
+    index = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    if isinstance(x, torch.Tensor):
+        for idx in index:
+            yield x[idx], y[idx]
+    else:
+        yield from _stream(x, y, index, workers)
+
+
+def _stream(images: FolderImages, y: torch.Tensor, index: list[list[int]], workers: int):
+    """Decode the given batches of file indices in DataLoader workers, in order."""
+    loader = DataLoader(
+        images,
+        batch_sampler=index,
+        num_workers=workers,
+        pin_memory=y.device.type == "cuda",
+        persistent_workers=False,
+    )
+    for idx, xb in zip(index, loader, strict=True):
+        yield xb.to(y.device, non_blocking=True), y[torch.tensor(idx, device=y.device)]

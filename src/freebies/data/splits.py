@@ -12,16 +12,16 @@ from dataclasses import dataclass
 import torch
 
 from freebies.config import DataCfg
-from freebies.data.datasets import load_dataset
+from freebies.data.datasets import FolderImages, load_dataset
 
 
 @dataclass
 class Splits:
-    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_x: torch.Tensor | FolderImages  # uint8 (N, C, H, W), or streamed from disk
     train_y: torch.Tensor  # int64 (N,)
-    val_x: torch.Tensor | None
+    val_x: torch.Tensor | FolderImages | None
     val_y: torch.Tensor | None
-    test_x: torch.Tensor
+    test_x: torch.Tensor | FolderImages
     test_y: torch.Tensor
     classes: list[str]
 
@@ -31,12 +31,15 @@ class Splits:
         h = hashlib.sha1()
         for t in (self.train_y, self.test_y, self.train_x[:64], self.test_x[:64]):
             h.update(str(tuple(t.shape)).encode())
-            h.update(t.contiguous().numpy().tobytes())
+            if isinstance(t, FolderImages):
+                h.update("\n".join(map(str, t.paths)).encode())
+            else:
+                h.update(t.contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
 
 def prepare(cfg: DataCfg) -> Splits:
-    data = load_dataset(cfg.spec, cfg.image_size)
+    data = load_dataset(cfg.spec, cfg.image_size, cfg.stream)
     train_x, train_y = data.train_x, data.train_y
     val_x = val_y = None
     if cfg.val_split > 0:
