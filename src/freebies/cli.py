@@ -1,4 +1,4 @@
-"""The `freebies` command: train | eval.
+"""The `freebies` command: train | eval | fuse.
 
 Mistakes a person can fix end in one line on stderr and exit code 2; Ctrl-C saves a
 checkpoint and exits with 130.
@@ -68,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--tta", action="store_true", help="average the image and its flip")
     e.add_argument("--limit-test", type=int, metavar="N")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    f = sub.add_parser("fuse", help="fold ACNet blocks and conv+BN pairs into plain convs")
+    f.add_argument("checkpoint", type=Path)
+    f.add_argument("-o", "--output", type=Path, required=True, help="deploy checkpoint to write")
+    f.add_argument("--export", choices=["torchscript", "onnx"], help="also write an export")
+    f.add_argument("--data", help="data for the check batch (default: the training data)")
+    f.add_argument("--batch", type=int, default=256, help="check and timing batch size")
+    f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return p
 
 
@@ -120,45 +129,51 @@ def _train(args: argparse.Namespace) -> None:
     )
 
 
+def _test_data(ckpt: dict, spec: str | None, limit: int | None) -> Any:
+    """The checkpoint's test set (or `spec`'s), checked against what the model expects."""
+    from freebies.data.splits import prepare
+
+    cfg = config.from_dict(ckpt["config"])
+    cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, limit
+    if spec is not None:
+        cfg.data.spec = spec
+    data = prepare(cfg.data)
+    classes, shape = ckpt["data"]["classes"], ckpt["data"]["shape"]
+    if len(data.classes) != len(classes) or list(data.test_x.shape[1:]) != shape:
+        raise UsageError(
+            f"{cfg.data.spec} does not match the checkpoint: it has {len(data.classes)} classes "
+            f"of {list(data.test_x.shape[1:])} images, the model expects {len(classes)} of {shape}"
+        )
+    return data
+
+
 def _eval(args: argparse.Namespace) -> None:
-    import torch
+    import contextlib
 
     from freebies import checkpoint
-    from freebies.data.splits import prepare
+    from freebies.data.loader import to_device
+    from freebies.deploy import load_model
     from freebies.distributed import pick_device
     from freebies.evaluate import evaluate
-    from freebies.train import autocast_for, build_model
+    from freebies.train import autocast_for
 
     ckpt = checkpoint.load(args.checkpoint)
     cfg = config.from_dict(ckpt["config"])
-    cfg.train.sync_bn = False
-    cfg.data.val_split, cfg.data.limit_train = 0.0, None
-    if args.data is not None:
-        cfg.data.spec = args.data
-    cfg.data.limit_test = args.limit_test
-    data = prepare(cfg.data)
-    classes = ckpt["data"]["classes"]
-    if len(data.classes) != len(classes) or list(data.test_x.shape[1:]) != ckpt["data"]["shape"]:
-        raise UsageError(
-            f"{args.data} does not match the checkpoint: it has {len(data.classes)} classes of "
-            f"{list(data.test_x.shape[1:])} images, the model expects {len(classes)} of "
-            f"{ckpt['data']['shape']}"
-        )
+    data = _test_data(ckpt, args.data, args.limit_test)
     device = pick_device(args.device)
-    model = build_model(cfg, len(classes), ckpt["data"]["shape"][0])
-    model.load_state_dict(ckpt["model"])
-    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=fmt)
+    model = load_model(ckpt).to(device)
+    # A deploy checkpoint is evaluated in fp32 so its predictions match the unfused model's.
+    autocast = contextlib.nullcontext() if ckpt.get("deploy") else autocast_for(cfg, device)
     result = evaluate(
         model,
-        data.test_x.to(device),
+        to_device(data.test_x, device),
         data.test_y.to(device),
         ckpt["data"]["mean"].to(device),
         ckpt["data"]["std"].to(device),
         batch_size=cfg.train.eval_batch_size,
         tta=args.tta,
-        autocast=autocast_for(cfg, device),
-        channels_last=cfg.train.channels_last,
+        autocast=autocast,
+        workers=cfg.data.workers,
     )
     print(
         json.dumps(
@@ -167,10 +182,48 @@ def _eval(args: argparse.Namespace) -> None:
     )
 
 
+def _fuse(args: argparse.Namespace) -> None:
+    import torch
+
+    from freebies import checkpoint, deploy
+    from freebies.data.loader import eval_batches, normalize
+    from freebies.distributed import pick_device
+
+    if args.output.exists() and not args.overwrite:
+        raise UsageError(f"{args.output} already exists; pass --overwrite or choose another -o")
+    ckpt = checkpoint.load(args.checkpoint)
+    if ckpt.get("deploy"):
+        raise UsageError(f"{args.checkpoint} is already a fused deploy checkpoint")
+    cfg = config.from_dict(ckpt["config"])
+    device = pick_device(args.device)
+    data = _test_data(ckpt, args.data, args.batch)
+    xb, _ = next(eval_batches(data.test_x, data.test_y, args.batch))
+    x = normalize(xb, ckpt["data"]["mean"], ckpt["data"]["std"]).to(device)
+    model = deploy.load_model(ckpt).to(device)
+    fused, report = deploy.fuse_and_check(model, cfg, x, len(ckpt["data"]["classes"]))
+    print(deploy.report_table(report))
+    if report["acb"] == 0:
+        print("no ACNet block found (model.acnet was off); folded the conv+BN pairs only")
+    checkpoint.save(
+        {
+            **{k: ckpt[k] for k in ("config", "data", "recipe")},
+            "model": {k: v.cpu() for k, v in fused.state_dict().items()},
+            "deploy": True,
+            "fuse_report": report,
+        },
+        args.output,
+    )
+    print(f"wrote {args.output}")
+    if args.export:
+        path = args.output.with_suffix(".ts" if args.export == "torchscript" else ".onnx")
+        deploy.export(fused.to(torch.device("cpu")), x.cpu(), args.export, path)
+        print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "eval": _eval}[args.command](args)
+        {"train": _train, "eval": _eval, "fuse": _fuse}[args.command](args)
     except UsageError as e:
         print(f"freebies: error: {e}", file=sys.stderr)
         return 2

@@ -41,6 +41,8 @@ class AugCfg:
 class ModelCfg:
     name: str = "resnet20"
     norm: str = "bn"  # bn | gn (GroupNorm: statistics independent of the batch split)
+    acnet: bool = False  # square convs -> ACNet blocks for training; `freebies fuse` folds them
+    acnet_side_gamma: float = 1.0  # init of the 1xk / kx1 branches' BN weight (1/3 on CIFAR)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from freebies.data.splits import Splits, prepare
 from freebies.distributed import Dist, all_sum, any_rank, setup
 from freebies.errors import UsageError
 from freebies.evaluate import evaluate
-from freebies.models import create_model
+from freebies.models import acnet, create_model
 from freebies.optim import build_optimizer, build_scheduler, scaled_lr
 from freebies.tricks import one_hot, smooth_targets
 
@@ -82,6 +82,8 @@ def autocast_for(cfg: Config, device: torch.device) -> contextlib.AbstractContex
 
 def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
     model = create_model(cfg.model.name, num_classes, in_channels, norm=cfg.model.norm)
+    if cfg.model.acnet:
+        acnet.convert(model, side_gamma=cfg.model.acnet_side_gamma)
     if cfg.train.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model

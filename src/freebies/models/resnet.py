@@ -130,15 +130,15 @@ class ShortcutA(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cl = x.is_contiguous(memory_format=torch.channels_last)
         if self.stride > 1:
             # Same output size as a padded 3x3 stride-s conv, ceil(H/s), also for odd sizes.
-            x = x[:, :, :: self.stride, :: self.stride]
+            # The copy gives the view dense strides in the input's layout: odd strides would
+            # pass through the residual sum to every later conv and BN, which then take slow
+            # kernels (measured: 100x slower on 12x10 inputs).
+            x = x[:, :, :: self.stride, :: self.stride].clone(memory_format=torch.preserve_format)
         if self.extra > 0:
             x = F.pad(x, (0, 0, 0, 0, 0, self.extra))
-        # A strided view would hand odd strides to the residual sum and from there to every
-        # later conv and BN, which then take slow kernels (measured: 100x on 12x10 inputs).
-        return x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        return x
 
 
 class BasicBlock(nn.Module):

@@ -1,0 +1,178 @@
+"""Deployment: fold a trained model into plain convolutions, check it, time it, save it.
+
+Every ACNet block (Ding et al. 2019, arXiv:1908.03930) and every conv+BN pair is folded by
+`freebies.models.acnet.fuse_model`. The fused model is checked against the unfused one on a
+real batch in fp32 eval mode, and compared for speed with the same architecture built plainly
+(no ACNet, its conv+BN pairs folded the same way), timed in the same process.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from freebies.config import Config
+from freebies.errors import UsageError
+from freebies.models.acnet import fuse_model
+
+MAX_ABS_DIFF = 1e-4  # fp32 tolerance between the fused and the unfused model
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates per image of the convs and linear layers, counted with hooks."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        per_out = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        total += out[0].numel() * per_out
+
+    def linear_hook(m: nn.Linear, _: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out[0].numel() * m.in_features
+
+    hooks = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+@torch.no_grad()
+def time_models(models: dict[str, nn.Module], x: torch.Tensor, repeats: int = 20) -> dict:
+    """Median ms per batch of each model, measured interleaved so noise hits all alike."""
+    for m in models.values():
+        m(x)  # warm-up: kernel selection, allocation
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            m(x)
+            times[name].append(1000 * (time.perf_counter() - t0))
+    return {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+
+
+def plain_fused(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
+    """The deploy architecture: the model built without ACNet, eval mode, conv+BN folded."""
+    from freebies.train import build_model
+
+    plain_cfg = copy.deepcopy(cfg)
+    plain_cfg.model.acnet = False
+    plain_cfg.train.sync_bn = False
+    model = build_model(plain_cfg, num_classes, in_channels).eval()
+    return fuse_model(model)[0]
+
+
+def fuse_and_check(
+    model: nn.Module, cfg: Config, x: torch.Tensor, num_classes: int
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fuse `model` (a copy), check it on batch x: (N, C, H, W) fp32, and measure both.
+
+    Returns the fused model and a report: counts of folded blocks, params, MACs, max abs
+    difference, ms per batch of the unfused, fused and plain-architecture models.
+    """
+    model = model.float().eval()
+    fused, counts = fuse_model(copy.deepcopy(model))
+    with torch.no_grad():
+        diff = (fused(x) - model(x)).abs().max().item()
+    if not diff <= MAX_ABS_DIFF:
+        raise UsageError(
+            f"the fused model differs from the trained one by {diff:.3g} (> {MAX_ABS_DIFF}); "
+            "refusing to write it. Is a custom module's fuse() wrong?"
+        )
+    plain = plain_fused(cfg, num_classes, x.shape[1]).to(x.device)
+    if sorted(fused.state_dict()) != sorted(plain.state_dict()):
+        raise UsageError(
+            "the fused model's structure differs from the plain architecture; "
+            "it cannot be rebuilt from its config"
+        )
+    ms = time_models({"unfused": model, "fused": fused, "plain": plain}, x)
+    params = {
+        k: sum(p.numel() for p in m.parameters())
+        for k, m in (("unfused", model), ("fused", fused), ("plain", plain))
+    }
+    macs = {
+        k: count_macs(m, x) for k, m in (("unfused", model), ("fused", fused), ("plain", plain))
+    }
+    report = {
+        **counts,
+        "max_abs_diff": diff,
+        "params": params,
+        "macs": macs,
+        "ms_per_batch": ms,
+        "batch": len(x),
+        "fused_over_plain": ms["fused"] / ms["plain"],
+    }
+    return fused, report
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """The before/after table `freebies fuse` prints."""
+    rows = [
+        ("trained (unfused)", "unfused"),
+        ("deployed (fused)", "fused"),
+        ("plain architecture", "plain"),
+    ]
+    lines = [
+        f"| model | params | MACs/image | ms/batch of {report['batch']} | max abs diff |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, key in rows:
+        diff = f"{report['max_abs_diff']:.2e}" if key == "fused" else ""
+        lines.append(
+            f"| {label} | {report['params'][key]:,} | {report['macs'][key]:,} | "
+            f"{report['ms_per_batch'][key]:.2f} | {diff} |"
+        )
+    lines.append(
+        f"folded {report['acb']} ACNet block(s) and {report['conv_bn']} conv+BN pair(s); "
+        f"fused / plain inference time: {report['fused_over_plain']:.3f}"
+    )
+    return "\n".join(lines)
+
+
+def export(model: nn.Module, x: torch.Tensor, fmt: str, path: Any) -> None:
+    """Write the fused model as TorchScript (traced) or ONNX."""
+    if fmt == "torchscript":
+        torch.jit.save(torch.jit.trace(model, x[:1]), str(path))
+    else:
+        try:
+            import onnx  # noqa: F401  (torch.onnx needs it to write the file)
+        except ImportError:
+            raise UsageError(
+                "--export onnx needs the onnx package: pip install onnx onnxscript"
+            ) from None
+        torch.onnx.export(
+            model,
+            (x[:1],),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}},
+        )
+
+
+def load_model(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the model of a training or deploy checkpoint and load its weights (eval mode)."""
+    from freebies import config
+    from freebies.train import build_model
+
+    cfg = config.from_dict(ckpt["config"])
+    cfg.train.sync_bn = False
+    num_classes, in_channels = len(ckpt["data"]["classes"]), ckpt["data"]["shape"][0]
+    if ckpt.get("deploy"):
+        model = plain_fused(cfg, num_classes, in_channels)
+    else:
+        model = build_model(cfg, num_classes, in_channels).eval()
+    model.load_state_dict(ckpt["model"])
+    return model

@@ -1,0 +1,164 @@
+"""`freebies fuse` and deploy checkpoints: ACNet + conv/BN folding end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from freebies import config, deploy, train
+from freebies.cli import main
+
+
+def tiny_run(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--recipe",
+        "baseline",
+        "--data",
+        f"fashion-mnist:{data}",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--set",
+        "train.eval_batch_size=64",
+        *extra,
+    ]
+
+
+def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.fixture
+def acnet_run(idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> Path:
+    out = tmp_path / "acnet"
+    rc, _, err = cli(
+        capsys,
+        *tiny_run(
+            idx_dir, out, "--set", "model.acnet=true", "--set", "model.acnet_side_gamma=0.333"
+        ),
+    )
+    assert rc == 0, err
+    return out
+
+
+def test_fuse_writes_a_plain_deploy_checkpoint_that_evaluates_the_same(acnet_run, capsys):
+    deployed = acnet_run / "deploy.pt"
+    rc, out, err = cli(capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(deployed))
+    assert rc == 0, err
+    assert "folded 19 ACNet block(s) and 19 conv+BN pair(s)" in out
+    # a plain ResNet-20 with its 19 BNs folded: 269,434 - (2 - 1) * (16 * 7 + 32 * 6 + 64 * 6)
+    assert "| deployed (fused) | 268,746 |" in out
+    ckpt = torch.load(deployed, weights_only=True)
+    assert ckpt["deploy"] is True and ckpt["config"]["model"]["acnet"] is True
+    assert all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
+    assert ckpt["fuse_report"]["max_abs_diff"] <= 1e-4
+
+    rc, trained, _ = cli(capsys, "eval", str(acnet_run / "last.pt"))
+    rc2, fused, _ = cli(capsys, "eval", str(deployed))
+    assert rc == rc2 == 0
+    a, b = json.loads(trained), json.loads(fused)
+    assert a["test_acc"] == b["test_acc"]
+    assert a["test_nll"] == pytest.approx(b["test_nll"], abs=1e-5)
+
+
+def test_fused_acnet_has_the_plain_structure(acnet_run):
+    ckpt = torch.load(acnet_run / "last.pt", weights_only=True)
+    model = deploy.load_model(ckpt)
+    fused, counts = deploy.fuse_and_check(
+        model, config.from_dict(ckpt["config"]), torch.randn(8, 1, 28, 28), 10
+    )
+    plain = deploy.plain_fused(config.from_dict(ckpt["config"]), 10, 1)
+    assert [(n, type(m)) for n, m in fused.named_modules()] == [
+        (n, type(m)) for n, m in plain.named_modules()
+    ]
+    assert counts["params"]["fused"] == counts["params"]["plain"] == 268_746
+    assert counts["macs"]["fused"] == counts["macs"]["plain"] < counts["macs"]["unfused"]
+
+
+def test_plain_model_is_folded_and_says_no_acb(idx_dir, tmp_path, capsys):
+    out = tmp_path / "plain"
+    assert cli(capsys, *tiny_run(idx_dir, out))[0] == 0
+    rc, stdout, _ = cli(capsys, "fuse", str(out / "last.pt"), "-o", str(tmp_path / "d.pt"))
+    assert rc == 0
+    assert "no ACNet block found" in stdout and "19 conv+BN pair(s)" in stdout
+
+
+def test_existing_output_is_refused_and_kept(acnet_run, capsys):
+    target = acnet_run / "deploy.pt"
+    target.write_text("precious")
+    rc, _, err = cli(capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target))
+    assert rc == 2 and "already exists" in err
+    assert target.read_text() == "precious"
+
+
+def test_a_wrong_fusion_is_refused_before_writing(acnet_run, capsys, monkeypatch):
+    real = deploy.fuse_model
+
+    def broken(model: nn.Module) -> tuple[nn.Module, dict]:
+        fused, counts = real(model)
+        with torch.no_grad():
+            fused.fc.bias += 0.01
+        return fused, counts
+
+    monkeypatch.setattr(deploy, "fuse_model", broken)
+    target = acnet_run / "deploy.pt"
+    rc, _, err = cli(capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target))
+    assert rc == 2 and "refusing to write" in err
+    assert not target.exists()
+
+
+def test_torchscript_export_matches(acnet_run, capsys):
+    target = acnet_run / "deploy.pt"
+    rc, _, err = cli(
+        capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target), "--export", "torchscript"
+    )
+    assert rc == 0, err
+    scripted = torch.jit.load(str(acnet_run / "deploy.ts"))
+    model = deploy.load_model(torch.load(target, weights_only=True))
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_acnet_run_resumes_after_an_interrupt_and_fuses(idx_dir, tmp_path, capsys, monkeypatch):
+    calls = {"n": 0}
+    real = train.any_rank
+
+    def stop_at_step_5(flag: bool, device: torch.device) -> bool:
+        calls["n"] += 1
+        return real(flag, device) or calls["n"] == 5
+
+    out = tmp_path / "run"
+    args = tiny_run(idx_dir, out, "--set", "model.acnet=true", "--epochs", "2")
+    monkeypatch.setattr(train, "any_rank", stop_at_step_5)
+    rc, _, err = cli(capsys, *args)
+    assert rc == 130 and "--resume" in err
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 5
+    monkeypatch.setattr(train, "any_rank", real)
+    assert cli(capsys, "train", "--resume", str(out))[0] == 0
+    ref = tmp_path / "ref"
+    assert (
+        cli(capsys, *tiny_run(idx_dir, ref, "--set", "model.acnet=true", "--epochs", "2"))[0] == 0
+    )
+    a = torch.load(out / "last.pt", weights_only=True)["model"]
+    b = torch.load(ref / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rc, _, err = cli(capsys, "fuse", str(out / "last.pt"), "-o", str(tmp_path / "d.pt"))
+    assert rc == 0, err
+
+
+def test_count_macs_matches_the_formula():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(8 * 5 * 4, 10)
+    )
+    x = torch.randn(2, 3, 9, 7)  # conv output 5 x 4
+    assert deploy.count_macs(model, x) == 5 * 4 * 8 * 3 * 9 + 160 * 10
