@@ -162,3 +162,15 @@ def test_count_macs_matches_the_formula():
     )
     x = torch.randn(2, 3, 9, 7)  # conv output 5 x 4
     assert deploy.count_macs(model, x) == 5 * 4 * 8 * 3 * 9 + 160 * 10
+
+
+def test_onnx_export_matches(acnet_run, capsys):
+    onnx = pytest.importorskip("onnx")
+    target = acnet_run / "deploy.pt"
+    rc, _, err = cli(
+        capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target), "--export", "onnx"
+    )
+    assert rc == 0, err
+    graph = onnx.load(str(acnet_run / "deploy.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert "Conv" in ops and "BatchNormalization" not in ops

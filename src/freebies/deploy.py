@@ -158,7 +158,7 @@ def export(model: nn.Module, x: torch.Tensor, fmt: str, path: Any) -> None:
             str(path),
             input_names=["images"],
             output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}},
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
 
 
