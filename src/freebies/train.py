@@ -188,8 +188,9 @@ def _run(
             f"train.batch_size={batch} is larger than the training set "
             f"({n_train} images); lower --batch-size"
         )
+    fingerprint = data.fingerprint
     ckpt = checkpoint.load(out / "last.pt") if resume else None
-    if ckpt is not None and ckpt["data"]["fingerprint"] != data.fingerprint:
+    if ckpt is not None and ckpt["data"]["fingerprint"] != fingerprint:
         raise UsageError(
             f"--resume {out}: the data differ from the data this run was trained "
             "on; point --data at the same files or start a new run"
@@ -248,7 +249,7 @@ def _run(
     if cfg.train.compile:
         model = torch.compile(model)
     autocast = autocast_for(cfg, dev)
-    t_resumed = time.perf_counter() - times["wall_s"]  # wall clock continues across resumes
+    t_resumed = t_start - times["wall_s"]  # wall clock continues across resumes
 
     def save(epoch: int, step: int) -> None:
         aug_states = _gather_states(aug_gen, d)
@@ -268,7 +269,7 @@ def _run(
                 "config": to_dict(cfg),
                 "recipe": recipe,
                 "data": {
-                    "fingerprint": data.fingerprint,
+                    "fingerprint": fingerprint,
                     "classes": data.classes,
                     "mean": mean.cpu(),
                     "std": std.cpu(),
