@@ -380,3 +380,79 @@ def test_streamed_folder_trains_exactly_like_the_in_memory_folder(tmp_path, caps
 def test_stream_is_refused_for_in_memory_formats(idx_dir, tmp_path, capsys):
     line = usage_error(capsys, *small(idx_dir, tmp_path / "run"), "--set", "data.stream=true")
     assert "data.stream is for folder:" in line
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adabound", "amsbound"])
+def test_every_trick_at_once_trains(idx_dir, tmp_path, capsys, optimizer):
+    """Smoke: two steps per epoch with every batch trick, smoothing, warmup and ACNet on."""
+    out = tmp_path / "run"
+    rc, _, err = run_cli(
+        capsys,
+        "train",
+        "--recipe",
+        "baseline",
+        "--data",
+        f"fashion-mnist:{idx_dir}",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "96",
+        "--limit-train",
+        "200",
+        "--set",
+        f"optim.name={optimizer}",
+        "--set",
+        "optim.lr=0.01",
+        "--set",
+        "aug.mixup=0.2",
+        "--set",
+        "aug.cutmix=1.0",
+        "--set",
+        "aug.ricap=0.3",
+        "--set",
+        "aug.switch_prob=[1, 1, 2]",
+        "--set",
+        "aug.mix_prob=0.9",
+        "--set",
+        "aug.mix_off_epochs=1",
+        "--set",
+        "aug.cutout=8",
+        "--set",
+        "aug.random_erasing=0.5",
+        "--set",
+        "aug.erasing_value=zero",
+        "--set",
+        "loss.label_smoothing=0.1",
+        "--set",
+        "sched.decay=cosine",
+        "--set",
+        "sched.warmup_epochs=1",
+        "--set",
+        "model.acnet=true",
+        "--set",
+        "optim.lr_scaling=linear",
+    )
+    assert rc == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["test_acc"] <= 100 and summary["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["aug.mixup=-1"], r"aug\.mixup, aug\.cutmix and aug\.ricap must be >= 0"),
+        (["aug.mix_off_epochs=5"], r"mix_off_epochs=5 must be shorter than the run"),
+        (["aug.mixup=0.2", "aug.switch_prob=[1, 2]"], r"one non-negative weight per mixer"),
+        (["aug.random_erasing=1.5"], r"random_erasing is a probability"),
+        (["aug.erasing_scale=[0.4, 0.1]"], r"inverted"),
+        (["optim.name=adabund"], r"did you mean 'adabound'"),
+    ],
+)
+def test_bad_trick_settings_are_one_line(idx_dir, tmp_path, capsys, overrides, message):
+    import re
+
+    sets = [a for o in overrides for a in ("--set", o)]
+    line = usage_error(capsys, *small(idx_dir, tmp_path / "run"), *sets)
+    assert re.search(message, line), line

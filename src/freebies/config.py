@@ -35,6 +35,19 @@ class DataCfg:
 class AugCfg:
     crop_pad: int = 4  # random crop after zero-padding by this many pixels; 0 = off
     flip: bool = True  # random horizontal flip
+    cutout: int = 0  # Cutout square side in pixels; 0 = off
+    cutout_holes: int = 1
+    random_erasing: float = 0.0  # Random Erasing probability per image; 0 = off
+    erasing_scale: tuple[float, float] = (0.02, 0.4)  # erased share of the image area
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)  # height / width of the rectangle
+    erasing_value: str = "random"  # random | mean | zero
+    mixup: float = 0.0  # alpha of Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0  # alpha of Beta(alpha, alpha); 0 = off
+    ricap: float = 0.0  # beta of Beta(beta, beta); 0 = off
+    mix_prob: float = 1.0  # probability that a batch is mixed
+    mix_off_epochs: int = 0  # no mixing in the last N epochs (as in GluonCV)
+    mix_mode: str = "switch"  # switch (random pick) | alternate (in turn), when several are on
+    switch_prob: list[float] = field(default_factory=list)  # weights of the mixers that are on
 
 
 @dataclass
@@ -47,7 +60,7 @@ class ModelCfg:
 
 @dataclass
 class OptimCfg:
-    name: str = "sgd"  # sgd | adamw
+    name: str = "sgd"  # sgd | adamw | adabound | amsbound
     lr: float = 0.1  # base LR at `lr_base_batch` images per step
     momentum: float = 0.9
     nesterov: bool = False
@@ -55,7 +68,9 @@ class OptimCfg:
     no_wd_norm_bias: bool = False  # exempt norm weights and all biases from weight decay
     lr_scaling: str = "none"  # none | linear: lr = lr * global_batch / lr_base_batch (Goyal 2017)
     lr_base_batch: int = 256
-    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw, adabound
+    final_lr: float = 0.1  # adabound: the SGD LR the bounds converge to
+    gamma: float = 1e-3  # adabound: convergence speed of the bounds
 
 
 @dataclass
@@ -242,13 +257,20 @@ def read_yaml(path: Path) -> dict:
 
 CHOICES = {
     "model.norm": ("bn", "gn"),
-    "optim.name": ("sgd", "adamw"),
+    "optim.name": ("sgd", "adamw", "adabound", "amsbound"),
+    "aug.mix_mode": ("switch", "alternate"),
+    "aug.erasing_value": ("random", "mean", "zero"),
     "optim.lr_scaling": ("none", "linear"),
     "sched.decay": ("step", "cosine", "linear", "none"),
     "sched.warmup": ("linear", "constant"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
 }
+
+
+def mixers(aug: AugCfg) -> list[str]:
+    """The batch-mixing tricks that are on, in a fixed order."""
+    return [name for name in ("mixup", "cutmix", "ricap") if getattr(aug, name) > 0]
 
 
 def validate(cfg: Config) -> Config:
@@ -268,6 +290,38 @@ def validate(cfg: Config) -> Config:
         (0 <= cfg.data.val_split < 1, "data.val_split must be in [0, 1)"),
         (cfg.data.workers >= 0, "data.workers must be >= 0"),
         (cfg.aug.crop_pad >= 0, "aug.crop_pad must be >= 0"),
+        (cfg.aug.cutout >= 0 and cfg.aug.cutout_holes >= 0, "aug.cutout must be >= 0"),
+        (0 <= cfg.aug.random_erasing <= 1, "aug.random_erasing is a probability in [0, 1]"),
+        (
+            0 < cfg.aug.erasing_scale[0] <= cfg.aug.erasing_scale[1] <= 1,
+            f"aug.erasing_scale={list(cfg.aug.erasing_scale)} must be (lo, hi) with "
+            "0 < lo <= hi <= 1 (an inverted range swaps lo and hi)",
+        ),
+        (
+            0 < cfg.aug.erasing_ratio[0] <= cfg.aug.erasing_ratio[1],
+            f"aug.erasing_ratio={list(cfg.aug.erasing_ratio)} must be (lo, hi) with "
+            "0 < lo <= hi (an inverted range swaps lo and hi)",
+        ),
+        (
+            min(cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.ricap) >= 0,
+            "aug.mixup, aug.cutmix and aug.ricap must be >= 0 (0 = off)",
+        ),
+        (0 <= cfg.aug.mix_prob <= 1, "aug.mix_prob is a probability in [0, 1]"),
+        (
+            0 <= cfg.aug.mix_off_epochs < cfg.train.epochs or cfg.aug.mix_off_epochs == 0,
+            f"aug.mix_off_epochs={cfg.aug.mix_off_epochs} must be shorter than the run "
+            f"(train.epochs={cfg.train.epochs})",
+        ),
+        (
+            not cfg.aug.switch_prob
+            or (
+                len(cfg.aug.switch_prob) == len(mixers(cfg.aug))
+                and min(cfg.aug.switch_prob) >= 0
+                and sum(cfg.aug.switch_prob) > 0
+            ),
+            f"aug.switch_prob needs one non-negative weight per mixer that is on "
+            f"({', '.join(mixers(cfg.aug)) or 'none'}), got {cfg.aug.switch_prob}",
+        ),
         (cfg.sched.warmup_epochs >= 0, "sched.warmup_epochs must be >= 0"),
         (
             cfg.sched.warmup_epochs < cfg.train.epochs,

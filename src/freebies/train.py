@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from freebies import checkpoint
-from freebies.config import Config, to_dict
+from freebies.config import Config, mixers, to_dict
 from freebies.data.loader import (
     channel_stats,
     normalize,
@@ -43,9 +43,19 @@ from freebies.errors import UsageError
 from freebies.evaluate import evaluate
 from freebies.models import acnet, create_model
 from freebies.optim import build_optimizer, build_scheduler, scaled_lr
-from freebies.tricks import one_hot, smooth_targets
+from freebies.tricks import (
+    cutmix,
+    cutout,
+    mixup,
+    one_hot,
+    pick_mixer,
+    random_erasing,
+    ricap,
+    smooth_targets,
+)
 
 SYNC_EVERY = 20  # steps between host syncs (progress bar, NaN check)
+MIXERS = {"mixup": mixup, "cutmix": cutmix, "ricap": ricap}
 
 
 def git_commit() -> str | None:
@@ -249,6 +259,9 @@ def _run(
     if cfg.train.compile:
         model = torch.compile(model)
     autocast = autocast_for(cfg, dev)
+    mix_names, mix_until = mixers(cfg.aug), cfg.train.epochs - cfg.aug.mix_off_epochs
+    # Random Erasing's "zero" fill is black, i.e. (0 - mean) / std in normalised units.
+    erase_fill = -mean / std if cfg.aug.erasing_value == "zero" else cfg.aug.erasing_value
     t_resumed = t_start - times["wall_s"]  # wall clock continues across resumes
 
     def save(epoch: int, step: int) -> None:
@@ -311,14 +324,37 @@ def _run(
                 ),
                 start=first,
             ):
-                # 1. augment (uint8, batched, each image its own draw)
+                # 1. augment (uint8, batched, each image its own draw), then normalise
                 xb = random_crop(xb, cfg.aug.crop_pad, aug_gen)
                 if cfg.aug.flip:
                     xb = random_flip(xb, aug_gen)
                 xb = normalize(xb, mean, std, cfg.train.channels_last)
-                # 2. soft targets
-                target = smooth_targets(one_hot(yb, num_classes), cfg.loss.label_smoothing)
-                # 3. forward, loss, backward, optimizer step, LR schedule step
+                # 2. erase: after normalisation, so a zero fill is the dataset mean
+                if cfg.aug.cutout:
+                    xb = cutout(xb, cfg.aug.cutout, cfg.aug.cutout_holes, aug_gen)
+                if cfg.aug.random_erasing:
+                    xb = random_erasing(
+                        xb,
+                        cfg.aug.random_erasing,
+                        cfg.aug.erasing_scale,
+                        cfg.aug.erasing_ratio,
+                        erase_fill,
+                        aug_gen,
+                    )
+                # 3. soft targets; mix at most one way; smooth once, on the final targets
+                target = one_hot(yb, num_classes)
+                mixer = pick_mixer(
+                    mix_names if epoch < mix_until else [],
+                    prob=cfg.aug.mix_prob,
+                    mode=cfg.aug.mix_mode,
+                    weights=cfg.aug.switch_prob,
+                    step=epoch * steps_per_epoch + step,
+                    generator=aug_gen,
+                )
+                if mixer is not None:
+                    xb, target = MIXERS[mixer](xb, target, getattr(cfg.aug, mixer), aug_gen)
+                target = smooth_targets(target, cfg.loss.label_smoothing)
+                # 4. forward, loss, backward, optimizer step, LR schedule step
                 with autocast:
                     logits = model(xb)
                 loss = F.cross_entropy(logits.float(), target)

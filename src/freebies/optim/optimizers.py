@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from freebies.config import OptimCfg
+from freebies.optim.adabound import AdaBound
 
 
 def scaled_lr(cfg: OptimCfg, global_batch: int) -> float:
@@ -40,5 +41,16 @@ def build_optimizer(model: nn.Module, cfg: OptimCfg, lr: float) -> torch.optim.O
             momentum=cfg.momentum,
             nesterov=cfg.nesterov,
             weight_decay=cfg.weight_decay,
+        )
+    if cfg.name in ("adabound", "amsbound"):
+        # final_lr is given at the recipe's LR scale; AdaBound rescales it with the schedule.
+        return AdaBound(
+            groups,
+            lr=lr,
+            betas=cfg.betas,
+            final_lr=cfg.final_lr,
+            gamma=cfg.gamma,
+            weight_decay=cfg.weight_decay,
+            amsbound=cfg.name == "amsbound",
         )
     return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

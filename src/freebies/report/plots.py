@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
@@ -19,7 +20,8 @@ def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
         rows = [r for r in metrics if key in r]
         return [r["epoch"] for r in rows], [r[key] for r in rows]
 
-    ax_loss.plot(epochs, [r["train_loss"] for r in metrics], "o-", label="train")
+    # The train loss is on augmented, label-smoothed targets, so it sits above the test NLL.
+    ax_loss.plot(epochs, [r["train_loss"] for r in metrics], "o-", label="train (as trained)")
     for key, label in (("test_loss", "test"), ("val_loss", "val")):
         if any(key in r for r in metrics):
             ax_loss.plot(*series(key), "o-", label=label)
@@ -38,6 +40,7 @@ def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
         ax.legend()
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

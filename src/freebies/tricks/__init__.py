@@ -1,5 +1,20 @@
-"""The seed notes' training tricks, each a pure function on batched tensors."""
+"""The seed notes' training tricks, each a pure function on batched tensors.
 
+Importable on their own for use in any training loop: nothing here depends on the CLI or the
+recipe config.
+"""
+
+from freebies.tricks.erasing import cutout, random_erasing
+from freebies.tricks.mixing import cutmix, mixup, pick_mixer, ricap
 from freebies.tricks.targets import one_hot, smooth_targets
 
-__all__ = ["one_hot", "smooth_targets"]
+__all__ = [
+    "cutmix",
+    "cutout",
+    "mixup",
+    "one_hot",
+    "pick_mixer",
+    "random_erasing",
+    "ricap",
+    "smooth_targets",
+]
