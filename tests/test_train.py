@@ -456,3 +456,73 @@ def test_bad_trick_settings_are_one_line(idx_dir, tmp_path, capsys, overrides, m
     sets = [a for o in overrides for a in ("--set", o)]
     line = usage_error(capsys, *small(idx_dir, tmp_path / "run"), *sets)
     assert re.search(message, line), line
+
+
+def test_distillation_from_a_freebies_checkpoint(idx_dir, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    assert run_cli(capsys, *small(idx_dir, teacher), "--epochs", "1")[0] == 0
+    out = tmp_path / "student"
+    rc, _, err = run_cli(
+        capsys,
+        *small(idx_dir, out),
+        "--epochs",
+        "1",
+        "--model",
+        "resnet20",
+        "--set",
+        f"distill.teacher={teacher / 'last.pt'}",
+        "--set",
+        "distill.alpha=0.7",
+        "--set",
+        "distill.temperature=3",
+        "--set",
+        "aug.mixup=0.2",
+    )
+    assert rc == 0, err
+    assert 0 <= json.loads((out / "summary.json").read_text())["test_acc"] <= 100
+
+
+def test_distillation_refuses_a_teacher_with_other_classes(idx_dir, tmp_path, capsys):
+    from fakedata import write_folder
+
+    write_folder(
+        tmp_path / "imgs", classes=("a", "b", "c"), n_per_class=12, size=(28, 28), mode="L"
+    )
+    teacher = tmp_path / "teacher"
+    rc, _, err = run_cli(
+        capsys,
+        "train",
+        "--recipe",
+        "baseline",
+        "--data",
+        f"folder:{tmp_path / 'imgs'}",
+        "--out",
+        str(teacher),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+    )
+    assert rc == 0, err
+    line = usage_error(
+        capsys,
+        *small(idx_dir, tmp_path / "student"),
+        "--set",
+        f"distill.teacher={teacher / 'last.pt'}",
+    )
+    assert "predicts 3 classes but the data have 10" in line
+
+
+def test_ema_is_what_gets_evaluated_and_its_state_is_required_on_resume(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *small(idx_dir, out), "--epochs", "1", "--set", "ema.decay=0.9")[0] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rc, stdout, _ = run_cli(capsys, "eval", str(out / "last.pt"))
+    assert rc == 0 and json.loads(stdout)["test_acc"] == pytest.approx(summary["test_acc"])
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert "ema" in ckpt
+    raw = {k: v for k, v in ckpt.items() if k != "ema"}
+    raw["epoch"] = 0  # pretend it was interrupted, so resuming has work to do
+    torch.save(raw, out / "last.pt")
+    line = usage_error(capsys, "train", "--resume", str(out))
+    assert "holds no EMA weights" in line

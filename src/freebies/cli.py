@@ -1,4 +1,4 @@
-"""The `freebies` command: train | eval | fuse.
+"""The `freebies` command: train | eval | fuse | tricks.
 
 Mistakes a person can fix end in one line on stderr and exit code 2; Ctrl-C saves a
 checkpoint and exits with 130.
@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--tta", action="store_true", help="average the image and its flip")
     e.add_argument("--limit-test", type=int, metavar="N")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    k = sub.add_parser("tricks", help="list every trick: keys, the setting that turns it on, paper")
+    k.add_argument("--json", action="store_true", help="one JSON document, for machines")
 
     f = sub.add_parser("fuse", help="fold ACNet blocks and conv+BN pairs into plain convs")
     f.add_argument("checkpoint", type=Path)
@@ -220,10 +223,27 @@ def _fuse(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _tricks(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from freebies.tricks.catalog import TRICKS
+
+    if args.json:
+        print(json.dumps([dataclasses.asdict(t) for t in TRICKS], indent=2))
+        return
+    for t in TRICKS:
+        on = " ".join(f"--set {k}={v}" for k, v in t.on.items()) or "(see keys)"
+        print(
+            f"{t.name:16s} {t.what}\n{'':16s} keys: {', '.join(t.keys)}\n"
+            f"{'':16s} on:   {on}\n{'':16s} {t.paper} {t.link}".rstrip()
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "eval": _eval, "fuse": _fuse}[args.command](args)
+        commands = {"train": _train, "eval": _eval, "fuse": _fuse, "tricks": _tricks}
+        commands[args.command](args)
     except UsageError as e:
         print(f"freebies: error: {e}", file=sys.stderr)
         return 2

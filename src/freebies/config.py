@@ -35,6 +35,7 @@ class DataCfg:
 class AugCfg:
     crop_pad: int = 4  # random crop after zero-padding by this many pixels; 0 = off
     flip: bool = True  # random horizontal flip
+    autoaugment: str = "none"  # none | cifar10 | imagenet | svhn | randaugment | trivialaugment
     cutout: int = 0  # Cutout square side in pixels; 0 = off
     cutout_holes: int = 1
     random_erasing: float = 0.0  # Random Erasing probability per image; 0 = off
@@ -90,6 +91,18 @@ class LossCfg:
 
 
 @dataclass
+class DistillCfg:
+    teacher: str | None = None  # a freebies checkpoint (last.pt or a fused deploy .pt)
+    alpha: float = 0.5  # weight of the soft term: (1 - a) CE + a T^2 KL
+    temperature: float = 4.0
+
+
+@dataclass
+class EmaCfg:
+    decay: float = 0.0  # weight EMA per step, e.g. 0.999; 0 = off; evaluation uses the EMA
+
+
+@dataclass
 class TrainCfg:
     epochs: int = 30
     batch_size: int = 128  # global batch, split across ranks under torchrun
@@ -113,6 +126,8 @@ class Config:
     optim: OptimCfg = field(default_factory=OptimCfg)
     sched: SchedCfg = field(default_factory=SchedCfg)
     loss: LossCfg = field(default_factory=LossCfg)
+    distill: DistillCfg = field(default_factory=DistillCfg)
+    ema: EmaCfg = field(default_factory=EmaCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
 
 
@@ -259,6 +274,7 @@ CHOICES = {
     "model.norm": ("bn", "gn"),
     "optim.name": ("sgd", "adamw", "adabound", "amsbound"),
     "aug.mix_mode": ("switch", "alternate"),
+    "aug.autoaugment": ("none", "cifar10", "imagenet", "svhn", "randaugment", "trivialaugment"),
     "aug.erasing_value": ("random", "mean", "zero"),
     "optim.lr_scaling": ("none", "linear"),
     "sched.decay": ("step", "cosine", "linear", "none"),
@@ -333,6 +349,9 @@ def validate(cfg: Config) -> Config:
             "sched.milestones are fractions of the run, each in (0, 1], e.g. [0.5, 0.75]",
         ),
         (0 < cfg.sched.gamma <= 1, "sched.gamma must be in (0, 1]"),
+        (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
+        (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
+        (0 <= cfg.ema.decay < 1, "ema.decay must be in [0, 1) (0 = off)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -174,5 +174,8 @@ def load_model(ckpt: dict[str, Any]) -> nn.Module:
         model = plain_fused(cfg, num_classes, in_channels)
     else:
         model = build_model(cfg, num_classes, in_channels).eval()
-    model.load_state_dict(ckpt["model"])
+    state = ckpt["model"]
+    if "ema" in ckpt:  # a run with EMA is evaluated and deployed with its EMA weights
+        state = {k[len("module.") :]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    model.load_state_dict(state)
     return model

@@ -38,14 +38,19 @@ from freebies.data.loader import (
     train_batches,
 )
 from freebies.data.splits import Splits, prepare
+from freebies.deploy import load_model
 from freebies.distributed import Dist, all_sum, any_rank, setup
 from freebies.errors import UsageError
 from freebies.evaluate import evaluate
 from freebies.models import acnet, create_model
 from freebies.optim import build_optimizer, build_scheduler, scaled_lr
 from freebies.tricks import (
+    autoaugment,
     cutmix,
     cutout,
+    ema_model,
+    kd_loss,
+    make_policy,
     mixup,
     one_hot,
     pick_mixer,
@@ -97,6 +102,33 @@ def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
     if cfg.train.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def load_teacher(
+    cfg: Config, classes: list[str], shape: Any, mean: torch.Tensor, std: torch.Tensor
+) -> tuple[nn.Module | None, Any, Any]:
+    """The distillation teacher (eval mode, no grad) and the affine map from the student's
+    normalised inputs to the teacher's: x_teacher = x * scale + shift, per channel."""
+    if cfg.distill.teacher is None:
+        return None, 1.0, 0.0
+    ckpt = checkpoint.load(Path(cfg.distill.teacher))
+    t_classes, t_shape = ckpt["data"]["classes"], ckpt["data"]["shape"]
+    if len(t_classes) != len(classes):
+        raise UsageError(
+            f"distill.teacher {cfg.distill.teacher} predicts {len(t_classes)} classes but the "
+            f"data have {len(classes)}; use a teacher trained on the same classes"
+        )
+    if list(t_shape) != list(shape):
+        raise UsageError(
+            f"distill.teacher {cfg.distill.teacher} takes {t_shape} images but the data are "
+            f"{list(shape)}; use a teacher trained on the same image size and channels"
+        )
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    teacher = load_model(ckpt).to(mean.device, memory_format=fmt).requires_grad_(False)
+    t_mean, t_std = ckpt["data"]["mean"].to(mean.device), ckpt["data"]["std"].to(mean.device)
+    scale = (std / t_std)[None, :, None, None]
+    shift = ((mean - t_mean) / t_std)[None, :, None, None]
+    return teacher, scale, shift
 
 
 def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -233,11 +265,19 @@ def _run(
     )
     aug_gen = torch.Generator(dev).manual_seed(cfg.train.seed + 1_000_003 * d.rank)
 
+    ema = ema_model(net, cfg.ema.decay) if cfg.ema.decay else None
     start_epoch, start_step, metrics = 0, 0, []
     partial = {"loss_sum": 0.0, "steps": 0, "train_s": 0.0}
     times = {"train_s": 0.0, "wall_s": 0.0}
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
+        if ema is not None:
+            if "ema" not in ckpt:
+                raise UsageError(
+                    f"--resume {out}: ema.decay is on but the checkpoint holds no "
+                    "EMA weights; resume without EMA or start a new run"
+                )
+            ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         if len(ckpt["rng"]["aug"]) != d.world:
@@ -259,6 +299,8 @@ def _run(
     if cfg.train.compile:
         model = torch.compile(model)
     autocast = autocast_for(cfg, dev)
+    policy = make_policy(cfg.aug.autoaugment)
+    teacher, t_scale, t_shift = load_teacher(cfg, data.classes, data.train_x.shape[1:], mean, std)
     mix_names, mix_until = mixers(cfg.aug), cfg.train.epochs - cfg.aug.mix_off_epochs
     # Random Erasing's "zero" fill is black, i.e. (0 - mean) / std in normalised units.
     erase_fill = -mean / std if cfg.aug.erasing_value == "zero" else cfg.aug.erasing_value
@@ -271,6 +313,7 @@ def _run(
         checkpoint.save(
             {
                 "model": net.state_dict(),
+                **({"ema": ema.state_dict()} if ema is not None else {}),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "epoch": epoch,
@@ -328,6 +371,7 @@ def _run(
                 xb = random_crop(xb, cfg.aug.crop_pad, aug_gen)
                 if cfg.aug.flip:
                     xb = random_flip(xb, aug_gen)
+                xb = autoaugment(xb, policy, aug_gen)
                 xb = normalize(xb, mean, std, cfg.train.channels_last)
                 # 2. erase: after normalisation, so a zero fill is the dataset mean
                 if cfg.aug.cutout:
@@ -357,11 +401,24 @@ def _run(
                 # 4. forward, loss, backward, optimizer step, LR schedule step
                 with autocast:
                     logits = model(xb)
-                loss = F.cross_entropy(logits.float(), target)
+                if teacher is None:
+                    loss = F.cross_entropy(logits.float(), target)
+                else:  # the teacher sees the same (mixed, erased) batch, in its own units
+                    with torch.no_grad(), autocast:
+                        t_logits = teacher(xb * t_scale + t_shift)
+                    loss = kd_loss(
+                        logits.float(),
+                        t_logits.float(),
+                        target,
+                        cfg.distill.alpha,
+                        cfg.distill.temperature,
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(net)
                 losses[step] = loss.detach()
 
                 done = step + 1
@@ -394,7 +451,8 @@ def _run(
             }
             if last or (epoch + 1) % cfg.train.eval_every == 0:
                 tta = last and cfg.train.tta
-                row.update(_eval_row(model, data, mean, std, cfg, autocast, d, tta))
+                scored = ema.module if ema is not None else model  # EMA weights when on
+                row.update(_eval_row(scored, data, mean, std, cfg, autocast, d, tta))
             row["wall_s"] = time.perf_counter() - t_resumed
             metrics.append(row)
             partial = {"loss_sum": 0.0, "steps": 0, "train_s": 0.0}

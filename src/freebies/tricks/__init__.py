@@ -4,13 +4,20 @@ Importable on their own for use in any training loop: nothing here depends on th
 recipe config.
 """
 
+from freebies.tricks.autoaugment import autoaugment, make_policy
+from freebies.tricks.distill import kd_loss
+from freebies.tricks.ema import ema_model
 from freebies.tricks.erasing import cutout, random_erasing
 from freebies.tricks.mixing import cutmix, mixup, pick_mixer, ricap
 from freebies.tricks.targets import one_hot, smooth_targets
 
 __all__ = [
+    "autoaugment",
     "cutmix",
     "cutout",
+    "ema_model",
+    "kd_loss",
+    "make_policy",
     "mixup",
     "one_hot",
     "pick_mixer",

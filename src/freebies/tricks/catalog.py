@@ -1,0 +1,146 @@
+"""Every trick in one table: its recipe keys, the setting that switches it on, the paper.
+
+`freebies tricks` prints it; the "on" setting is what `freebies train --set` needs to try one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Trick:
+    name: str
+    keys: tuple[str, ...]  # recipe keys that control it
+    on: dict = field(default_factory=dict)  # a documented setting that switches it on
+    paper: str = ""
+    link: str = ""
+    what: str = ""
+
+
+TRICKS = (
+    Trick(
+        "warmup",
+        ("sched.warmup_epochs", "sched.warmup", "sched.warmup_lr"),
+        {"sched.warmup_epochs": 1.0},
+        "Goyal et al. 2017 (gradual); He et al. 2016 (constant)",
+        "https://arxiv.org/abs/1706.02677",
+        "start from a small LR and raise it per iteration (linear) or hold it (constant)",
+    ),
+    Trick(
+        "cosine",
+        ("sched.decay", "sched.min_lr"),
+        {"sched.decay": "cosine"},
+        "Loshchilov & Hutter 2017; He et al. 2019",
+        "https://arxiv.org/abs/1608.03983",
+        "LR follows 1/2 (1 + cos(pi t / T)) over the post-warmup iterations",
+    ),
+    Trick(
+        "linear_scaling",
+        ("optim.lr_scaling", "optim.lr_base_batch"),
+        {"optim.lr_scaling": "linear"},
+        "Goyal et al. 2017",
+        "https://arxiv.org/abs/1706.02677",
+        "LR = base LR x global batch / 256",
+    ),
+    Trick(
+        "label_smoothing",
+        ("loss.label_smoothing",),
+        {"loss.label_smoothing": 0.1},
+        "Szegedy et al. 2016",
+        "https://arxiv.org/abs/1512.00567",
+        "targets (1 - eps) onehot + eps / K; applied once, after mixing",
+    ),
+    Trick(
+        "mixup",
+        ("aug.mixup", "aug.mix_prob", "aug.mix_off_epochs"),
+        {"aug.mixup": 0.2},
+        "Zhang et al. 2018",
+        "https://arxiv.org/abs/1710.09412",
+        "blend pairs of images and their targets with lambda ~ Beta(alpha, alpha)",
+    ),
+    Trick(
+        "cutmix",
+        ("aug.cutmix", "aug.mix_prob", "aug.mix_off_epochs"),
+        {"aug.cutmix": 1.0},
+        "Yun et al. 2019",
+        "https://arxiv.org/abs/1905.04899",
+        "paste a box from a partner image; targets weighted by the true pasted area",
+    ),
+    Trick(
+        "ricap",
+        ("aug.ricap", "aug.mix_prob", "aug.mix_off_epochs"),
+        {"aug.ricap": 0.3},
+        "Takahashi et al. 2018",
+        "https://arxiv.org/abs/1811.09030",
+        "patch crops of four images together; targets weighted by patch areas",
+    ),
+    Trick(
+        "cutout",
+        ("aug.cutout", "aug.cutout_holes"),
+        {"aug.cutout": 8},
+        "DeVries & Taylor 2017",
+        "https://arxiv.org/abs/1708.04552",
+        "zero a square (side in pixels) at a random centre, clipped at the borders",
+    ),
+    Trick(
+        "random_erasing",
+        ("aug.random_erasing", "aug.erasing_scale", "aug.erasing_ratio", "aug.erasing_value"),
+        {"aug.random_erasing": 0.5},
+        "Zhong et al. 2020",
+        "https://arxiv.org/abs/1708.04896",
+        "with probability p, fill a random rectangle (area and aspect ranges) with noise",
+    ),
+    Trick(
+        "autoaugment",
+        ("aug.autoaugment",),
+        {"aug.autoaugment": "trivialaugment"},
+        "Cubuk et al. 2019; Cubuk et al. 2020; Muller & Hutter 2021",
+        "https://arxiv.org/abs/1805.09501",
+        "torchvision's learned / random augmentation policies, per image",
+    ),
+    Trick(
+        "distillation",
+        ("distill.teacher", "distill.alpha", "distill.temperature"),
+        {},
+        "Hinton et al. 2015",
+        "https://arxiv.org/abs/1503.02531",
+        "(1 - a) CE + a T^2 KL(teacher^T || student^T); needs distill.teacher=CKPT",
+    ),
+    Trick(
+        "adabound",
+        ("optim.name", "optim.final_lr", "optim.gamma"),
+        {"optim.name": "adabound", "optim.lr": 0.001},
+        "Luo et al. 2019",
+        "https://arxiv.org/abs/1902.09843",
+        "Adam whose per-weight step is clipped to bounds that converge to SGD's LR",
+    ),
+    Trick(
+        "ema",
+        ("ema.decay",),
+        {"ema.decay": 0.999},
+        "Polyak & Juditsky 1992",
+        "",
+        "evaluate an exponential moving average of the weights (BN buffers included)",
+    ),
+    Trick(
+        "no_bn_decay",
+        ("optim.no_wd_norm_bias",),
+        {"optim.no_wd_norm_bias": True},
+        "He et al. 2019 (Bag of Tricks)",
+        "https://arxiv.org/abs/1812.01187",
+        "no weight decay on norm weights and biases",
+    ),
+    Trick(
+        "acnet",
+        ("model.acnet", "model.acnet_side_gamma"),
+        {"model.acnet": True},
+        "Ding et al. 2019",
+        "https://arxiv.org/abs/1908.03930",
+        "train k x k + 1 x k + k x 1 branches; `freebies fuse` folds them into one conv",
+    ),
+)
+
+
+def by_name() -> dict[str, Trick]:
+    return {t.name: t for t in TRICKS}
