@@ -26,3 +26,26 @@ def test_tricks_command_lists_all_and_json_round_trips(capsys):
     assert main(["tricks", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [t["name"] for t in listed] == [t.name for t in TRICKS]
+
+
+def test_schedule_command_prints_the_recipe_curve(tmp_path, capsys):
+    png = tmp_path / "lr.png"
+    args = [
+        "schedule",
+        "--recipe",
+        "baseline",
+        "--steps-per-epoch",
+        "10",
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "sched.warmup_epochs=1",
+        "--plot",
+        str(png),
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: float(line.split()[2]) for line in out[2:6]}
+    # warmup from 0 to 0.1 over epoch 0, then LR / 10 at 50% (step 20) and 75% (step 30)
+    assert rows == {"0": 0.0, "1": 0.1, "2": pytest.approx(0.01), "3": pytest.approx(0.001)}
+    assert png.stat().st_size > 1000

@@ -1,4 +1,4 @@
-"""The `freebies` command: train | eval | fuse | tricks.
+"""The `freebies` command: train | eval | fuse | tricks | schedule.
 
 Mistakes a person can fix end in one line on stderr and exit code 2; Ctrl-C saves a
 checkpoint and exits with 130.
@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("tricks", help="list every trick: keys, the setting that turns it on, paper")
     k.add_argument("--json", action="store_true", help="one JSON document, for machines")
+
+    c = sub.add_parser("schedule", help="print (and plot) the LR curve a recipe will use")
+    c.add_argument("--recipe", default="default")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--steps-per-epoch", type=int, help="default: from the recipe's data")
+    c.add_argument("--plot", type=Path, help="write the curve as a PNG")
 
     f = sub.add_parser("fuse", help="fold ACNet blocks and conv+BN pairs into plain convs")
     f.add_argument("checkpoint", type=Path)
@@ -239,10 +245,49 @@ def _tricks(args: argparse.Namespace) -> None:
         )
 
 
+def _schedule(args: argparse.Namespace) -> None:
+    import torch
+
+    from freebies.optim import build_scheduler, scaled_lr
+
+    cfg = config.load(args.recipe, config.parse_set(args.set))
+    spe = args.steps_per_epoch
+    if spe is None:
+        from freebies.data.splits import prepare
+
+        spe = len(prepare(cfg.data).train_x) // cfg.train.batch_size
+    base = scaled_lr(cfg.optim, cfg.train.batch_size)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    sched = build_scheduler(
+        opt, cfg.sched, base_lr=base, steps_per_epoch=spe, epochs=cfg.train.epochs
+    )
+    lrs = []
+    for _ in range(cfg.train.epochs * spe):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    print(f"{args.recipe}: {cfg.train.epochs} epochs x {spe} steps, base LR {base:g}")
+    print("epoch  step    lr")
+    for epoch in range(cfg.train.epochs):
+        print(f"{epoch:5d}  {epoch * spe:6d}  {lrs[epoch * spe]:.6g}")
+    print(f"{'end':>5s}  {len(lrs) - 1:6d}  {lrs[-1]:.6g}")
+    if args.plot:
+        from freebies.report.plots import plot_lr
+
+        plot_lr(lrs, spe, args.plot, title=f"{args.recipe}: LR per iteration")
+        print(f"wrote {args.plot}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": _train, "eval": _eval, "fuse": _fuse, "tricks": _tricks}
+        commands = {
+            "train": _train,
+            "eval": _eval,
+            "fuse": _fuse,
+            "tricks": _tricks,
+            "schedule": _schedule,
+        }
         commands[args.command](args)
     except UsageError as e:
         print(f"freebies: error: {e}", file=sys.stderr)

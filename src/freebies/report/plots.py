@@ -45,3 +45,14 @@ def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_lr(lrs: list[float], steps_per_epoch: int, path: Path, title: str = "") -> None:
+    """The LR at every iteration, against epochs."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot([i / steps_per_epoch for i in range(len(lrs))], lrs)
+    ax.set(title=title, xlabel="epoch", ylabel="learning rate")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
