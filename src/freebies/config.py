@@ -35,6 +35,10 @@ class DataCfg:
 class AugCfg:
     crop_pad: int = 4  # random crop after zero-padding by this many pixels; 0 = off
     flip: bool = True  # random horizontal flip
+    vflip: bool = False  # random vertical flip
+    rotate: float = 0.0  # random rotation in [-deg, deg]; 0 = off
+    color_jitter: float = 0.0  # brightness / contrast / saturation factors in [1 - s, 1 + s]
+    pca_lighting: float = 0.0  # AlexNet PCA lighting, alpha std (0.1 in the paper); 0 = off
     autoaugment: str = "none"  # none | cifar10 | imagenet | svhn | randaugment | trivialaugment
     cutout: int = 0  # Cutout square side in pixels; 0 = off
     cutout_holes: int = 1
@@ -55,6 +59,9 @@ class AugCfg:
 class ModelCfg:
     name: str = "resnet20"
     norm: str = "bn"  # bn | gn (GroupNorm: statistics independent of the batch split)
+    init: str = "kaiming"  # kaiming | xavier
+    zero_init_residual: bool = False  # each residual block starts as the identity
+    dropout: float = 0.0  # dropout before the classifier
     acnet: bool = False  # square convs -> ACNet blocks for training; `freebies fuse` folds them
     acnet_side_gamma: float = 1.0  # init of the 1xk / kx1 branches' BN weight (1/3 on CIFAR)
 
@@ -272,6 +279,7 @@ def read_yaml(path: Path) -> dict:
 
 CHOICES = {
     "model.norm": ("bn", "gn"),
+    "model.init": ("kaiming", "xavier"),
     "optim.name": ("sgd", "adamw", "adabound", "amsbound"),
     "aug.mix_mode": ("switch", "alternate"),
     "aug.autoaugment": ("none", "cifar10", "imagenet", "svhn", "randaugment", "trivialaugment"),
@@ -307,6 +315,9 @@ def validate(cfg: Config) -> Config:
         (cfg.data.workers >= 0, "data.workers must be >= 0"),
         (cfg.aug.crop_pad >= 0, "aug.crop_pad must be >= 0"),
         (cfg.aug.cutout >= 0 and cfg.aug.cutout_holes >= 0, "aug.cutout must be >= 0"),
+        (cfg.aug.rotate >= 0, "aug.rotate must be >= 0 degrees"),
+        (0 <= cfg.aug.color_jitter < 1, "aug.color_jitter must be in [0, 1)"),
+        (cfg.aug.pca_lighting >= 0, "aug.pca_lighting must be >= 0"),
         (0 <= cfg.aug.random_erasing <= 1, "aug.random_erasing is a probability in [0, 1]"),
         (
             0 < cfg.aug.erasing_scale[0] <= cfg.aug.erasing_scale[1] <= 1,
@@ -349,6 +360,7 @@ def validate(cfg: Config) -> Config:
             "sched.milestones are fractions of the run, each in (0, 1], e.g. [0.5, 0.75]",
         ),
         (0 < cfg.sched.gamma <= 1, "sched.gamma must be in (0, 1]"),
+        (0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
         (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
         (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
         (0 <= cfg.ema.decay < 1, "ema.decay must be in [0, 1) (0 = off)"),

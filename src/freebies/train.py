@@ -34,6 +34,7 @@ from freebies.data.loader import (
     normalize,
     random_crop,
     random_flip,
+    sample_images,
     to_device,
     train_batches,
 )
@@ -42,10 +43,11 @@ from freebies.deploy import load_model
 from freebies.distributed import Dist, all_sum, any_rank, setup
 from freebies.errors import UsageError
 from freebies.evaluate import evaluate
-from freebies.models import acnet, create_model
+from freebies.models import acnet, create_model, options
 from freebies.optim import build_optimizer, build_scheduler, scaled_lr
 from freebies.tricks import (
     autoaugment,
+    color_jitter,
     cutmix,
     cutout,
     ema_model,
@@ -53,8 +55,11 @@ from freebies.tricks import (
     make_policy,
     mixup,
     one_hot,
+    pca_basis,
+    pca_lighting,
     pick_mixer,
     random_erasing,
+    random_rotate,
     ricap,
     smooth_targets,
 )
@@ -97,6 +102,11 @@ def autocast_for(cfg: Config, device: torch.device) -> contextlib.AbstractContex
 
 def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
     model = create_model(cfg.model.name, num_classes, in_channels, norm=cfg.model.norm)
+    if cfg.model.init == "xavier":
+        options.xavier_init(model)
+    if cfg.model.zero_init_residual:
+        options.zero_init_residual(model)
+    options.add_dropout(model, cfg.model.dropout)
     if cfg.model.acnet:
         acnet.convert(model, side_gamma=cfg.model.acnet_side_gamma)
     if cfg.train.sync_bn:
@@ -300,6 +310,7 @@ def _run(
         model = torch.compile(model)
     autocast = autocast_for(cfg, dev)
     policy = make_policy(cfg.aug.autoaugment)
+    pca = pca_basis(sample_images(data.train_x, 10_000)) if cfg.aug.pca_lighting else (None, None)
     teacher, t_scale, t_shift = load_teacher(cfg, data.classes, data.train_x.shape[1:], mean, std)
     mix_names, mix_until = mixers(cfg.aug), cfg.train.epochs - cfg.aug.mix_off_epochs
     # Random Erasing's "zero" fill is black, i.e. (0 - mean) / std in normalised units.
@@ -371,7 +382,14 @@ def _run(
                 xb = random_crop(xb, cfg.aug.crop_pad, aug_gen)
                 if cfg.aug.flip:
                     xb = random_flip(xb, aug_gen)
+                if cfg.aug.vflip:
+                    xb = random_flip(xb, aug_gen, dim=2)
                 xb = autoaugment(xb, policy, aug_gen)
+                if cfg.aug.rotate or cfg.aug.color_jitter or cfg.aug.pca_lighting:
+                    xb = xb.float()  # pixel units 0..255; black outside a rotated image
+                    xb = random_rotate(xb, cfg.aug.rotate, aug_gen)
+                    xb = color_jitter(xb, cfg.aug.color_jitter, aug_gen)
+                    xb = pca_lighting(xb, cfg.aug.pca_lighting, *pca, aug_gen)
                 xb = normalize(xb, mean, std, cfg.train.channels_last)
                 # 2. erase: after normalisation, so a zero fill is the dataset mean
                 if cfg.aug.cutout:

@@ -47,10 +47,15 @@ def random_crop(
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
-def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image horizontally with probability 1/2. x: (N, C, H, W)."""
+def random_flip(
+    x: torch.Tensor, generator: torch.Generator | None = None, dim: int = 3
+) -> torch.Tensor:
+    """Flip each image with probability 1/2, horizontally (dim=3) or vertically (dim=2).
+
+    x: (N, C, H, W).
+    """
     flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    return torch.where(flip[:, None, None, None], x.flip(dim), x)
 
 
 def normalize(
@@ -62,13 +67,21 @@ def normalize(
     return (x - mean[:, None, None]) / std[:, None, None]
 
 
+def sample_images(x: torch.Tensor | FolderImages, n: int) -> torch.Tensor:
+    """Up to n uint8 images (n, C, H, W) spread evenly over the set (decoded if streamed)."""
+    idx = torch.linspace(0, len(x) - 1, min(len(x), n)).long()
+    if isinstance(x, torch.Tensor):
+        return x[idx]
+    return torch.stack([x[i] for i in idx.tolist()])
+
+
 def channel_stats(x: torch.Tensor | FolderImages) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of uint8 (N, C, H, W) images, in pixel units.
 
     Streamed folders are estimated from 1024 images spread evenly over the set.
     """
     if isinstance(x, FolderImages):
-        x = torch.stack([x[i] for i in torch.linspace(0, len(x) - 1, min(len(x), 1024)).long()])
+        x = sample_images(x, 1024)
     chunks = x.transpose(0, 1).reshape(x.shape[1], -1).double()
     return chunks.mean(1).float(), chunks.std(1).float()
 

@@ -9,10 +9,12 @@ from freebies.tricks.distill import kd_loss
 from freebies.tricks.ema import ema_model
 from freebies.tricks.erasing import cutout, random_erasing
 from freebies.tricks.mixing import cutmix, mixup, pick_mixer, ricap
+from freebies.tricks.photometric import color_jitter, pca_basis, pca_lighting, random_rotate
 from freebies.tricks.targets import one_hot, smooth_targets
 
 __all__ = [
     "autoaugment",
+    "color_jitter",
     "cutmix",
     "cutout",
     "ema_model",
@@ -20,8 +22,11 @@ __all__ = [
     "make_policy",
     "mixup",
     "one_hot",
+    "pca_basis",
+    "pca_lighting",
     "pick_mixer",
     "random_erasing",
+    "random_rotate",
     "ricap",
     "smooth_targets",
 ]

@@ -1,0 +1,50 @@
+"""Model-level options from the seed notes' "other" list: initialisation, zero-init of the
+last norm in each residual branch, and dropout before the classifier.
+
+- Xavier/Glorot init: Glorot & Bengio 2010, https://proceedings.mlr.press/v9/glorot10a.html
+- Kaiming/He init (our models' default): He et al. 2015, https://arxiv.org/abs/1502.01852
+- Zero-init residual: Goyal et al. 2017, https://arxiv.org/abs/1706.02677 (section 5.1); each
+  residual block starts as the identity.
+- Dropout: Srivastava et al. 2014, https://jmlr.org/papers/v15/srivastava14a.html
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from freebies.errors import UsageError
+from freebies.models.resnet import BasicBlock, PreActBlock
+
+
+def xavier_init(model: nn.Module) -> nn.Module:
+    """Re-initialise every conv and linear weight with Xavier-uniform, biases with zeros."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
+def zero_init_residual(model: nn.Module) -> nn.Module:
+    """Zero the last layer of each residual branch: BN weight (post-activation blocks) or the
+    last conv (pre-activation blocks, which end in a conv)."""
+    for m in model.modules():
+        if isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)
+        elif isinstance(m, PreActBlock):
+            nn.init.zeros_(m.conv2.weight)
+    return model
+
+
+def add_dropout(model: nn.Module, p: float) -> nn.Module:
+    """Dropout with probability p on the features entering the classifier `model.fc`."""
+    if not 0 <= p < 1:
+        raise UsageError(f"model.dropout must be in [0, 1), got {p}")
+    if not isinstance(getattr(model, "fc", None), nn.Linear):
+        raise UsageError(
+            f"model.dropout needs a model with a linear head `fc`; {type(model).__name__} has none"
+        )
+    if p > 0:
+        model.fc = nn.Sequential(nn.Dropout(p), model.fc)
+    return model
