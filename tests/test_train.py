@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from freebies import config
 from freebies.cli import main
@@ -526,3 +527,89 @@ def test_ema_is_what_gets_evaluated_and_its_state_is_required_on_resume(idx_dir,
     torch.save(raw, out / "last.pt")
     line = usage_error(capsys, "train", "--resume", str(out))
     assert "holds no EMA weights" in line
+
+
+def test_early_stop_reason_reads_validation_only():
+    from freebies.train import early_stop_reason
+
+    rows = [
+        {"epoch": i + 1, "val_acc": v, "test_acc": 99.0}
+        for i, v in enumerate([50.0, 60.0, 60.0, 59.0])
+    ]
+    assert early_stop_reason(rows, 0) is None
+    assert early_stop_reason(rows, 3) is None
+    assert early_stop_reason(rows, 2) == (
+        "early stop: val_acc has not improved for 2 evaluations (best 60.00% at epoch 2)"
+    )
+    assert early_stop_reason([{"epoch": 1, "test_acc": 10.0}], 1) is None
+
+
+def test_early_stopping_run_records_why(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    # An LR of ~0 keeps val_acc nearly flat, so patience 1 stops well before epoch 5.
+    rc, _, err = run_cli(
+        capsys,
+        *small(idx_dir, out),
+        "--epochs",
+        "5",
+        "--set",
+        "optim.lr=1e-9",
+        "--set",
+        "data.val_split=0.25",
+        "--set",
+        "train.early_stop_patience=1",
+    )
+    assert rc == 0, err
+    from freebies.train import early_stop_reason
+
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first = next(k for k in range(1, 6) if early_stop_reason(rows[:k], 1))
+    assert summary["epochs_run"] == len(rows) == first < 5
+    assert summary["stop_reason"] == early_stop_reason(rows, 1)
+    assert "needs a validation split" in usage_error(
+        capsys, *small(idx_dir, tmp_path / "x"), "--set", "train.early_stop_patience=2"
+    )
+
+
+def test_guards_warn_on_sgd_lr_with_adaptive_optimizer_and_refuse_resume_without_state(
+    idx_dir, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    rc, _, err = run_cli(capsys, *small(idx_dir, out), "--epochs", "1", "--set", "optim.name=adamw")
+    assert rc == 0
+    assert "warning: optim.lr=0.1 looks like an SGD learning rate" in err
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    del ckpt["optimizer"]
+    ckpt["epoch"] = 0
+    torch.save(ckpt, out / "last.pt")
+    assert "lacks optimizer state" in usage_error(capsys, "train", "--resume", str(out))
+
+
+def test_the_teacher_sees_the_mixed_batch(idx_dir, tmp_path, capsys, monkeypatch):
+    from freebies import train
+
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(float(x.max()))
+            return torch.zeros(x.shape[0], 10)
+
+    def marked_mixup(x, y, alpha, generator=None):
+        return x + 1000.0, y  # a mark only the mixed batch carries
+
+    monkeypatch.setattr(train, "load_teacher", lambda *a: (Spy(), 1.0, 0.0))
+    monkeypatch.setitem(train.MIXERS, "mixup", marked_mixup)
+    rc, _, err = run_cli(
+        capsys,
+        *small(idx_dir, tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--set",
+        "aug.mixup=0.2",
+        "--set",
+        "distill.teacher=unused.pt",
+    )
+    assert rc == 0, err
+    assert seen and min(seen) > 500

@@ -130,6 +130,8 @@ def _train(args: argparse.Namespace) -> None:
         return
     recipe = args.recipe or "default"
     cfg = config.load(recipe, overrides)
+    for note in config.advice(cfg):
+        print(f"freebies: warning: {note}", file=sys.stderr)
     out = args.out or Path("runs") / f"{Path(recipe).stem}-{cfg.model.name}-seed{cfg.train.seed}"
     summary = train.run(cfg, out, recipe=Path(recipe).stem, overwrite=args.overwrite)
     print(

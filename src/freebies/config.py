@@ -123,6 +123,7 @@ class TrainCfg:
     eval_batch_size: int = 256
     tta: bool = False  # final evaluation averages the image and its horizontal flip
     threads: int = 0  # torch.set_num_threads on CPU; 0 = leave torch's default
+    early_stop_patience: int = 0  # stop after N evaluations without a val_acc gain; 0 = off
 
 
 @dataclass
@@ -361,6 +362,12 @@ def validate(cfg: Config) -> Config:
         ),
         (0 < cfg.sched.gamma <= 1, "sched.gamma must be in (0, 1]"),
         (0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
+        (cfg.train.early_stop_patience >= 0, "train.early_stop_patience must be >= 0"),
+        (
+            cfg.train.early_stop_patience == 0 or cfg.data.val_split > 0,
+            "train.early_stop_patience needs a validation split (e.g. data.val_split=0.1); "
+            "early stopping never looks at the test set",
+        ),
         (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
         (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
         (0 <= cfg.ema.decay < 1, "ema.decay must be in [0, 1) (0 = off)"),
@@ -369,6 +376,19 @@ def validate(cfg: Config) -> Config:
         if not ok:
             raise UsageError(message)
     return cfg
+
+
+def advice(cfg: Config) -> list[str]:
+    """One-line warnings about legal but suspicious combinations."""
+    notes = []
+    if cfg.optim.name != "sgd" and cfg.optim.lr >= 0.01:
+        notes.append(
+            f"optim.lr={cfg.optim.lr} looks like an SGD learning rate but optim.name="
+            f"{cfg.optim.name}; adaptive optimizers usually want about 1e-3"
+        )
+    if cfg.distill.teacher is None and cfg.distill.alpha != DistillCfg.alpha:
+        notes.append("distill.alpha is set but distill.teacher is not; distillation is off")
+    return notes
 
 
 def load(recipe: str = "default", overrides: dict[str, Any] | None = None) -> Config:

@@ -141,6 +141,21 @@ def load_teacher(
     return teacher, scale, shift
 
 
+def early_stop_reason(metrics: list[dict], patience: int) -> str | None:
+    """Why to stop early, or None: validation accuracy has not improved for `patience`
+    evaluations. Never looks at the test set."""
+    vals = [(r["epoch"], r["val_acc"]) for r in metrics if "val_acc" in r]
+    if patience <= 0 or not vals:
+        return None
+    best = max(range(len(vals)), key=lambda i: (vals[i][1], -i))  # the first best
+    if len(vals) - 1 - best < patience:
+        return None
+    return (
+        f"early stop: val_acc has not improved for {patience} evaluations "
+        f"(best {vals[best][1]:.2f}% at epoch {vals[best][0]})"
+    )
+
+
 def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to touch an existing run folder unless asked to resume or overwrite it."""
     if resume:
@@ -280,6 +295,12 @@ def _run(
     partial = {"loss_sum": 0.0, "steps": 0, "train_s": 0.0}
     times = {"train_s": 0.0, "wall_s": 0.0}
     if ckpt is not None:
+        missing = [k for k in ("optimizer", "scheduler", "rng") if k not in ckpt]
+        if missing:
+            raise UsageError(
+                f"--resume {out}: the checkpoint lacks {', '.join(missing)} state, "
+                "so the run cannot continue exactly; start a new run"
+            )
         net.load_state_dict(ckpt["model"])
         if ema is not None:
             if "ema" not in ckpt:
@@ -356,8 +377,9 @@ def _run(
         dynamic_ncols=True,
     )
 
+    stop_reason = early_stop_reason(metrics, cfg.train.early_stop_patience)
     with _StopFlag() as stop:
-        for epoch in range(start_epoch, cfg.train.epochs):
+        for epoch in range(start_epoch, cfg.train.epochs if not stop_reason else start_epoch):
             model.train()
             first = start_step if epoch == start_epoch else 0
             if first == 0:
@@ -481,6 +503,9 @@ def _run(
                 )
                 line = _epoch_line(row, cfg.train.epochs)
                 bar.write(line) if show else print(line, flush=True)
+            stop_reason = early_stop_reason(metrics, cfg.train.early_stop_patience)
+            if stop_reason:
+                break
             if any_rank(stop.set, dev) and not last:
                 raise KeyboardInterrupt
     bar.close()
@@ -492,6 +517,8 @@ def _run(
         "test_ece": final["test_ece"],
         **({"val_acc": final["val_acc"]} if "val_acc" in final else {}),
         "epochs": cfg.train.epochs,
+        "epochs_run": final["epoch"],
+        **({"stop_reason": stop_reason} if stop_reason else {}),
         "wall_s": time.perf_counter() - t_resumed,
         "train_s": times["train_s"],
         "train_img_per_s": total_steps * batch / max(times["train_s"], 1e-9),
