@@ -49,3 +49,22 @@ def test_schedule_command_prints_the_recipe_curve(tmp_path, capsys):
     # warmup from 0 to 0.1 over epoch 0, then LR / 10 at 50% (step 20) and 75% (step 30)
     assert rows == {"0": 0.0, "1": 0.1, "2": pytest.approx(0.01), "3": pytest.approx(0.001)}
     assert png.stat().st_size > 1000
+
+
+def test_bench_tricks_runs_and_writes_its_table(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "tricks", "--batch", "8", "--repeats", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.with_suffix(".json").read_text())
+    names = [r["trick"] for r in result["rows"]]
+    assert names == [
+        "crop+flip",
+        "cutout",
+        "random_erasing",
+        "mixup",
+        "cutmix",
+        "ricap",
+        "autoaugment",
+    ]
+    assert all(r["ours_ms"] > 0 and r["reference_ms"] > 0 for r in result["rows"])
+    assert "| ricap |" in printed and out.with_suffix(".md").read_text().startswith("# Batch")

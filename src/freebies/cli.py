@@ -1,4 +1,4 @@
-"""The `freebies` command: train | eval | fuse | tricks | schedule.
+"""The `freebies` command: train | eval | fuse | tricks | schedule | bench.
 
 Mistakes a person can fix end in one line on stderr and exit code 2; Ctrl-C saves a
 checkpoint and exits with 130.
@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--steps-per-epoch", type=int, help="default: from the recipe's data")
     c.add_argument("--plot", type=Path, help="write the curve as a PNG")
+
+    b = sub.add_parser("bench", help="speed benchmarks")
+    b.add_argument("what", choices=["tricks"], help="tricks: cost of each batch trick")
+    b.add_argument("--batch", type=int, default=256)
+    b.add_argument("--repeats", type=int, default=10)
+    b.add_argument("--out", type=Path, help="also write OUT.md and OUT.json")
 
     f = sub.add_parser("fuse", help="fold ACNet blocks and conv+BN pairs into plain convs")
     f.add_argument("checkpoint", type=Path)
@@ -280,6 +286,12 @@ def _schedule(args: argparse.Namespace) -> None:
         print(f"wrote {args.plot}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from freebies.report import bench_tricks
+
+    bench_tricks.main(args.batch, args.repeats, args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -289,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             "fuse": _fuse,
             "tricks": _tricks,
             "schedule": _schedule,
+            "bench": _bench,
         }
         commands[args.command](args)
     except UsageError as e:
