@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from freebies import config, deploy, train
-from freebies.cli import main
+from helpers import run_cli
 
 
 def tiny_run(data: Path, out: Path, *extra: str) -> list[str]:
@@ -32,16 +32,10 @@ def tiny_run(data: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
 @pytest.fixture
 def acnet_run(idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> Path:
     out = tmp_path / "acnet"
-    rc, _, err = cli(
+    rc, _, err = run_cli(
         capsys,
         *tiny_run(
             idx_dir, out, "--set", "model.acnet=true", "--set", "model.acnet_side_gamma=0.333"
@@ -53,7 +47,7 @@ def acnet_run(idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> P
 
 def test_fuse_writes_a_plain_deploy_checkpoint_that_evaluates_the_same(acnet_run, capsys):
     deployed = acnet_run / "deploy.pt"
-    rc, out, err = cli(capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(deployed))
+    rc, out, err = run_cli(capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(deployed))
     assert rc == 0, err
     assert "folded 19 ACNet block(s) and 19 conv+BN pair(s)" in out
     # a plain ResNet-20 with its 19 BNs folded: 269,434 - (2 - 1) * (16 * 7 + 32 * 6 + 64 * 6)
@@ -63,8 +57,8 @@ def test_fuse_writes_a_plain_deploy_checkpoint_that_evaluates_the_same(acnet_run
     assert all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
     assert ckpt["fuse_report"]["max_abs_diff"] <= 1e-4
 
-    rc, trained, _ = cli(capsys, "eval", str(acnet_run / "last.pt"))
-    rc2, fused, _ = cli(capsys, "eval", str(deployed))
+    rc, trained, _ = run_cli(capsys, "eval", str(acnet_run / "last.pt"))
+    rc2, fused, _ = run_cli(capsys, "eval", str(deployed))
     assert rc == rc2 == 0
     a, b = json.loads(trained), json.loads(fused)
     assert a["test_acc"] == b["test_acc"]
@@ -87,8 +81,8 @@ def test_fused_acnet_has_the_plain_structure(acnet_run):
 
 def test_plain_model_is_folded_and_says_no_acb(idx_dir, tmp_path, capsys):
     out = tmp_path / "plain"
-    assert cli(capsys, *tiny_run(idx_dir, out))[0] == 0
-    rc, stdout, _ = cli(capsys, "fuse", str(out / "last.pt"), "-o", str(tmp_path / "d.pt"))
+    assert run_cli(capsys, *tiny_run(idx_dir, out))[0] == 0
+    rc, stdout, _ = run_cli(capsys, "fuse", str(out / "last.pt"), "-o", str(tmp_path / "d.pt"))
     assert rc == 0
     assert "no ACNet block found" in stdout and "19 conv+BN pair(s)" in stdout
 
@@ -96,7 +90,7 @@ def test_plain_model_is_folded_and_says_no_acb(idx_dir, tmp_path, capsys):
 def test_existing_output_is_refused_and_kept(acnet_run, capsys):
     target = acnet_run / "deploy.pt"
     target.write_text("precious")
-    rc, _, err = cli(capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target))
+    rc, _, err = run_cli(capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target))
     assert rc == 2 and "already exists" in err
     assert target.read_text() == "precious"
 
@@ -112,14 +106,14 @@ def test_a_wrong_fusion_is_refused_before_writing(acnet_run, capsys, monkeypatch
 
     monkeypatch.setattr(deploy, "fuse_model", broken)
     target = acnet_run / "deploy.pt"
-    rc, _, err = cli(capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target))
+    rc, _, err = run_cli(capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target))
     assert rc == 2 and "refusing to write" in err
     assert not target.exists()
 
 
 def test_torchscript_export_matches(acnet_run, capsys):
     target = acnet_run / "deploy.pt"
-    rc, _, err = cli(
+    rc, _, err = run_cli(
         capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target), "--export", "torchscript"
     )
     assert rc == 0, err
@@ -140,19 +134,20 @@ def test_acnet_run_resumes_after_an_interrupt_and_fuses(idx_dir, tmp_path, capsy
     out = tmp_path / "run"
     args = tiny_run(idx_dir, out, "--set", "model.acnet=true", "--epochs", "2")
     monkeypatch.setattr(train, "any_rank", stop_at_step_5)
-    rc, _, err = cli(capsys, *args)
+    rc, _, err = run_cli(capsys, *args)
     assert rc == 130 and "--resume" in err
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 5
     monkeypatch.setattr(train, "any_rank", real)
-    assert cli(capsys, "train", "--resume", str(out))[0] == 0
+    assert run_cli(capsys, "train", "--resume", str(out))[0] == 0
     ref = tmp_path / "ref"
     assert (
-        cli(capsys, *tiny_run(idx_dir, ref, "--set", "model.acnet=true", "--epochs", "2"))[0] == 0
+        run_cli(capsys, *tiny_run(idx_dir, ref, "--set", "model.acnet=true", "--epochs", "2"))[0]
+        == 0
     )
     a = torch.load(out / "last.pt", weights_only=True)["model"]
     b = torch.load(ref / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    rc, _, err = cli(capsys, "fuse", str(out / "last.pt"), "-o", str(tmp_path / "d.pt"))
+    rc, _, err = run_cli(capsys, "fuse", str(out / "last.pt"), "-o", str(tmp_path / "d.pt"))
     assert rc == 0, err
 
 
@@ -167,7 +162,7 @@ def test_count_macs_matches_the_formula():
 def test_onnx_export_matches(acnet_run, capsys):
     onnx = pytest.importorskip("onnx")
     target = acnet_run / "deploy.pt"
-    rc, _, err = cli(
+    rc, _, err = run_cli(
         capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target), "--export", "onnx"
     )
     assert rc == 0, err

@@ -16,8 +16,8 @@ import yaml
 from torch import nn
 
 from freebies import config
-from freebies.cli import main
 from freebies.train import build_model
+from helpers import run_cli, usage_error
 
 TIME_KEYS = {"wall_s", "img_per_s"}
 
@@ -40,21 +40,6 @@ def small(data: Path, out: Path, *extra: str) -> list[str]:
         "train.eval_batch_size=64",
         *extra,
     ]
-
-
-def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
-def usage_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    """Run the CLI, expect exit code 2 and exactly one line on stderr; return that line."""
-    rc, _, err = run_cli(capsys, *argv)
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_train_writes_a_complete_run_folder(idx_dir, tmp_path, capsys):
