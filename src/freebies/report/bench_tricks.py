@@ -3,7 +3,8 @@ against the closest reference implementation, timed in one process.
 
 References: torchvision v2 transforms applied image by image (crop+flip, Cutout as a square
 RandomErasing, Random Erasing), torchvision v2's batch MixUp / CutMix, and for RICAP the seed
-notes' loop with its errors fixed (numpy RNG, `.cuda()`, per-region label bookkeeping).
+notes' loop with its errors fixed (numpy RNG, hard-coded CUDA calls, the loss carrying the
+weights instead of the targets).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 def ricap_seed_notes(x: torch.Tensor, y: torch.Tensor, beta: float) -> tuple:
-    """The seed notes' RICAP loop, fixed: torch RNG, no .cuda(), soft targets, any device."""
+    """The seed notes' RICAP loop, fixed: torch RNG, soft targets, any device."""
     ih, iw = x.shape[2:]
     w = round(iw * float(torch.distributions.Beta(beta, beta).sample()))
     h = round(ih * float(torch.distributions.Beta(beta, beta).sample()))
