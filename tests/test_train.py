@@ -368,57 +368,53 @@ def test_stream_is_refused_for_in_memory_formats(idx_dir, tmp_path, capsys):
     assert "data.stream is for folder:" in line
 
 
+EVERY_TRICK = {
+    "optim.lr": 0.01,
+    "optim.lr_scaling": "linear",
+    "optim.no_wd_norm_bias": True,
+    "sched.decay": "cosine",
+    "sched.warmup_epochs": 1,
+    "loss.label_smoothing": 0.1,
+    "aug.vflip": True,
+    "aug.autoaugment": "trivialaugment",
+    "aug.rotate": 10,
+    "aug.color_jitter": 0.2,
+    "aug.pca_lighting": 0.1,
+    "aug.cutout": 8,
+    "aug.random_erasing": 0.5,
+    "aug.erasing_value": "zero",
+    "aug.mixup": 0.2,
+    "aug.cutmix": 1.0,
+    "aug.ricap": 0.3,
+    "aug.switch_prob": [1, 1, 2],
+    "aug.mix_prob": 0.9,
+    "aug.mix_off_epochs": 1,
+    "model.init": "xavier",
+    "model.zero_init_residual": True,
+    "model.dropout": 0.1,
+    "model.acnet": True,
+    "ema.decay": 0.9,
+    "distill.alpha": 0.5,
+    "data.val_split": 0.2,
+    "train.early_stop_patience": 5,
+}
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adabound", "amsbound"])
 def test_every_trick_at_once_trains(idx_dir, tmp_path, capsys, optimizer):
-    """Smoke: two steps per epoch with every batch trick, smoothing, warmup and ACNet on."""
+    """Smoke: two steps per epoch with every trick on at once, a teacher included."""
+    teacher = tmp_path / "teacher"
+    assert run_cli(capsys, *small(idx_dir, teacher), "--epochs", "1")[0] == 0
+    sets = {**EVERY_TRICK, "optim.name": optimizer, "distill.teacher": str(teacher / "last.pt")}
     out = tmp_path / "run"
     rc, _, err = run_cli(
         capsys,
-        "train",
-        "--recipe",
-        "baseline",
-        "--data",
-        f"fashion-mnist:{idx_dir}",
-        "--out",
-        str(out),
-        "--epochs",
-        "2",
+        *small(idx_dir, out),
         "--batch-size",
         "96",
         "--limit-train",
         "200",
-        "--set",
-        f"optim.name={optimizer}",
-        "--set",
-        "optim.lr=0.01",
-        "--set",
-        "aug.mixup=0.2",
-        "--set",
-        "aug.cutmix=1.0",
-        "--set",
-        "aug.ricap=0.3",
-        "--set",
-        "aug.switch_prob=[1, 1, 2]",
-        "--set",
-        "aug.mix_prob=0.9",
-        "--set",
-        "aug.mix_off_epochs=1",
-        "--set",
-        "aug.cutout=8",
-        "--set",
-        "aug.random_erasing=0.5",
-        "--set",
-        "aug.erasing_value=zero",
-        "--set",
-        "loss.label_smoothing=0.1",
-        "--set",
-        "sched.decay=cosine",
-        "--set",
-        "sched.warmup_epochs=1",
-        "--set",
-        "model.acnet=true",
-        "--set",
-        "optim.lr_scaling=linear",
+        *[arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")],
     )
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
