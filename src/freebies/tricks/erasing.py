@@ -169,8 +169,10 @@ def random_erasing(
     in_cols = (cols >= left) & (cols < left + ew[:, None])  # (N, W)
     mask = (in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None])[:, None]
     if value == "random":
-        noise = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
-        return torch.where(mask, noise, x)
+        # Noise only for the erased pixels (a fraction of the batch), in row-major order.
+        mask = mask.expand_as(x)
+        noise = torch.randn(int(mask.sum()), generator=generator, device=dev, dtype=x.dtype)
+        return x.masked_scatter(mask, noise)
     if isinstance(value, torch.Tensor):
         return torch.where(mask, value.to(x)[None, :, None, None], x)
     return x.masked_fill(mask, 0.0 if value == "mean" else float(value))

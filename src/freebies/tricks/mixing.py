@@ -113,7 +113,9 @@ def mixup(
         return x, y
     lam = _beta(alpha, generator)
     perm = _perm(x, generator)
-    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+    # lerp(a, b, lam) = a + lam * (b - a): one fused kernel instead of three (measured in
+    # `freebies bench tricks`).
+    return torch.lerp(x[perm], x, lam), torch.lerp(y[perm], y, lam)
 
 
 def cutmix(
