@@ -31,7 +31,7 @@ def test_parse_set_uses_yaml_types():
     got = config.parse_set(
         [
             "optim.lr=0.2",
-            "aug.flip=false",
+            "aug.hflip=false",
             "sched.milestones=[0.3, 0.6]",
             "data.limit_train=null",
             "model.name=wrn-16-4",
@@ -39,7 +39,7 @@ def test_parse_set_uses_yaml_types():
     )
     assert got == {
         "optim.lr": 0.2,
-        "aug.flip": False,
+        "aug.hflip": False,
         "sched.milestones": [0.3, 0.6],
         "data.limit_train": None,
         "model.name": "wrn-16-4",
@@ -68,7 +68,7 @@ def test_wrong_type_names_key_and_type():
     with pytest.raises(UsageError, match=r"train\.epochs must be int, got 'ten'"):
         config.apply(config.Config(), {"train.epochs": "ten"})
     with pytest.raises(UsageError, match=r"aug\.flip must be bool"):
-        config.apply(config.Config(), {"aug.flip": 1})
+        config.apply(config.Config(), {"aug.hflip": 1})
     with pytest.raises(UsageError, match=r"sched\.milestones must be a list"):
         config.apply(config.Config(), {"sched.milestones": 0.5})
 

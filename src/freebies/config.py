@@ -33,8 +33,8 @@ class DataCfg:
 
 @dataclass
 class AugCfg:
-    crop_pad: int = 4  # random crop after zero-padding by this many pixels; 0 = off
-    flip: bool = True  # random horizontal flip
+    crop_padding: int = 4  # random crop after zero-padding by this many pixels; 0 = off
+    hflip: bool = True  # random horizontal flip
     vflip: bool = False  # random vertical flip
     rotate: float = 0.0  # random rotation in [-deg, deg]; 0 = off
     color_jitter: float = 0.0  # brightness / contrast / saturation factors in [1 - s, 1 + s]
@@ -73,7 +73,7 @@ class OptimCfg:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    no_wd_norm_bias: bool = False  # exempt norm weights and all biases from weight decay
+    no_bn_decay: bool = False  # exempt norm weights and all biases from weight decay
     lr_scaling: str = "none"  # none | linear: lr = lr * global_batch / lr_base_batch (Goyal 2017)
     lr_base_batch: int = 256
     betas: tuple[float, float] = (0.9, 0.999)  # adamw, adabound
@@ -253,7 +253,7 @@ def apply(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """`["optim.lr=0.2", "aug.flip=false"]` -> `{"optim.lr": 0.2, "aug.flip": False}`."""
+    """`["optim.lr=0.2", "aug.hflip=false"]` -> `{"optim.lr": 0.2, "aug.hflip": False}`."""
     out = {}
     for item in items:
         key, eq, raw = item.partition("=")
@@ -314,7 +314,7 @@ def validate(cfg: Config) -> Config:
         (0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing must be in [0, 1)"),
         (0 <= cfg.data.val_split < 1, "data.val_split must be in [0, 1)"),
         (cfg.data.workers >= 0, "data.workers must be >= 0"),
-        (cfg.aug.crop_pad >= 0, "aug.crop_pad must be >= 0"),
+        (cfg.aug.crop_padding >= 0, "aug.crop_padding must be >= 0"),
         (cfg.aug.cutout >= 0 and cfg.aug.cutout_holes >= 0, "aug.cutout must be >= 0"),
         (cfg.aug.rotate >= 0, "aug.rotate must be >= 0 degrees"),
         (0 <= cfg.aug.color_jitter < 1, "aug.color_jitter must be in [0, 1)"),

@@ -401,8 +401,8 @@ def _run(
                 start=first,
             ):
                 # 1. augment (uint8, batched, each image its own draw), then normalise
-                xb = random_crop(xb, cfg.aug.crop_pad, aug_gen)
-                if cfg.aug.flip:
+                xb = random_crop(xb, cfg.aug.crop_padding, aug_gen)
+                if cfg.aug.hflip:
                     xb = random_flip(xb, aug_gen)
                 if cfg.aug.vflip:
                     xb = random_flip(xb, aug_gen, dim=2)

@@ -1,6 +1,6 @@
 """Optimizers and their parameter groups.
 
-`no_wd_norm_bias` exempts norm weights and biases from weight decay (He et al. 2019, "Bag of
+`no_bn_decay` exempts norm weights and biases from weight decay (He et al. 2019, "Bag of
 Tricks", arXiv:1812.01187, section 3.1); `lr_scaling=linear` is the linear scaling rule of
 Goyal et al. 2017 (arXiv:1706.02677), applied to the global batch across all ranks.
 """
@@ -21,8 +21,8 @@ def scaled_lr(cfg: OptimCfg, global_batch: int) -> float:
     return cfg.lr
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_wd_norm_bias: bool) -> list[dict]:
-    if not no_wd_norm_bias:
+def param_groups(model: nn.Module, weight_decay: float, no_bn_decay: bool) -> list[dict]:
+    if not no_bn_decay:
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
     decay, no_decay = [], []
     for p in model.parameters():
@@ -33,7 +33,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_wd_norm_bias: bool) -
 
 
 def build_optimizer(model: nn.Module, cfg: OptimCfg, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.no_wd_norm_bias)
+    groups = param_groups(model, cfg.weight_decay, cfg.no_bn_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             groups,

@@ -125,8 +125,8 @@ TRICKS = (
     ),
     Trick(
         "no_bn_decay",
-        ("optim.no_wd_norm_bias",),
-        {"optim.no_wd_norm_bias": True},
+        ("optim.no_bn_decay",),
+        {"optim.no_bn_decay": True},
         "He et al. 2019 (Bag of Tricks)",
         "https://arxiv.org/abs/1812.01187",
         "no weight decay on norm weights and biases",
