@@ -67,7 +67,7 @@ def test_unknown_key_names_the_nearest():
 def test_wrong_type_names_key_and_type():
     with pytest.raises(UsageError, match=r"train\.epochs must be int, got 'ten'"):
         config.apply(config.Config(), {"train.epochs": "ten"})
-    with pytest.raises(UsageError, match=r"aug\.flip must be bool"):
+    with pytest.raises(UsageError, match=r"aug\.hflip must be bool"):
         config.apply(config.Config(), {"aug.hflip": 1})
     with pytest.raises(UsageError, match=r"sched\.milestones must be a list"):
         config.apply(config.Config(), {"sched.milestones": 0.5})

@@ -68,6 +68,10 @@ def test_pca_basis_and_lighting_formula():
     shift = 255 * (alpha * eigval) @ eigvec.T
     torch.testing.assert_close(out, x + shift[:, :, None, None])
     assert pca_lighting(x, 0.0, eigval, eigvec) is x
+    gray = (torch.rand(20, 1, 4, 4, generator=g) * 255).to(torch.uint8)
+    val1, vec1 = pca_basis(gray)  # grayscale: the variance itself, as a 1 x 1 basis
+    assert vec1.shape == (1, 1)
+    torch.testing.assert_close(val1.double(), gray.double().div(255).var().reshape(1))
 
 
 def test_vertical_flip():

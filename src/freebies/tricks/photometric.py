@@ -78,7 +78,8 @@ def pca_basis(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (C,) and eigenvectors (C, C, as columns) of the pixel covariance of uint8
     images (N, C, H, W), in [0, 1] units."""
     pixels = images.double().div(255).transpose(0, 1).reshape(images.shape[1], -1)
-    eigval, eigvec = torch.linalg.eigh(torch.cov(pixels))
+    c = images.shape[1]
+    eigval, eigvec = torch.linalg.eigh(torch.cov(pixels).reshape(c, c))  # cov of 1 row is 0-d
     return eigval.clamp(min=0).float(), eigvec.float()
 
 
