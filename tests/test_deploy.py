@@ -169,3 +169,30 @@ def test_onnx_export_matches(acnet_run, capsys):
     graph = onnx.load(str(acnet_run / "deploy.onnx")).graph
     ops = {node.op_type for node in graph.node}
     assert "Conv" in ops and "BatchNormalization" not in ops
+
+
+@pytest.mark.parametrize(("model", "norm"), [("wrn-10-1", "bn"), ("resnet20", "gn")])
+def test_preact_and_groupnorm_acnet_models_fuse(idx_dir, tmp_path, capsys, model, norm):
+    out = tmp_path / "run"
+    rc, _, err = run_cli(
+        capsys,
+        *tiny_run(
+            idx_dir,
+            out,
+            "--model",
+            model,
+            "--set",
+            f"model.norm={norm}",
+            "--set",
+            "model.acnet=true",
+            "--set",
+            "model.zero_init_residual=true",
+        ),
+    )
+    assert rc == 0, err
+    rc, _, err = run_cli(capsys, "fuse", str(out / "last.pt"), "-o", str(tmp_path / "d.pt"))
+    assert rc == 0, err
+    rc, trained, _ = run_cli(capsys, "eval", str(out / "last.pt"))
+    rc2, fused, _ = run_cli(capsys, "eval", str(tmp_path / "d.pt"))
+    assert rc == rc2 == 0
+    assert json.loads(trained)["test_acc"] == json.loads(fused)["test_acc"]

@@ -29,8 +29,8 @@ def load(path: Path) -> dict[str, Any]:
             f"cannot read checkpoint {path} ({type(e).__name__}); is it a "
             "freebies checkpoint and complete?"
         ) from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise UsageError(f"{path} is not a freebies checkpoint (no model/config inside)")
+    if not isinstance(ckpt, dict) or not {"model", "config", "data"} <= ckpt.keys():
+        raise UsageError(f"{path} is not a freebies checkpoint (no model/config/data inside)")
     return ckpt
 
 

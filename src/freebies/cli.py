@@ -141,7 +141,7 @@ def _train(args: argparse.Namespace) -> None:
     out = args.out or Path("runs") / f"{Path(recipe).stem}-{cfg.model.name}-seed{cfg.train.seed}"
     summary = train.run(cfg, out, recipe=Path(recipe).stem, overwrite=args.overwrite)
     print(
-        f"final test accuracy {summary['test_acc']:.2f}% after {summary['epochs']} epochs "
+        f"final test accuracy {summary['test_acc']:.2f}% after {summary['epochs_run']} epochs "
         f"({summary['wall_s']:.0f} s); run folder {out}"
     )
 
@@ -206,6 +206,8 @@ def _fuse(args: argparse.Namespace) -> None:
     from freebies.data.loader import eval_batches, normalize
     from freebies.distributed import pick_device
 
+    if args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
     if args.output.exists() and not args.overwrite:
         raise UsageError(f"{args.output} already exists; pass --overwrite or choose another -o")
     ckpt = checkpoint.load(args.checkpoint)
@@ -219,6 +221,7 @@ def _fuse(args: argparse.Namespace) -> None:
     model = deploy.load_model(ckpt).to(device)
     fused, report = deploy.fuse_and_check(model, cfg, x, len(ckpt["data"]["classes"]))
     print(deploy.report_table(report))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     if report["acb"] == 0:
         print("no ACNet block found (model.acnet was off); folded the conv+BN pairs only")
     checkpoint.save(
@@ -264,6 +267,10 @@ def _schedule(args: argparse.Namespace) -> None:
         from freebies.data.splits import prepare
 
         spe = len(prepare(cfg.data).train_x) // cfg.train.batch_size
+    if spe < 1:
+        raise UsageError(
+            "no full batch per epoch: lower train.batch_size or pass --steps-per-epoch N (N >= 1)"
+        )
     base = scaled_lr(cfg.optim, cfg.train.batch_size)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
     sched = build_scheduler(
@@ -282,6 +289,7 @@ def _schedule(args: argparse.Namespace) -> None:
     if args.plot:
         from freebies.report.plots import plot_lr
 
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot_lr(lrs, spe, args.plot, title=f"{args.recipe}: LR per iteration")
         print(f"wrote {args.plot}")
 
@@ -289,6 +297,8 @@ def _schedule(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from freebies.report import bench_tricks
 
+    if args.batch < 1 or args.repeats < 1:
+        raise UsageError("--batch and --repeats must be >= 1")
     bench_tricks.main(args.batch, args.repeats, args.out)
 
 
@@ -307,10 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"freebies: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        where = args.resume or args.out if args.command == "train" else None
-        hint = f"; continue with: freebies train --resume {where}" if where else ""
-        print(f"freebies: interrupted, checkpoint saved{hint}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        from freebies.train import Interrupted
+
+        if isinstance(e, Interrupted):
+            print(
+                f"freebies: interrupted, checkpoint saved; continue with: freebies train "
+                f"--resume {e.out}",
+                file=sys.stderr,
+            )
+        else:
+            print("freebies: interrupted", file=sys.stderr)
         return 130
     return 0
 

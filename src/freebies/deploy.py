@@ -63,6 +63,21 @@ def time_models(models: dict[str, nn.Module], x: torch.Tensor, repeats: int = 20
     return {name: sorted(v)[len(v) // 2] for name, v in times.items()}
 
 
+def with_conv_bias(model: nn.Module) -> nn.Module:
+    """Give every conv a (zero) bias, so fused models share one layout: a fused ACNet block
+    carries a bias even where the plain conv feeds a sum or a GroupNorm instead of a BN."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.bias is None:
+            m.bias = nn.Parameter(torch.zeros(m.out_channels, device=m.weight.device))
+    return model
+
+
+def fuse(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
+    """`fuse_model`, then the common conv-with-bias layout of deploy checkpoints."""
+    fused, counts = fuse_model(model)
+    return with_conv_bias(fused), counts
+
+
 def plain_fused(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
     """The deploy architecture: the model built without ACNet, eval mode, conv+BN folded."""
     from freebies.train import build_model
@@ -71,7 +86,7 @@ def plain_fused(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
     plain_cfg.model.acnet = False
     plain_cfg.train.sync_bn = False
     model = build_model(plain_cfg, num_classes, in_channels).eval()
-    return fuse_model(model)[0]
+    return fuse(model)[0]
 
 
 def fuse_and_check(
@@ -83,7 +98,7 @@ def fuse_and_check(
     difference, ms per batch of the unfused, fused and plain-architecture models.
     """
     model = model.float().eval()
-    fused, counts = fuse_model(copy.deepcopy(model))
+    fused, counts = fuse(copy.deepcopy(model))
     with torch.no_grad():
         diff = (fused(x) - model(x)).abs().max().item()
     if not diff <= MAX_ABS_DIFF:

@@ -40,7 +40,7 @@ from freebies.data.loader import (
 )
 from freebies.data.splits import Splits, prepare
 from freebies.deploy import load_model
-from freebies.distributed import Dist, all_sum, any_rank, setup
+from freebies.distributed import Dist, all_sum, any_rank, setup, teardown
 from freebies.errors import UsageError
 from freebies.evaluate import evaluate
 from freebies.models import acnet, create_model, options
@@ -102,13 +102,13 @@ def autocast_for(cfg: Config, device: torch.device) -> contextlib.AbstractContex
 
 def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
     model = create_model(cfg.model.name, num_classes, in_channels, norm=cfg.model.norm)
+    if cfg.model.acnet:  # first, so the init options below also reach the new branches
+        acnet.convert(model, side_gamma=cfg.model.acnet_side_gamma)
     if cfg.model.init == "xavier":
         options.xavier_init(model)
     if cfg.model.zero_init_residual:
         options.zero_init_residual(model)
     options.add_dropout(model, cfg.model.dropout)
-    if cfg.model.acnet:
-        acnet.convert(model, side_gamma=cfg.model.acnet_side_gamma)
     if cfg.train.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
@@ -158,6 +158,8 @@ def early_stop_reason(metrics: list[dict], patience: int) -> str | None:
 
 def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to touch an existing run folder unless asked to resume or overwrite it."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
     if resume:
         if not (out / "last.pt").is_file():
             raise UsageError(f"--resume {out}: no run there (no last.pt); check the path")
@@ -166,6 +168,14 @@ def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
             f"run folder {out} already exists; pass --resume {out} to continue it, "
             "--overwrite to replace it, or choose another --out"
         )
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C was honoured: a checkpoint of the run in `out` was saved first."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__(str(out))
+        self.out = out
 
 
 class _StopFlag:
@@ -222,8 +232,7 @@ def run(
     try:
         return _run(cfg, out, d, recipe, resume, overwrite, progress, t_start)
     finally:
-        if d.world > 1:
-            dist.destroy_process_group()
+        teardown()
 
 
 def _run(
@@ -289,6 +298,13 @@ def _run(
         opt, cfg.sched, base_lr=lr, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
     )
     aug_gen = torch.Generator(dev).manual_seed(cfg.train.seed + 1_000_003 * d.rank)
+    policy = make_policy(cfg.aug.autoaugment)
+    pca = pca_basis(sample_images(data.train_x, 10_000)) if cfg.aug.pca_lighting else (None, None)
+    if pca[0] is not None:
+        pca = (pca[0].to(dev), pca[1].to(dev))
+    teacher, t_scale, t_shift = load_teacher(cfg, data.classes, data.train_x.shape[1:], mean, std)
+    # The global RNG (dropout) gets its own stream per rank, after everything that builds models.
+    torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank + 1)
 
     ema = ema_model(net, cfg.ema.decay) if cfg.ema.decay else None
     start_epoch, start_step, metrics = 0, 0, []
@@ -316,6 +332,12 @@ def _run(
                 f"--resume {out}: the run used {len(ckpt['rng']['aug'])} "
                 f"processes; resume it with the same number, not {d.world}"
             )
+        if ckpt.get("device_type", "cpu") != dev.type:
+            raise UsageError(
+                f"--resume {out}: the run trained on {ckpt.get('device_type', 'cpu')}; resume it "
+                f"there (--device {ckpt.get('device_type', 'cpu')}), its RNG state cannot move "
+                f"to {dev.type}"
+            )
         aug_gen.set_state(ckpt["rng"]["aug"][d.rank])
         torch.set_rng_state(ckpt["rng"]["torch"])
         start_epoch, start_step = ckpt["epoch"], ckpt["step"]
@@ -330,9 +352,6 @@ def _run(
     if cfg.train.compile:
         model = torch.compile(model)
     autocast = autocast_for(cfg, dev)
-    policy = make_policy(cfg.aug.autoaugment)
-    pca = pca_basis(sample_images(data.train_x, 10_000)) if cfg.aug.pca_lighting else (None, None)
-    teacher, t_scale, t_shift = load_teacher(cfg, data.classes, data.train_x.shape[1:], mean, std)
     mix_names, mix_until = mixers(cfg.aug), cfg.train.epochs - cfg.aug.mix_off_epochs
     # Random Erasing's "zero" fill is black, i.e. (0 - mean) / std in normalised units.
     erase_fill = -mean / std if cfg.aug.erasing_value == "zero" else cfg.aug.erasing_value
@@ -351,6 +370,7 @@ def _run(
                 "epoch": epoch,
                 "step": step,
                 "rng": {"aug": aug_states, "torch": torch.get_rng_state()},
+                "device_type": dev.type,
                 "metrics": metrics,
                 "partial": partial,
                 "times": {"train_s": times["train_s"], "wall_s": time.perf_counter() - t_resumed},
@@ -464,7 +484,7 @@ def _run(
                 done = step + 1
                 if done % SYNC_EVERY == 0 or done == steps_per_epoch:
                     lo = max(first, (done - 1) // SYNC_EVERY * SYNC_EVERY)
-                    window = _check_finite(losses, lo, done, epoch, steps_per_epoch, out)
+                    window = _check_finite(losses, lo, done, epoch, steps_per_epoch, out, d.world)
                     bar.set_postfix(
                         epoch=epoch + 1,
                         loss=f"{window.mean().item():.3f}",
@@ -473,13 +493,17 @@ def _run(
                         refresh=False,
                     )
                 bar.update(1)
-                if any_rank(stop.set, dev) and done < steps_per_epoch:
-                    window = _check_finite(losses, first, done, epoch, steps_per_epoch, out)
+                # Under DDP every rank checks at the same steps, so they stop together.
+                check = d.world == 1 or done % SYNC_EVERY == 0
+                if check and done < steps_per_epoch and any_rank(stop.set, dev):
+                    window = _check_finite(
+                        losses, first, done, epoch, steps_per_epoch, out, d.world
+                    )
                     partial = _add(partial, window, time.perf_counter() - t_seg)
                     save(epoch, done)
-                    raise KeyboardInterrupt
+                    raise Interrupted(out)
 
-            window = all_sum(losses[first : step + 1].clone()) / d.world
+            window = _check_finite(losses, first, step + 1, epoch, steps_per_epoch, out, d.world)
             partial = _add(partial, window, time.perf_counter() - t_seg)
             times["train_s"] += partial["train_s"]
             last = epoch + 1 == cfg.train.epochs
@@ -507,7 +531,7 @@ def _run(
             if stop_reason:
                 break
             if any_rank(stop.set, dev) and not last:
-                raise KeyboardInterrupt
+                raise Interrupted(out)
     bar.close()
 
     final = metrics[-1]
@@ -521,7 +545,7 @@ def _run(
         **({"stop_reason": stop_reason} if stop_reason else {}),
         "wall_s": time.perf_counter() - t_resumed,
         "train_s": times["train_s"],
-        "train_img_per_s": total_steps * batch / max(times["train_s"], 1e-9),
+        "train_img_per_s": final["epoch"] * steps_per_epoch * batch / max(times["train_s"], 1e-9),
         "params": sum(p.numel() for p in net.parameters()),
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "machine": machine(),
@@ -549,10 +573,10 @@ def _add(partial: dict, window: torch.Tensor, seconds: float) -> dict:
 
 
 def _check_finite(
-    losses: torch.Tensor, lo: int, hi: int, epoch: int, steps: int, out: Path
+    losses: torch.Tensor, lo: int, hi: int, epoch: int, steps: int, out: Path, world: int
 ) -> torch.Tensor:
     """The global mean losses of steps [lo, hi); stop with the step named if any is NaN/inf."""
-    window = all_sum(losses[lo:hi].clone()) / max(_world(), 1)
+    window = all_sum(losses[lo:hi].clone()) / world
     bad = (~torch.isfinite(window)).nonzero()
     if len(bad):
         i = lo + int(bad[0]) + 1
@@ -562,10 +586,6 @@ def _check_finite(
             f"{out / 'last.pt'}; lower optim.lr or check the data"
         )
     return window
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def _eval_row(

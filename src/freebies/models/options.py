@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from freebies.errors import UsageError
+from freebies.models.acnet import ACBlock
 from freebies.models.resnet import BasicBlock, PreActBlock
 
 
@@ -32,6 +33,9 @@ def zero_init_residual(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(m, BasicBlock):
             nn.init.zeros_(m.bn2.weight)
+        elif isinstance(m, PreActBlock) and isinstance(m.conv2, ACBlock):
+            for bn in (m.conv2.square_bn, m.conv2.hor_bn, m.conv2.ver_bn):
+                nn.init.zeros_(bn.weight)  # the block sums three BN outputs: zero all of them
         elif isinstance(m, PreActBlock):
             nn.init.zeros_(m.conv2.weight)
     return model
