@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("checkpoint", type=Path)
     f.add_argument("-o", "--output", type=Path, required=True, help="deploy checkpoint to write")
     f.add_argument("--export", choices=["torchscript", "onnx"], help="also write an export")
-    f.add_argument("--data", help="data for the check batch (default: the training data)")
+    f.add_argument("--data", help="data for the check batch (default: the run's test split)")
     f.add_argument("--batch", type=int, default=256, help="check and timing batch size")
     f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     f.add_argument("--overwrite", action="store_true", help="replace an existing output")

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from freebies.errors import UsageError, nearest
+from freebies.tricks.autoaugment import POLICIES
 
 
 @dataclass
@@ -283,7 +284,7 @@ CHOICES = {
     "model.init": ("kaiming", "xavier"),
     "optim.name": ("sgd", "adamw", "adabound", "amsbound"),
     "aug.mix_mode": ("switch", "alternate"),
-    "aug.autoaugment": ("none", "cifar10", "imagenet", "svhn", "randaugment", "trivialaugment"),
+    "aug.autoaugment": POLICIES,
     "aug.erasing_value": ("random", "mean", "zero"),
     "optim.lr_scaling": ("none", "linear"),
     "sched.decay": ("step", "cosine", "linear", "none"),

@@ -35,7 +35,6 @@ from freebies.data.loader import (
     random_crop,
     random_flip,
     sample_images,
-    to_device,
     train_batches,
 )
 from freebies.data.splits import Splits, prepare
@@ -284,7 +283,8 @@ def _run(
     dev = d.device
     mean, std = channel_stats(data.train_x)
     mean, std = mean.to(dev), std.to(dev)
-    train_x, train_y = to_device(data.train_x, dev), data.train_y.to(dev)
+    data = data.to(dev)  # once: in-memory images and all labels live on the device
+    train_x, train_y = data.train_x, data.train_y
     num_classes, in_channels = len(data.classes), data.train_x.shape[1]
 
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
@@ -537,7 +537,7 @@ def _run(
     final = metrics[-1]
     summary = {
         "test_acc": final["test_acc"],
-        "test_nll": final["test_nll"],
+        "test_nll": final["test_loss"],
         "test_ece": final["test_ece"],
         **({"val_acc": final["val_acc"]} if "val_acc" in final else {}),
         "epochs": cfg.train.epochs,
@@ -607,15 +607,12 @@ def _eval_row(
         world=d.world,
         workers=cfg.data.workers,
     )
-    dev = mean.device
     row = {}
     if data.val_x is not None:
-        val = evaluate(model, to_device(data.val_x, dev), data.val_y.to(dev), mean, std, **kw)
+        val = evaluate(model, data.val_x, data.val_y, mean, std, **kw)
         row.update(val_loss=val["nll"], val_acc=val["acc"])
-    test = evaluate(model, to_device(data.test_x, dev), data.test_y.to(dev), mean, std, **kw)
-    row.update(
-        test_loss=test["nll"], test_acc=test["acc"], test_nll=test["nll"], test_ece=test["ece"]
-    )
+    test = evaluate(model, data.test_x, data.test_y, mean, std, **kw)
+    row.update(test_loss=test["nll"], test_acc=test["acc"], test_ece=test["ece"])
     return row
 
 

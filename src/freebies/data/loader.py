@@ -82,8 +82,15 @@ def channel_stats(x: torch.Tensor | FolderImages) -> tuple[torch.Tensor, torch.T
     """
     if isinstance(x, FolderImages):
         x = sample_images(x, 1024)
-    chunks = x.transpose(0, 1).reshape(x.shape[1], -1).double()
-    return chunks.mean(1).float(), chunks.std(1).float()
+    # Sums over chunks of 4096 images: a float64 copy of a whole dataset would be gigabytes.
+    total = torch.zeros(2, x.shape[1], dtype=torch.float64)
+    for chunk in x.split(4096):
+        c = chunk.transpose(0, 1).reshape(x.shape[1], -1).double()
+        total += torch.stack([c.sum(1), (c * c).sum(1)])
+    n = x.numel() // x.shape[1]
+    mean = total[0] / n
+    var = (total[1] - n * mean * mean) / (n - 1)
+    return mean.float(), var.clamp(min=0).sqrt().float()
 
 
 def to_device(x: torch.Tensor | FolderImages, device: torch.device) -> torch.Tensor | FolderImages:

@@ -25,6 +25,23 @@ class Splits:
     test_y: torch.Tensor
     classes: list[str]
 
+    def to(self, device: torch.device) -> Splits:
+        """The same splits with in-memory images and all labels on `device`."""
+        from freebies.data.loader import to_device
+
+        def move(x: torch.Tensor | FolderImages | None) -> torch.Tensor | FolderImages | None:
+            return None if x is None else to_device(x, device)
+
+        return Splits(
+            move(self.train_x),
+            move(self.train_y),
+            move(self.val_x),
+            move(self.val_y),
+            move(self.test_x),
+            move(self.test_y),
+            self.classes,
+        )
+
     @property
     def fingerprint(self) -> str:
         """A cheap identity of the data, so a resumed run can refuse different data."""

@@ -21,7 +21,7 @@ def scaled_lr(cfg: OptimCfg, global_batch: int) -> float:
     return cfg.lr
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_bn_decay: bool) -> list[dict]:
+def param_groups(model: nn.Module, no_bn_decay: bool) -> list[dict]:
     if not no_bn_decay:
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
     decay, no_decay = [], []
@@ -33,7 +33,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_bn_decay: bool) -> li
 
 
 def build_optimizer(model: nn.Module, cfg: OptimCfg, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.no_bn_decay)
+    groups = param_groups(model, cfg.no_bn_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             groups,

@@ -150,7 +150,12 @@ def table(result: dict) -> str:
     for r in result["rows"]:
         lines.append(
             f"| {r['trick']} | {r['ours_ms']:.2f} | {100 * r['share_of_step']:.1f}% | "
-            f"{r['reference']} | {r['reference_ms']:.2f} | {r['speedup']:.1f}x faster |"
+            f"{r['reference']} | {r['reference_ms']:.2f} | "
+            + (
+                f"{r['speedup']:.1f}x faster |"
+                if r["speedup"] >= 1
+                else f"{1 / r['speedup']:.1f}x slower |"
+            )
         )
     return "\n".join(lines)
 

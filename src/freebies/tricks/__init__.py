@@ -1,7 +1,7 @@
 """The seed notes' training tricks, each a pure function on batched tensors.
 
-Importable on their own for use in any training loop: nothing here depends on the CLI or the
-recipe config.
+Importable on their own for use in any training loop: nothing here imports the CLI or the
+recipe config (error messages name the recipe key that sets a value, for CLI users).
 """
 
 from freebies.tricks.autoaugment import autoaugment, make_policy

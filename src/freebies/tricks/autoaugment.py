@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from freebies.errors import UsageError, nearest
+from freebies.tricks.mixing import _scalar_device
 
 POLICIES = ("none", "cifar10", "imagenet", "svhn", "randaugment", "trivialaugment")
 
@@ -48,7 +49,7 @@ def autoaugment(
         return x
     if x.dtype != torch.uint8 or x.ndim != 4:
         raise UsageError(f"autoaugment takes uint8 images (N, C, H, W), got {x.dtype} {x.ndim}-D")
-    dev = generator.device if generator is not None else torch.device("cpu")
+    dev = _scalar_device(generator)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev).item())
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

@@ -41,7 +41,7 @@ TRICKS = (
         {"optim.lr_scaling": "linear"},
         "Goyal et al. 2017",
         "https://arxiv.org/abs/1706.02677",
-        "LR = base LR x global batch / 256",
+        "LR = base LR x global batch / optim.lr_base_batch (256)",
     ),
     Trick(
         "label_smoothing",
@@ -221,7 +221,3 @@ TRICKS = (
         "train k x k + 1 x k + k x 1 branches; `freebies fuse` folds them into one conv",
     ),
 )
-
-
-def by_name() -> dict[str, Trick]:
-    return {t.name: t for t in TRICKS}
