@@ -53,7 +53,7 @@ TRICKS = (
     ),
     Trick(
         "mixup",
-        ("aug.mixup", "aug.mix_prob", "aug.mix_off_epochs"),
+        ("aug.mixup", "aug.mix_prob", "aug.mix_off_epochs", "aug.mix_mode", "aug.switch_prob"),
         {"aug.mixup": 0.2},
         "Zhang et al. 2018",
         "https://arxiv.org/abs/1710.09412",
@@ -61,7 +61,7 @@ TRICKS = (
     ),
     Trick(
         "cutmix",
-        ("aug.cutmix", "aug.mix_prob", "aug.mix_off_epochs"),
+        ("aug.cutmix", "aug.mix_prob", "aug.mix_off_epochs", "aug.mix_mode", "aug.switch_prob"),
         {"aug.cutmix": 1.0},
         "Yun et al. 2019",
         "https://arxiv.org/abs/1905.04899",
@@ -69,7 +69,7 @@ TRICKS = (
     ),
     Trick(
         "ricap",
-        ("aug.ricap", "aug.mix_prob", "aug.mix_off_epochs"),
+        ("aug.ricap", "aug.mix_prob", "aug.mix_off_epochs", "aug.mix_mode", "aug.switch_prob"),
         {"aug.ricap": 0.3},
         "Takahashi et al. 2018",
         "https://arxiv.org/abs/1811.09030",
