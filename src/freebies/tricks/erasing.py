@@ -167,7 +167,8 @@ def random_erasing(
     cols = torch.arange(w, device=dev)
     in_rows = (rows >= top) & (rows < top + eh[:, None])  # (N, H)
     in_cols = (cols >= left) & (cols < left + ew[:, None])  # (N, W)
-    mask = (in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None])[:, None]
+    # Fold `erase` into the (N, H) rows first: one (N, H, W) AND instead of two.
+    mask = ((in_rows & erase[:, None])[:, :, None] & in_cols[:, None, :])[:, None]
     if value == "random":
         # Noise only for the erased pixels (a fraction of the batch), in row-major order.
         mask = mask.expand_as(x)
