@@ -22,6 +22,7 @@ import torch
 from freebies import checkpoint, config, deploy
 from freebies.data.loader import eval_batches, normalize
 from freebies.data.splits import prepare
+from freebies.models.build import build_model
 from freebies.train import machine, run
 
 VARIANTS = {"plain": {}, "acnet": {"model.acnet": True, "model.acnet_side_gamma": 1.0 / 3}}
@@ -43,7 +44,6 @@ def step_throughput(recipe: str, batch: int, steps: int, repeats: int) -> dict[s
     import torch.nn.functional as F
 
     from freebies.optim import build_optimizer
-    from freebies.train import build_model
 
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     steps_fn = {}

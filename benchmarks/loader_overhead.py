@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from freebies import config
 from freebies.data.splits import prepare
+from freebies.models.build import build_model
 from freebies.optim import build_optimizer
-from freebies.train import build_model, machine, run
+from freebies.train import machine, run
 
 
 def bare_img_per_s(cfg: config.Config, steps: int, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from freebies.cli import main
@@ -20,3 +22,23 @@ def usage_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def small(data: Path, out: Path, *extra: str) -> list[str]:
+    """A tiny but real run: 256 images, batch 64, 2 epochs, ResNet-20."""
+    return [
+        "train",
+        "--recipe",
+        "baseline",
+        "--data",
+        f"fashion-mnist:{data}",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--set",
+        "train.eval_batch_size=64",
+        *extra,
+    ]

@@ -10,26 +10,11 @@ import torch
 from torch import nn
 
 from freebies import config, deploy, train
-from helpers import run_cli
+from helpers import run_cli, small
 
 
 def tiny_run(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--recipe",
-        "baseline",
-        "--data",
-        f"fashion-mnist:{data}",
-        "--out",
-        str(out),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "32",
-        "--set",
-        "train.eval_batch_size=64",
-        *extra,
-    ]
+    return small(data, out, "--epochs", "1", "--batch-size", "32", *extra)
 
 
 @pytest.fixture

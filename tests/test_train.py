@@ -16,30 +16,10 @@ import yaml
 from torch import nn
 
 from freebies import config
-from freebies.train import build_model
-from helpers import run_cli, usage_error
+from freebies.models.build import build_model
+from helpers import run_cli, small, usage_error
 
 TIME_KEYS = {"wall_s", "img_per_s"}
-
-
-def small(data: Path, out: Path, *extra: str) -> list[str]:
-    """A tiny but real run: 256 images, batch 64, 2 epochs, ResNet-20."""
-    return [
-        "train",
-        "--recipe",
-        "baseline",
-        "--data",
-        f"fashion-mnist:{data}",
-        "--out",
-        str(out),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "64",
-        "--set",
-        "train.eval_batch_size=64",
-        *extra,
-    ]
 
 
 def test_train_writes_a_complete_run_folder(idx_dir, tmp_path, capsys):

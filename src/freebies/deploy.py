@@ -18,6 +18,7 @@ from torch import nn
 from freebies.config import Config
 from freebies.errors import UsageError
 from freebies.models.acnet import fuse_model
+from freebies.models.build import build_model
 
 MAX_ABS_DIFF = 1e-4  # fp32 tolerance between the fused and the unfused model
 
@@ -83,8 +84,6 @@ def fuse(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
 
 def plain_fused(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
     """The deploy architecture: the model built without ACNet, eval mode, conv+BN folded."""
-    from freebies.train import build_model
-
     plain_cfg = copy.deepcopy(cfg)
     plain_cfg.model.acnet = False
     plain_cfg.train.sync_bn = False
@@ -184,7 +183,6 @@ def export(model: nn.Module, x: torch.Tensor, fmt: str, path: Any) -> None:
 def load_model(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the model of a training or deploy checkpoint and load its weights (eval mode)."""
     from freebies import config
-    from freebies.train import build_model
 
     cfg = config.from_dict(ckpt["config"])
     cfg.train.sync_bn = False

@@ -42,7 +42,7 @@ from freebies.deploy import load_model
 from freebies.distributed import Dist, all_sum, any_rank, setup, teardown
 from freebies.errors import UsageError
 from freebies.evaluate import evaluate
-from freebies.models import acnet, create_model, options
+from freebies.models.build import build_model
 from freebies.optim import build_optimizer, build_scheduler, scaled_lr
 from freebies.tricks import (
     autoaugment,
@@ -97,20 +97,6 @@ def autocast_for(cfg: Config, device: torch.device) -> contextlib.AbstractContex
         cfg.train.precision == "auto" and device.type == "cuda"
     )
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
-def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
-    model = create_model(cfg.model.name, num_classes, in_channels, norm=cfg.model.norm)
-    if cfg.model.acnet:  # first, so the init options below also reach the new branches
-        acnet.convert(model, side_gamma=cfg.model.acnet_side_gamma)
-    if cfg.model.init == "xavier":
-        options.xavier_init(model)
-    if cfg.model.zero_init_residual:
-        options.zero_init_residual(model)
-    options.add_dropout(model, cfg.model.dropout)
-    if cfg.train.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
 
 
 def load_teacher(

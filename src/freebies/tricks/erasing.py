@@ -19,6 +19,8 @@ live on the same device as ``x``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from freebies.errors import UsageError, nearest
@@ -62,12 +64,20 @@ def cutout(
     dev = x.device
     top = torch.randint(h, (n, holes, 1), generator=generator, device=dev) - length // 2
     left = torch.randint(w, (n, holes, 1), generator=generator, device=dev) - length // 2
-    rows = torch.arange(h, device=dev)
-    cols = torch.arange(w, device=dev)
-    in_rows = (rows >= top) & (rows < top + length)  # (N, holes, H)
-    in_cols = (cols >= left) & (cols < left + length)  # (N, holes, W)
-    mask = (in_rows[..., :, None] & in_cols[..., None, :]).any(dim=1)  # (N, H, W)
+    mask = _box_mask(top, left, length, length, h, w).any(dim=1)  # (N, H, W)
     return x.masked_fill(mask[:, None], 0.0)
+
+
+def _box_mask(
+    top: torch.Tensor, left: torch.Tensor, height: Any, width: Any, h: int, w: int
+) -> torch.Tensor:
+    """Boolean (..., H, W) masks of boxes [top, top + height) x [left, left + width), built by
+    comparing row and column indices with broadcasting; boxes may reach past the borders."""
+    rows = torch.arange(h, device=top.device)
+    cols = torch.arange(w, device=top.device)
+    in_rows = (rows >= top) & (rows < top + height)  # (..., H)
+    in_cols = (cols >= left) & (cols < left + width)  # (..., W)
+    return in_rows[..., :, None] & in_cols[..., None, :]
 
 
 def _check_range(name: str, rng: tuple[float, float], upper: float | None) -> tuple[float, float]:
@@ -163,12 +173,8 @@ def random_erasing(
     top = torch.minimum(top.long(), h - eh)[:, None]
     left = torch.minimum(left.long(), w - ew)[:, None]
 
-    rows = torch.arange(h, device=dev)
-    cols = torch.arange(w, device=dev)
-    in_rows = (rows >= top) & (rows < top + eh[:, None])  # (N, H)
-    in_cols = (cols >= left) & (cols < left + ew[:, None])  # (N, W)
-    # Fold `erase` into the (N, H) rows first: one (N, H, W) AND instead of two.
-    mask = ((in_rows & erase[:, None])[:, :, None] & in_cols[:, None, :])[:, None]
+    # An image that is not erased gets a box of height 0, so `erase` costs no (N, H, W) pass.
+    mask = _box_mask(top, left, (eh * erase)[:, None], ew[:, None], h, w)[:, None]
     if value == "random":
         # Noise only for the erased pixels (a fraction of the batch), in row-major order.
         mask = mask.expand_as(x)
