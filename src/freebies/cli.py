@@ -1,4 +1,4 @@
-"""The `freebies` command: train | eval | fuse | tricks | schedule | bench.
+"""The `freebies` command: train | eval | ablate | report | fuse | tricks | schedule | bench.
 
 Mistakes a person can fix end in one line on stderr and exit code 2; Ctrl-C saves a
 checkpoint and exits with 130.
@@ -69,6 +69,35 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--limit-test", type=int, metavar="N")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
+    a = sub.add_parser("ablate", help="train the baseline and each trick on the same seeds")
+    a.add_argument("--recipe", default="baseline", help="the baseline recipe (default: baseline)")
+    a.add_argument(
+        "--tricks",
+        required=True,
+        help="comma-separated trick names from `freebies tricks`; name=key=value replaces a "
+        "trick's documented setting",
+    )
+    a.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    a.add_argument("--mode", choices=["single", "cumulative", "both"], default="single")
+    a.add_argument(
+        "--bag",
+        action="store_true",
+        help="then stack every trick whose validation accuracy beat the baseline (needs "
+        "data.val_split)",
+    )
+    a.add_argument("--out", type=Path, required=True, help="grid folder (rerun to resume)")
+    a.add_argument("--data", help=DATA_HELP)
+    a.add_argument("--model")
+    a.add_argument("--epochs", type=int)
+    a.add_argument("--batch-size", type=int)
+    a.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    a.add_argument("--limit-train", type=int, metavar="N")
+    a.add_argument("--limit-test", type=int, metavar="N")
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    r = sub.add_parser("report", help="rebuild an ablation's report.md and plots")
+    r.add_argument("dir", type=Path, help="the folder `freebies ablate --out` wrote")
+
     k = sub.add_parser("tricks", help="list every trick: keys, the setting that turns it on, paper")
     k.add_argument("--json", action="store_true", help="one JSON document, for machines")
 
@@ -100,7 +129,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {
         key: getattr(args, flag)
         for flag, key in FLAG_KEYS.items()
-        if getattr(args, flag) is not None
+        if getattr(args, flag, None) is not None
     }
     out.update(config.parse_set(args.set))
     return out
@@ -240,6 +269,36 @@ def _fuse(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _ablate(args: argparse.Namespace) -> None:
+    import shlex
+
+    from freebies.report import ablate
+
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    overrides = _overrides(args)
+    base_seed = config.load(args.recipe, overrides).train.seed
+    seeds = list(range(base_seed, base_seed + args.seeds))
+    entries = ablate.run_grid(
+        args.recipe,
+        ablate.parse_tricks(args.tricks),
+        seeds,
+        args.mode,
+        args.out,
+        overrides,
+        bag=args.bag,
+        command=shlex.join(["freebies", *sys.argv[1:]]),
+    )
+    print(f"{len(entries)} variants x {len(seeds)} seeds; wrote {args.out / 'report.md'}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from freebies.report.table import write_report
+
+    write_report(args.dir)
+    print((args.dir / "report.md").read_text(), end="")
+
+
 def _tricks(args: argparse.Namespace) -> None:
     import dataclasses
 
@@ -308,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         commands = {
             "train": _train,
             "eval": _eval,
+            "ablate": _ablate,
+            "report": _report,
             "fuse": _fuse,
             "tricks": _tricks,
             "schedule": _schedule,
@@ -318,9 +379,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"freebies: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        from freebies.report.ablate import GridInterrupted
         from freebies.train import Interrupted
 
-        if isinstance(e, Interrupted):
+        if isinstance(e, GridInterrupted):
+            print(
+                f"freebies: interrupted; the current run saved a checkpoint. Run the same "
+                f"command again to finish the grid in {e}",
+                file=sys.stderr,
+            )
+        elif isinstance(e, Interrupted):
             print(
                 f"freebies: interrupted, checkpoint saved; continue with: freebies train "
                 f"--resume {e.out}",

@@ -38,7 +38,7 @@ from freebies.data.loader import (
     train_batches,
 )
 from freebies.data.splits import Splits, prepare
-from freebies.deploy import load_model
+from freebies.deploy import count_macs, load_model, plain_fused
 from freebies.distributed import Dist, all_sum, any_rank, setup, teardown
 from freebies.errors import UsageError
 from freebies.evaluate import evaluate
@@ -90,6 +90,22 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     return f"{model}, {os.cpu_count()} cores"
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    """Peak memory of this run: CUDA allocations on a GPU, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kib / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def infer_macs(cfg: Config, num_classes: int, shape: tuple[int, ...]) -> int:
+    """MACs per image of the model as deployed (ACNet fused, conv+BN folded; x2 with TTA)."""
+    model = plain_fused(cfg, num_classes, shape[0])
+    return count_macs(model, torch.zeros(1, *shape)) * (2 if cfg.train.tta else 1)
 
 
 def autocast_for(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
@@ -533,6 +549,8 @@ def _run(
         "train_s": times["train_s"],
         "train_img_per_s": final["epoch"] * steps_per_epoch * batch / max(times["train_s"], 1e-9),
         "params": sum(p.numel() for p in net.parameters()),
+        "infer_macs": infer_macs(cfg, num_classes, tuple(data.train_x.shape[1:])),
+        "peak_mem_mb": peak_mem_mb(dev),
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "machine": machine(),
         "world_size": d.world,

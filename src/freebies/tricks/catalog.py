@@ -207,10 +207,10 @@ TRICKS = (
     Trick(
         "early_stopping",
         ("train.early_stop_patience", "data.val_split"),
-        {"train.early_stop_patience": 5, "data.val_split": 0.1},
+        {"train.early_stop_patience": 5},
         "",
         "",
-        "stop when validation accuracy has not improved for N evaluations (never test)",
+        "stop when validation accuracy has not improved for N evaluations; needs data.val_split",
     ),
     Trick(
         "acnet",

@@ -1,0 +1,372 @@
+"""`freebies ablate`: which trick helps on my data, by how much, at what cost.
+
+`single` trains the baseline recipe, then the baseline plus each trick on its own; `cumulative`
+stacks the tricks in the order given, like Bag of Tricks (He et al. 2019,
+arXiv:1812.01187). Every variant runs on the same seeds, so Δ is paired per seed. Each run is
+one `freebies train` process (its exact command is recorded); a run folder with `summary.json`
+is done, one with `last.pt` resumes, so a killed grid finishes when started again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from freebies import checkpoint, config
+from freebies.errors import UsageError, nearest
+from freebies.report.table import BASELINE, summarize, write_report
+from freebies.tricks.catalog import TRICKS
+
+MODES = ("single", "cumulative", "both")
+TEACHER = "@baseline"  # distillation without a teacher: the grid's own baseline teaches
+
+
+@dataclass
+class Variant:
+    name: str
+    kind: str  # baseline | single | cumulative | bag
+    tricks: list[str]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    chosen_by: str | None = None
+
+
+class GridInterrupted(KeyboardInterrupt):
+    """The grid stopped on Ctrl-C / SIGTERM after its current run saved a checkpoint."""
+
+
+def parse_tricks(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    """`"label_smoothing,mixup=aug.mixup=0.4"` -> [(label, overrides)].
+
+    A bare name takes its documented setting (`freebies tricks`); `name=key=value` items
+    replace it (repeat the name for several keys).
+    """
+    known = {t.name: t for t in TRICKS}
+    custom: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        name, _, setting = item.partition("=")
+        if name not in known:
+            raise UsageError(
+                f"unknown trick {name!r}{nearest(name, list(known))}; `freebies tricks` lists them"
+            )
+        if name not in order:
+            order.append(name)
+        if setting:
+            if "=" not in setting:
+                raise UsageError(f"trick setting {item!r} must be name=key=value")
+            custom.setdefault(name, {}).update(config.parse_set([setting]))
+    if not order:
+        raise UsageError("--tricks is empty; name at least one trick (`freebies tricks`)")
+    out = []
+    for name in order:
+        if name in custom:
+            label = f"{name}[{','.join(f'{k}={v}' for k, v in custom[name].items())}]"
+            out.append((label, custom[name]))
+        elif name == "distillation":
+            out.append((name, {"distill.teacher": TEACHER}))
+        else:
+            out.append((name, dict(known[name].on)))
+    return out
+
+
+def plan(tricks: list[tuple[str, dict]], mode: str) -> list[Variant]:
+    """The grid's variants in run order: baseline, singles, then the cumulative stack."""
+    variants = [Variant(BASELINE, "baseline", [])]
+    if mode in ("single", "both"):
+        variants += [Variant(label, "single", [label], ov) for label, ov in tricks]
+    if mode in ("cumulative", "both"):
+        stacked: dict[str, Any] = {}
+        for i, (_, ov) in enumerate(tricks):
+            stacked = {**stacked, **ov}
+            labels = [t for t, _ in tricks[: i + 1]]
+            variants.append(Variant("+".join(labels), "cumulative", labels, dict(stacked)))
+    seen: set[str] = set()  # in `both`, the first stack step is the first single
+    return [v for v in variants if not (v.name in seen or seen.add(v.name))]
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", name)[:120]
+
+
+def _set_arg(key: str, value: Any) -> str:
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+class Grid:
+    """The runs of one ablation: their configs, commands, folders and results."""
+
+    def __init__(
+        self,
+        recipe: str,
+        seeds: list[int],
+        out: Path,
+        overrides: dict[str, Any],
+        command: str,
+    ) -> None:
+        self.recipe, self.seeds, self.out = recipe, seeds, out
+        self.overrides, self.command = overrides, command
+
+    def folder(self, v: Variant, seed: int) -> Path:
+        return self.out / "runs" / f"{_slug(v.name)}-s{seed}"
+
+    def teacher(self, seed: int) -> Path:
+        """The baseline of the next seed, so a student never starts from its teacher's init."""
+        i = self.seeds.index(seed)
+        return self.folder(Variant(BASELINE, "baseline", []), self.seeds[(i + 1) % len(self.seeds)])
+
+    def run_overrides(self, v: Variant, seed: int) -> dict[str, Any]:
+        ov = {**self.overrides, **v.overrides, "train.seed": seed}
+        if ov.get("distill.teacher") == TEACHER:
+            ov["distill.teacher"] = str(self.teacher(seed) / "last.pt")
+        return ov
+
+    def cfg(self, v: Variant, seed: int) -> config.Config:
+        try:
+            return config.load(self.recipe, self.run_overrides(v, seed))
+        except UsageError as e:
+            raise UsageError(f"variant {v.name!r}: {e}") from None
+
+    def train_command(self, v: Variant, seed: int) -> list[str]:
+        sets = [
+            a for k, val in self.run_overrides(v, seed).items() for a in ("--set", _set_arg(k, val))
+        ]
+        return [
+            "freebies",
+            "train",
+            "--recipe",
+            self.recipe,
+            "--out",
+            str(self.folder(v, seed)),
+            *sets,
+        ]
+
+    def check(self, variants: list[Variant]) -> list[Variant]:
+        """Validate every config before anything runs; drop a variant that trains exactly
+        like an earlier one (e.g. a trick the recipe already has on)."""
+        kept: dict[str, Variant] = {}
+        for v in variants:
+            flat = json.dumps(config.to_dict(self.cfg(v, self.seeds[0])), sort_keys=True)
+            if flat in kept:
+                print(f"freebies: note: {v.name} trains exactly like {kept[flat].name}; skipped")
+                continue
+            kept[flat] = v
+            for seed in self.seeds:
+                self.same_config(v, seed)
+        return list(kept.values())
+
+    def same_config(self, v: Variant, seed: int) -> None:
+        saved = self.folder(v, seed) / "config.yaml"
+        if not saved.is_file():
+            return
+        want = config.flatten(config.to_dict(self.cfg(v, seed)))
+        have = config.flatten(yaml.safe_load(saved.read_text()) or {})
+        diff = next((k for k in want if have.get(k) != want[k]), None)
+        if diff is not None:
+            raise UsageError(
+                f"{saved.parent} was trained with {diff}={have.get(diff)!r}, this grid asks "
+                f"{want[diff]!r}; use another --out (or delete that run folder)"
+            )
+
+    def failed(self, v: Variant, seed: int, error: str) -> dict[str, Any]:
+        command = shlex.join(self.train_command(v, seed))
+        return {
+            "variant": v.name,
+            "kind": v.kind,
+            "tricks": v.tricks,
+            "overrides": v.overrides,
+            "seed": seed,
+            "error": error,
+            "command": command,
+            "grid_command": self.command,
+        }
+
+    def result(self, v: Variant, seed: int) -> dict[str, Any]:
+        """One results.jsonl row, read back from the finished run folder."""
+        folder = self.folder(v, seed)
+        summary = json.loads((folder / "summary.json").read_text())
+        metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        row = {
+            "variant": v.name,
+            "kind": v.kind,
+            "tricks": v.tricks,
+            "overrides": v.overrides,
+            "seed": seed,
+            "run": str(folder),
+            "command": shlex.join(self.train_command(v, seed)),
+            "grid_command": self.command,
+            "config": yaml.safe_load((folder / "config.yaml").read_text()),
+            **summary,
+            "curve": [[m["epoch"], m["test_acc"]] for m in metrics if "test_acc" in m],
+        }
+        if v.chosen_by:
+            row["chosen_by"] = v.chosen_by
+        teacher = row["config"]["distill"]["teacher"]
+        if teacher:
+            row["teacher"] = _teacher_info(Path(teacher), self)
+        return row
+
+
+def _teacher_info(path: Path, grid: Grid) -> dict[str, Any]:
+    summary = path.parent / "summary.json"
+    train_s = json.loads(summary.read_text())["train_s"] if summary.is_file() else None
+    own = path.parent.parent == grid.out / "runs"
+    source = (
+        f"this grid's baseline run {path.parent.name} (same recipe, another seed)"
+        if own
+        else str(path)
+    )
+    return {"source": source, "path": str(path), "train_s": train_s}
+
+
+def _last_line(log: Path) -> str:
+    lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    return lines[-1].removeprefix("freebies: error: ") if lines else "no output"
+
+
+def _epochs_done(folder: Path) -> int:
+    path = folder / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def _train(grid: Grid, v: Variant, seed: int, bar: tqdm) -> str | None:
+    """Run (or resume) one training process; returns an error line, or None on success."""
+    folder = grid.folder(v, seed)
+    if (folder / "summary.json").is_file():
+        return None
+    resume = (folder / "last.pt").is_file()
+    args = (
+        ["--resume", str(folder)] if resume else [*grid.train_command(v, seed)[2:], "--overwrite"]
+    )
+    log = grid.out / "logs" / f"{folder.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    bar.set_postfix_str(f"{v.name} seed {seed}")
+    start = bar.n
+    with log.open("a") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "freebies", "train", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the grid, which forwards it exactly once
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+                bar.update(start + _epochs_done(folder) - bar.n)
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)  # the run checkpoints, then exits 130
+            proc.wait()
+            raise GridInterrupted(str(grid.out)) from None
+    if proc.returncode == 130:
+        raise GridInterrupted(str(grid.out))
+    return None if proc.returncode == 0 else f"{_last_line(log)} (log: {log})"
+
+
+def _die_with_parent() -> None:
+    """If the grid process is killed outright, its run still gets Ctrl-C and checkpoints."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: an orphaned run finishes on its own
+
+
+def choose_bag(grid: Grid, rows: list[dict], tricks: list[tuple[str, dict]]) -> Variant | None:
+    """Stack every trick whose single-trick validation Δ (paired mean) is above 0."""
+    entries = {e["variant"]: e for e in summarize(rows)}
+    chosen = [
+        (label, ov)
+        for label, ov in tricks
+        if (entries.get(label, {}).get("val") or {}).get("delta")
+        and entries[label]["val"]["delta"]["mean"] > 0
+    ]
+    if not chosen:
+        print("freebies: note: no trick raised validation accuracy; no bag to run")
+        return None
+    stacked: dict[str, Any] = {}
+    for _, ov in chosen:
+        stacked.update(ov)
+    names = [label for label, _ in chosen]
+    why = (
+        f"stacks every trick whose single-trick Δ val (paired mean over seeds {grid.seeds}) "
+        f"was above 0: {', '.join(names)}. Chosen on validation accuracy; its test accuracy "
+        "was read once, after the choice."
+    )
+    return Variant("bag", "bag", names, stacked, chosen_by=why)
+
+
+def run_grid(
+    recipe: str,
+    tricks: list[tuple[str, dict]],
+    seeds: list[int],
+    mode: str,
+    out: Path,
+    overrides: dict[str, Any],
+    *,
+    bag: bool,
+    command: str,
+) -> list[dict]:
+    """Run every (variant, seed) not yet finished; keep results.jsonl and the report current."""
+    grid = Grid(recipe, seeds, out, overrides, command)
+    if bag and mode == "cumulative":
+        raise UsageError("--bag chooses among single-trick runs; use --mode single or both")
+    if bag and grid.cfg(plan([], "single")[0], seeds[0]).data.val_split <= 0:
+        raise UsageError(
+            "--bag chooses tricks on validation accuracy; add --set data.val_split=0.1"
+        )
+    variants = grid.check(plan(tricks, mode))
+    out.mkdir(parents=True, exist_ok=True)
+    epochs = grid.cfg(variants[0], seeds[0]).train.epochs
+    rows: dict[tuple[str, int], dict] = {}
+    bar = tqdm(
+        total=len(variants) * len(seeds) * epochs, unit="epoch", desc="ablate", dynamic_ncols=True
+    )
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        todo = list(variants)
+        while todo:
+            v = todo.pop(0)
+            for seed in seeds:
+                error = _train(grid, v, seed, bar)
+                if error and v.kind == "baseline":
+                    raise UsageError(f"the baseline run (seed {seed}) failed: {error}")
+                rows[v.name, seed] = (
+                    grid.result(v, seed) if error is None else grid.failed(v, seed, error)
+                )
+                bar.update(len(rows) * epochs - bar.n)
+                _write_results(out, list(rows.values()))
+            if not todo and bag and v.kind != "bag":
+                chosen = choose_bag(grid, list(rows.values()), tricks)
+                if chosen is not None:
+                    for seed in seeds:
+                        grid.same_config(chosen, seed)
+                    todo.append(chosen)
+                    bar.total += len(seeds) * epochs
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        bar.close()
+    return write_report(out)
+
+
+def _write_results(out: Path, rows: list[dict]) -> None:
+    """This grid's rows in run order, then rows of other variants an earlier grid left."""
+    path, mine = out / "results.jsonl", {(r["variant"], r["seed"]) for r in rows}
+    kept = []
+    if path.is_file():
+        old = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        kept = [r for r in old if (r["variant"], r["seed"]) not in mine]
+    checkpoint.write_text(path, "".join(json.dumps(r) + "\n" for r in rows + kept))
