@@ -265,7 +265,8 @@ def _train(grid: Grid, v: Variant, seed: int, bar: tqdm) -> str | None:
         try:
             while proc.poll() is None:
                 time.sleep(0.5)
-                bar.update(start + _epochs_done(folder) - bar.n)
+                if start + _epochs_done(folder) > bar.n:  # only redraw on progress
+                    bar.update(start + _epochs_done(folder) - bar.n)
         except KeyboardInterrupt:
             proc.send_signal(signal.SIGINT)  # the run checkpoints, then exits 130
             proc.wait()
