@@ -87,12 +87,13 @@ def test_rank_shards_partition_each_global_batch():
     single = list(train_batches(x, y, 20, seed=5, epoch=2))
     assert len(single) == 5  # the incomplete last batch is dropped
     ranks = [list(train_batches(x, y, 20, seed=5, epoch=2, rank=r, world=2)) for r in range(2)]
-    for step, (_, yb) in enumerate(single):
-        assert torch.equal(torch.cat([ranks[0][step][1], ranks[1][step][1]]), yb)
+    for step, (idx, _, yb) in enumerate(single):
+        assert torch.equal(torch.cat([ranks[0][step][2], ranks[1][step][2]]), yb)
+        assert torch.equal(y[idx], yb)  # the indices name the images that came back
 
 
 def test_start_step_skips_exactly():
     x, y = torch.zeros(50, 1, 2, 2), torch.arange(50)
-    full = [yb for _, yb in train_batches(x, y, 8, seed=0, epoch=0)]
-    tail = [yb for _, yb in train_batches(x, y, 8, seed=0, epoch=0, start_step=4)]
+    full = [yb for _, _, yb in train_batches(x, y, 8, seed=0, epoch=0)]
+    tail = [yb for _, _, yb in train_batches(x, y, 8, seed=0, epoch=0, start_step=4)]
     assert all(torch.equal(a, b) for a, b in zip(full[4:], tail, strict=True))

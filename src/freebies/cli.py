@@ -65,7 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON line")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--data", help=DATA_HELP + " (default: the data it was trained on)")
-    e.add_argument("--tta", action="store_true", help="average the image and its flip")
+    e.add_argument(
+        "--tta",
+        action="store_true",
+        help="average the image and its flip (and the recipe's train.tta_shift views)",
+    )
     e.add_argument("--limit-test", type=int, metavar="N")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
@@ -218,6 +222,7 @@ def _eval(args: argparse.Namespace) -> None:
         ckpt["data"]["std"].to(device),
         batch_size=cfg.train.eval_batch_size,
         tta=args.tta,
+        tta_shift=cfg.train.tta_shift if args.tta else 0,
         autocast=autocast,
         workers=cfg.data.workers,
     )

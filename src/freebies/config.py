@@ -36,6 +36,9 @@ class DataCfg:
 class AugCfg:
     crop_padding: int = 4  # random crop after zero-padding by this many pixels; 0 = off
     hflip: bool = True  # random horizontal flip
+    flip_mode: str = (
+        "random"  # random | alternate: each image flips every other epoch (Jordan 2024)
+    )
     vflip: bool = False  # random vertical flip
     rotate: float = 0.0  # random rotation in [-deg, deg]; 0 = off
     color_jitter: float = 0.0  # brightness / contrast / saturation factors in [1 - s, 1 + s]
@@ -75,6 +78,7 @@ class OptimCfg:
     nesterov: bool = False
     weight_decay: float = 5e-4
     no_bn_decay: bool = False  # exempt norm weights and all biases from weight decay
+    bias_lr_scale: float = 1.0  # LR multiplier for norm weights and biases (airbench uses 64)
     lr_scaling: str = "none"  # none | linear: lr = lr * global_batch / lr_base_batch (Goyal 2017)
     lr_base_batch: int = 256
     betas: tuple[float, float] = (0.9, 0.999)  # adamw, adabound
@@ -123,6 +127,7 @@ class TrainCfg:
     eval_every: int = 1  # evaluate every N epochs; the last epoch is always evaluated
     eval_batch_size: int = 256
     tta: bool = False  # final evaluation averages the image and its horizontal flip
+    tta_shift: int = 0  # with tta: also the views shifted by (+s, +s) and (-s, -s) pixels
     threads: int = 0  # torch.set_num_threads on CPU; 0 = leave torch's default
     early_stop_patience: int = 0  # stop after N evaluations without a val_acc gain; 0 = off
 
@@ -284,6 +289,7 @@ CHOICES = {
     "model.init": ("kaiming", "xavier"),
     "optim.name": ("sgd", "adamw", "adabound", "amsbound"),
     "aug.mix_mode": ("switch", "alternate"),
+    "aug.flip_mode": ("random", "alternate"),
     "aug.autoaugment": POLICIES,
     "aug.erasing_value": ("random", "mean", "zero"),
     "optim.lr_scaling": ("none", "linear"),
@@ -327,6 +333,12 @@ def validate(cfg: Config) -> Config:
             "data.limit_train and data.limit_test must be > 0 (or null for all)",
         ),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.optim.bias_lr_scale > 0, "optim.bias_lr_scale must be > 0"),
+        (cfg.train.tta_shift >= 0, "train.tta_shift must be >= 0 (pixels)"),
+        (
+            cfg.train.tta_shift == 0 or cfg.train.tta,
+            "train.tta_shift adds shifted views to the flip TTA; set train.tta=true too",
+        ),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing must be in [0, 1)"),
         (0 <= cfg.data.val_split < 1, "data.val_split must be in [0, 1)"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from freebies.data.datasets import FolderImages
@@ -39,6 +40,14 @@ def ece_from_sums(sums: torch.Tensor) -> float:
     return float((correct - conf).abs().sum() / count.sum().clamp(min=1))
 
 
+def shift(x: torch.Tensor, s: int) -> torch.Tensor:
+    """x: (N, C, H, W) moved by s pixels down and right (s < 0: up and left), edges reflected."""
+    p = abs(s)
+    padded = F.pad(x, (p, p, p, p), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[..., p - s : p - s + h, p - s : p - s + w]
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -49,6 +58,7 @@ def evaluate(
     *,
     batch_size: int = 1024,
     tta: bool = False,
+    tta_shift: int = 0,
     autocast: contextlib.AbstractContextManager | None = None,
     channels_last: bool = False,
     rank: int = 0,
@@ -59,7 +69,9 @@ def evaluate(
 
     Images are read on the device of `y` (in memory, or streamed from a folder).
 
-    `tta` averages the softmax of the image and of its horizontal flip.
+    `tta` averages the softmax of the image and of its horizontal flip; `tta_shift` > 0 adds
+    both shifted by (+s, +s) and (-s, -s) pixels (reflect-padded), weighted so the unshifted
+    pair and the four shifted views count half each (as in airbench's TTA).
     """
     was_training = model.training
     model.eval()
@@ -67,13 +79,13 @@ def evaluate(
     sums = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=y.device)
     for xb, yb in eval_batches(x, y, batch_size, rank=rank, world=world, workers=workers):
         xb = normalize(xb, mean, std, channels_last)
+        views = [xb, xb.flip(3)] if tta else [xb]
+        shifted = [shift(v, s) for v in views for s in (tta_shift, -tta_shift)] if tta_shift else []
         with autocast or contextlib.nullcontext():
-            logits = model(xb)
-            if tta:
-                logits_flip = model(xb.flip(3))
-        probs = logits.float().softmax(1)
-        if tta:
-            probs = (probs + logits_flip.float().softmax(1)) / 2
+            probs = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
+            if shifted:
+                shifted_probs = torch.stack([model(v).float().softmax(1) for v in shifted])
+                probs = (probs + shifted_probs.mean(0)) / 2
         nll -= probs.gather(1, yb[:, None]).clamp(min=1e-12).log().double().sum()
         sums += calibration_sums(probs, yb)
     totals = all_sum(torch.cat([nll[None], sums.flatten()]))

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from freebies import checkpoint
 from freebies.config import Config, mixers, to_dict
 from freebies.data.loader import (
+    alternating_flip,
     channel_stats,
     normalize,
     random_crop,
@@ -103,9 +104,10 @@ def peak_mem_mb(device: torch.device) -> float:
 
 
 def infer_macs(cfg: Config, num_classes: int, shape: tuple[int, ...]) -> int:
-    """MACs per image of the model as deployed (ACNet fused, conv+BN folded; x2 with TTA)."""
+    """MACs per image of the model as deployed (ACNet fused, conv+BN folded; TTA views counted)."""
     model = plain_fused(cfg, num_classes, shape[0])
-    return count_macs(model, torch.zeros(1, *shape)) * (2 if cfg.train.tta else 1)
+    views = (2 if cfg.train.tta else 1) * (3 if cfg.train.tta_shift else 1)
+    return count_macs(model, torch.zeros(1, *shape)) * views
 
 
 def autocast_for(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
@@ -291,6 +293,8 @@ def _run(
 
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     net = build_model(cfg, num_classes, in_channels).to(dev)
+    if hasattr(net, "init_from_data"):  # e.g. AirNet's frozen patch whitening
+        net.init_from_data(normalize(sample_images(data.train_x, 10_000), mean, std))
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
     steps_per_epoch = n_train // batch
@@ -300,6 +304,9 @@ def _run(
         opt, cfg.sched, base_lr=lr, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
     )
     aug_gen = torch.Generator(dev).manual_seed(cfg.train.seed + 1_000_003 * d.rank)
+    # Alternating flip: which images flip in even epochs, the same on every rank.
+    first_flips = torch.rand(n_train, generator=torch.Generator().manual_seed(cfg.train.seed)) < 0.5
+    first_flips = first_flips.to(dev)
     policy = make_policy(cfg.aug.autoaugment)
     pca = pca_basis(sample_images(data.train_x, 10_000)) if cfg.aug.pca_lighting else (None, None)
     if pca[0] is not None:
@@ -408,7 +415,7 @@ def _run(
                 partial = {"loss_sum": 0.0, "steps": 0, "train_s": 0.0}
             losses = torch.zeros(steps_per_epoch, device=dev)
             t_seg, step = time.perf_counter(), first
-            for step, (xb, yb) in enumerate(
+            for step, (idx, xb, yb) in enumerate(
                 train_batches(
                     train_x,
                     train_y,
@@ -424,7 +431,9 @@ def _run(
             ):
                 # 1. augment (uint8, batched, each image its own draw), then normalise
                 xb = random_crop(xb, cfg.aug.crop_padding, aug_gen)
-                if cfg.aug.hflip:
+                if cfg.aug.hflip and cfg.aug.flip_mode == "alternate":
+                    xb = alternating_flip(xb, idx, epoch, first_flips)
+                elif cfg.aug.hflip:
                     xb = random_flip(xb, aug_gen)
                 if cfg.aug.vflip:
                     xb = random_flip(xb, aug_gen, dim=2)
@@ -605,6 +614,7 @@ def _eval_row(
     kw = dict(
         batch_size=cfg.train.eval_batch_size,
         tta=tta,
+        tta_shift=cfg.train.tta_shift if tta else 0,
         autocast=autocast,
         channels_last=cfg.train.channels_last,
         rank=d.rank,

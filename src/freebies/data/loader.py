@@ -58,6 +58,19 @@ def random_flip(
     return torch.where(flip[:, None, None, None], x.flip(dim), x)
 
 
+def alternating_flip(
+    x: torch.Tensor, idx: torch.Tensor, epoch: int, first: torch.Tensor
+) -> torch.Tensor:
+    """Alternating flip (Jordan 2024, arXiv:2404.00498, section 3.6): image i is flipped in
+    epoch e iff first[i] XOR (e odd), so epoch 0 flips a random half and every later epoch
+    flips exactly the images the one before did not.
+
+    x: (N, C, H, W); idx: (N,) dataset indices; first: (dataset size,) bool, drawn once per run.
+    """
+    flip = first[idx] ^ bool(epoch % 2)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
 def normalize(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False
 ) -> torch.Tensor:
@@ -109,8 +122,8 @@ def train_batches(
     world: int = 1,
     start_step: int = 0,
     workers: int = 4,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield this rank's (uint8 images, labels) for each global batch of one epoch.
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield this rank's (dataset indices, uint8 images, labels) for each global batch.
 
     The last incomplete global batch is dropped so every step sees `batch_size` images and
     every rank the same share. `start_step` skips batches already trained (exact resume).
@@ -124,9 +137,11 @@ def train_batches(
     ]
     if isinstance(x, torch.Tensor):
         for idx in index:
-            yield x[idx], y[idx]
+            yield idx, x[idx], y[idx]
     else:
-        yield from _stream(x, y, [i.cpu().tolist() for i in index], workers)
+        streamed = _stream(x, y, [i.cpu().tolist() for i in index], workers)
+        for idx, (xb, yb) in zip(index, streamed, strict=True):
+            yield idx, xb, yb
 
 
 def eval_batches(

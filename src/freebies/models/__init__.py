@@ -1,7 +1,8 @@
 """Model registry: build a classifier by name.
 
 Fixed names come from factories decorated with `register`; Wide ResNets are named by their
-shape, `wrn-D-K` or `wrnD_K` (Zagoruyko & Komodakis 2016, https://arxiv.org/abs/1605.07146).
+shape, `wrn-D-K` or `wrnD_K` (Zagoruyko & Komodakis 2016, https://arxiv.org/abs/1605.07146),
+and airbench-style nets by their widths, `airnet-W1-W2-W3` (see `freebies.models.airnet`).
 """
 
 import inspect
@@ -20,9 +21,11 @@ _REGISTRY: dict[str, Factory] = {}
 # the usual Wide ResNets; any other valid wrn-D-K also works.
 _WRN_EXAMPLES = ("wrn-16-4", "wrn-16-8", "wrn-28-10", "wrn-40-4")
 _WRN_NAME = re.compile(r"wrn-(\d+)-(\d+)|wrn(\d+)_(\d+)")
+_AIRNET_EXAMPLES = ("airnet-32-128-128", "airnet-64-256-256")
+_AIRNET_NAME = re.compile(r"airnet-(\d+)-(\d+)-(\d+)")
 
 # Supplied by create_model itself, never through **kwargs.
-_FIXED_ARGS = ("num_classes", "in_channels", "depth", "width")
+_FIXED_ARGS = ("num_classes", "in_channels", "depth", "width", "widths")
 
 
 def register(name: str) -> Callable[[Factory], Factory]:
@@ -39,7 +42,7 @@ def register(name: str) -> Callable[[Factory], Factory]:
 
 def model_names() -> list[str]:
     """Registered names plus common Wide ResNet shapes; each is accepted by create_model."""
-    return sorted(_registry()) + list(_WRN_EXAMPLES)
+    return sorted(_registry()) + list(_WRN_EXAMPLES) + list(_AIRNET_EXAMPLES)
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: object) -> nn.Module:
@@ -54,12 +57,22 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: ob
         depth, width = (int(g) for g in wrn.groups() if g is not None)
         _check_kwargs(name, wide_resnet, kwargs)
         return wide_resnet(depth, width, num_classes, in_channels, **kwargs)
+    air = _AIRNET_NAME.fullmatch(name)
+    if air:
+        from freebies.models.airnet import airnet
+
+        widths = tuple(int(g) for g in air.groups())
+        if min(widths) < 1:
+            raise UsageError(f"model {name!r}: every width must be at least 1")
+        _check_kwargs(name, airnet, kwargs)
+        return airnet(widths, num_classes, in_channels, **kwargs)
     factory = _registry().get(name)
     if factory is None:
         names = sorted(_REGISTRY)
         raise UsageError(
             f"unknown model {name!r}{nearest(name, model_names())}; choose one of: "
-            f"{', '.join(names)}, or wrn-D-K with D = 6n+4 (e.g. wrn-28-10)"
+            f"{', '.join(names)}, wrn-D-K with D = 6n+4 (e.g. wrn-28-10), or airnet-W1-W2-W3 "
+            "(e.g. airnet-64-256-256)"
         )
     _check_kwargs(name, factory, kwargs)
     return factory(num_classes, in_channels, **kwargs)

@@ -21,19 +21,22 @@ def scaled_lr(cfg: OptimCfg, global_batch: int) -> float:
     return cfg.lr
 
 
-def param_groups(model: nn.Module, no_bn_decay: bool) -> list[dict]:
-    if not no_bn_decay:
-        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            # Norm weights and biases are the 0-d/1-d parameters in every model we build.
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, cfg: OptimCfg, lr: float) -> list[dict]:
+    """Weights, then norm weights and biases (their own LR and decay when asked)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not cfg.no_bn_decay and cfg.bias_lr_scale == 1:
+        return [{"params": params}]
+    # Norm weights and biases are the 0-d/1-d parameters in every model we build.
+    small = {"params": [p for p in params if p.ndim <= 1], "lr": lr * cfg.bias_lr_scale}
+    if cfg.no_bn_decay:
+        small["weight_decay"] = 0.0
+    elif cfg.bias_lr_scale != 1:  # keep lr * weight_decay, the decay per step, unchanged
+        small["weight_decay"] = cfg.weight_decay / cfg.bias_lr_scale
+    return [{"params": [p for p in params if p.ndim > 1]}, small]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimCfg, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.no_bn_decay)
+    groups = param_groups(model, cfg, lr)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             groups,
