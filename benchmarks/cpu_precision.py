@@ -31,23 +31,32 @@ VARIANTS = {
 }
 
 
-def make_step(bf16: bool, channels_last: bool, batch: int):
+def make_step(
+    bf16: bool,
+    channels_last: bool,
+    batch: int,
+    model_name: str = "resnet20",
+    compile_model: bool = False,
+):
+    """One training step (forward, backward, SGD) of `model_name` on a fixed random batch."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model("resnet20", 10, 1).to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model = create_model(model_name, 10, 1).to(memory_format=fmt)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    forward = torch.compile(model) if compile_model else model
     x = torch.randn(batch, 1, 28, 28).to(memory_format=fmt)
     y = torch.randint(0, 10, (batch,))
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    step()  # warm-up: kernel selection and allocation
+    if not compile_model:  # a compiled step's first call compiles: the caller times it
+        step()  # warm-up: kernel selection and allocation
     return step
 
 
@@ -56,10 +65,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--model", default="resnet20")
     p.add_argument("--out", type=Path, default=Path("docs/results/cpu_precision.json"))
     args = p.parse_args()
 
-    steps = {name: make_step(*flags, args.batch) for name, flags in VARIANTS.items()}
+    steps = {name: make_step(*flags, args.batch, args.model) for name, flags in VARIANTS.items()}
     rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):
         for name, step in steps.items():
@@ -77,8 +87,8 @@ def main() -> None:
     result = {
         "benchmark": "cpu_precision",
         "command": f"python benchmarks/cpu_precision.py --batch {args.batch} --steps "
-        f"{args.steps} --repeats {args.repeats}",
-        "model": "resnet20",
+        f"{args.steps} --repeats {args.repeats} --model {args.model} --out {args.out}",
+        "model": args.model,
         "batch": args.batch,
         "table": table,
         "raw_img_per_s": rates,

@@ -1,0 +1,234 @@
+"""Time to accuracy on full Fashion-MNIST: the `fast` recipe against the baseline, in one sitting.
+
+Three pipelines, each run at several fixed budgets (epoch counts; the LR schedule scales with
+the budget) and seeds, and scored by its *final* test accuracy against its wall time:
+
+- `fast`: `freebies train --recipe fast --epochs E` (airbench-style net, data on the device);
+- `baseline`: `freebies train --recipe baseline --epochs E` (ResNet-20, data on the device);
+- `baseline, DataLoader`: the same model, optimizer and schedule through what most people
+  write instead: a `torch.utils.data.DataLoader` over torchvision's FashionMNIST-style dataset
+  with per-sample torchvision transforms (RandomCrop(28, padding=4), RandomHorizontalFlip,
+  ToTensor, Normalize) and 2 workers.
+
+Wall time counts data set-up, training and the final evaluation (TTA included); nothing is
+evaluated along the way. It does not count starting Python and importing torch (~3 s).
+
+    python benchmarks/time_to_accuracy.py --fast-epochs 2 4 6 --baseline-epochs 1 2 \
+        --loader-epochs 1 --seeds 0 1 2
+
+Writes docs/results/speed.{md,json,png} (machine, torch version, seeds). Finished runs are
+kept in runs/speed and skipped when the command is repeated (their times then come from
+the earlier sitting, and the page says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from freebies import config
+from freebies.data.splits import prepare
+from freebies.models.build import build_model
+from freebies.optim import build_optimizer, build_scheduler
+from freebies.train import machine, run
+
+TARGETS = (93.0, 94.0, 95.0)
+
+
+def ours(recipe: str, epochs: int, seed: int, runs: Path) -> dict:
+    out = runs / f"{recipe}-e{epochs}-s{seed}"
+    if (out / "summary.json").is_file():
+        return json.loads((out / "summary.json").read_text()) | {"reused": True}
+    cfg = config.load(
+        recipe, {"train.epochs": epochs, "train.seed": seed, "train.eval_every": epochs}
+    )
+    summary = run(cfg, out, recipe=recipe, overwrite=True, progress=False)
+    return summary | {"reused": False}
+
+
+def dataloader_baseline(epochs: int, seed: int, runs: Path, workers: int) -> dict:
+    """The baseline recipe written the usual way: per-sample PIL transforms in DataLoader
+    workers, batches copied in from the workers, a plain loop."""
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision.transforms import v2
+
+    out = runs / f"dataloader-e{epochs}-s{seed}.json"
+    if out.is_file():
+        return json.loads(out.read_text()) | {"reused": True}
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    cfg = config.load("baseline", {"train.epochs": epochs, "train.seed": seed})
+    data = prepare(cfg.data)
+    mean = data.train_x.float().mean().item() / 255
+    std = data.train_x.float().std().item() / 255
+
+    class Images(Dataset):  # what torchvision.datasets.FashionMNIST does per item
+        def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: v2.Transform) -> None:
+            self.x, self.y, self.transform = x[:, 0].numpy(), y.tolist(), transform
+
+        def __len__(self) -> int:
+            return len(self.y)
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            return self.transform(Image.fromarray(np.asarray(self.x[i]), mode="L")), self.y[i]
+
+    norm = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([mean], [std])]
+    train_tf = v2.Compose([v2.RandomCrop(28, padding=4), v2.RandomHorizontalFlip(), *norm])
+    train = DataLoader(
+        Images(data.train_x, data.train_y, train_tf),
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    test = DataLoader(Images(data.test_x, data.test_y, v2.Compose(norm)), batch_size=256)
+    model = build_model(cfg, 10, 1)
+    opt = build_optimizer(model, cfg.optim, cfg.optim.lr)
+    sched = build_scheduler(
+        opt, cfg.sched, base_lr=cfg.optim.lr, steps_per_epoch=len(train), epochs=epochs
+    )
+    for _ in range(epochs):
+        model.train()
+        for x, y in train:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in test:
+            correct += (model(x).argmax(1) == y).sum().item()
+    result = {
+        "test_acc": 100 * correct / len(data.test_y),
+        "wall_s": time.perf_counter() - t0,
+        "epochs": epochs,
+        "seed": seed,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result) + "\n")
+    return result | {"reused": False}
+
+
+def budgets(rows: list[dict]) -> list[dict]:
+    """Mean ± std of final accuracy and wall time per epoch budget."""
+    out = []
+    for epochs in sorted({r["epochs"] for r in rows}):
+        rs = [r for r in rows if r["epochs"] == epochs]
+        accs, walls = [r["test_acc"] for r in rs], [r["wall_s"] for r in rs]
+        out.append(
+            {
+                "epochs": epochs,
+                "n": len(rs),
+                "acc_mean": statistics.mean(accs),
+                "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "wall_mean": statistics.mean(walls),
+                "wall_std": statistics.stdev(walls) if len(walls) > 1 else 0.0,
+            }
+        )
+    return out
+
+
+def time_to(points: list[dict], target: float) -> float | None:
+    """Wall time of the cheapest budget whose mean final accuracy reaches `target`."""
+    hits = [p["wall_mean"] for p in points if p["acc_mean"] >= target]
+    return min(hits) if hits else None
+
+
+def plot(curves: dict[str, list[dict]], path: Path) -> None:
+    from freebies.report.plots import plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for name, points in curves.items():
+        ax.errorbar(
+            [p["wall_mean"] for p in points],
+            [p["acc_mean"] for p in points],
+            xerr=[p["wall_std"] for p in points],
+            yerr=[p["acc_std"] for p in points],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
+        for p in points:
+            ax.annotate(
+                f"{p['epochs']} ep", (p["wall_mean"], p["acc_mean"]), fontsize=7, xytext=(4, -10),
+                textcoords="offset points",
+            )  # fmt: skip
+    for t in TARGETS:
+        ax.axhline(t, color="0.7", lw=0.8, ls="--")
+    ax.set(
+        title="Fashion-MNIST: final test accuracy against wall time (2-core CPU)",
+        xlabel="wall time, s (set-up + training + final evaluation)",
+        ylabel="test top-1, %",
+    )
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fast-epochs", type=int, nargs="+", default=[2, 4, 6])
+    p.add_argument("--baseline-epochs", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--loader-epochs", type=int, nargs="+", default=[1])
+    p.add_argument("--loader-seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (2 cores here)")
+    p.add_argument("--runs", type=Path, default=Path("runs/speed"))
+    p.add_argument("--out", type=Path, default=Path("docs/results/speed"))
+    args = p.parse_args()
+
+    rows: dict[str, list[dict]] = {"fast": [], "baseline": [], "baseline, DataLoader": []}
+    for seed in args.seeds:  # seed-major: every pipeline meets the machine's moods alike
+        for e in args.fast_epochs:
+            rows["fast"].append(ours("fast", e, seed, args.runs))
+        for e in args.baseline_epochs:
+            rows["baseline"].append(ours("baseline", e, seed, args.runs))
+        if seed in args.loader_seeds:
+            for e in args.loader_epochs:
+                rows["baseline, DataLoader"].append(
+                    dataloader_baseline(e, seed, args.runs, args.workers)
+                )
+    curves = {name: budgets(rs) for name, rs in rows.items() if rs}
+    reach = {name: {t: time_to(pts, t) for t in TARGETS} for name, pts in curves.items()}
+    command = (
+        "python benchmarks/time_to_accuracy.py --seeds "
+        + " ".join(map(str, args.seeds))
+        + " --fast-epochs " + " ".join(map(str, args.fast_epochs))
+        + " --baseline-epochs " + " ".join(map(str, args.baseline_epochs))
+        + " --loader-epochs " + " ".join(map(str, args.loader_epochs))
+        + " --loader-seeds " + " ".join(map(str, args.loader_seeds))
+    )  # fmt: skip
+    reused = sum(r.get("reused", False) for rs in rows.values() for r in rs)
+    result = {
+        "command": command,
+        "machine": machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "seeds": args.seeds,
+        "runs": rows,
+        "budgets": curves,
+        "time_to": reach,
+        "reused_runs": reused,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(curves, args.out.with_suffix(".png"))
+    print(json.dumps({"budgets": curves, "time_to": reach}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
