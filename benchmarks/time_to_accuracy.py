@@ -41,18 +41,18 @@ from freebies.train import machine, run
 TARGETS = (93.0, 94.0, 95.0)
 
 
-def ours(recipe: str, epochs: int, seed: int, runs: Path) -> dict:
+def ours(recipe: str, epochs: int, seed: int, runs: Path, extra: dict) -> dict:
     out = runs / f"{recipe}-e{epochs}-s{seed}"
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text()) | {"reused": True}
     cfg = config.load(
-        recipe, {"train.epochs": epochs, "train.seed": seed, "train.eval_every": epochs}
+        recipe, {**extra, "train.epochs": epochs, "train.seed": seed, "train.eval_every": epochs}
     )
     summary = run(cfg, out, recipe=recipe, overwrite=True, progress=False)
     return summary | {"reused": False}
 
 
-def dataloader_baseline(epochs: int, seed: int, runs: Path, workers: int) -> dict:
+def dataloader_baseline(epochs: int, seed: int, runs: Path, workers: int, extra: dict) -> dict:
     """The baseline recipe written the usual way: per-sample PIL transforms in DataLoader
     workers, batches copied in from the workers, a plain loop."""
     import numpy as np
@@ -65,7 +65,7 @@ def dataloader_baseline(epochs: int, seed: int, runs: Path, workers: int) -> dic
         return json.loads(out.read_text()) | {"reused": True}
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    cfg = config.load("baseline", {"train.epochs": epochs, "train.seed": seed})
+    cfg = config.load("baseline", {**extra, "train.epochs": epochs, "train.seed": seed})
     data = prepare(cfg.data)
     mean = data.train_x.float().mean().item() / 255
     std = data.train_x.float().std().item() / 255
@@ -179,6 +179,68 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(result: dict) -> str:
+    """speed.md: the budgets table and the time-to-accuracy ratios, from one sitting."""
+    lines = [
+        "# Time to accuracy on Fashion-MNIST",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']}; torch {result['torch']}; {result['threads']} threads; "
+        f"seeds {result['seeds']}. Runs reused from an earlier sitting: {result['reused_runs']}.",
+        "",
+        "Final test accuracy of each fixed budget (mean ± std over seeds) against its wall time "
+        "(data set-up + training + final evaluation with the recipe's TTA; nothing evaluated "
+        "along the way; Python start-up and imports not counted).",
+        "",
+        "| pipeline | epochs | seeds | test acc % | wall s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, points in result["budgets"].items():
+        for p in points:
+            lines.append(
+                f"| {name} | {p['epochs']} | {p['n']} | {p['acc_mean']:.2f} ± {p['acc_std']:.2f} "
+                f"| {p['wall_mean']:.0f} ± {p['wall_std']:.0f} |"
+            )
+    lines += [
+        "",
+        "Wall time of the cheapest budget whose mean final accuracy reaches the target:",
+        "",
+    ]
+    names = list(result["budgets"])
+    lines += [
+        "| target | " + " | ".join(names) + " | baseline / fast |",
+        "|---" * (len(names) + 2) + "|",
+    ]
+    for t in TARGETS:
+        got = result["time_to"]
+        cells = []
+        for name in names:
+            v = got[name][t]
+            longest = max(p["wall_mean"] for p in result["budgets"][name])
+            cells.append(f"{v:.0f} s" if v is not None else f"not reached (> {longest:.0f} s)")
+        fast, base = got["fast"][t], got.get("baseline", {}).get(t)
+        if fast is None:
+            ratio = "-"
+        elif "baseline" not in result["budgets"]:
+            ratio = "-"
+        elif base is None:
+            longest = max(p["wall_mean"] for p in result["budgets"]["baseline"])
+            ratio = f"> {longest / fast:.1f}x"
+        else:
+            ratio = f"{base / fast:.1f}x"
+        lines.append(f"| {t:.0f}% | " + " | ".join(cells) + f" | {ratio} |")
+    lines += [
+        "",
+        "![accuracy against wall time](speed.png)",
+        "",
+        "How the `fast` recipe was chosen (validation split, never test), and what helped and "
+        "what did not: [fast_tuning.md](fast_tuning.md); step profile: "
+        "[fast_profile.json](fast_profile.json).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -189,18 +251,20 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (2 cores here)")
     p.add_argument("--runs", type=Path, default=Path("runs/speed"))
     p.add_argument("--out", type=Path, default=Path("docs/results/speed"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="all runs")
     args = p.parse_args()
+    extra = config.parse_set(args.set)
 
     rows: dict[str, list[dict]] = {"fast": [], "baseline": [], "baseline, DataLoader": []}
     for seed in args.seeds:  # seed-major: every pipeline meets the machine's moods alike
         for e in args.fast_epochs:
-            rows["fast"].append(ours("fast", e, seed, args.runs))
+            rows["fast"].append(ours("fast", e, seed, args.runs, extra))
         for e in args.baseline_epochs:
-            rows["baseline"].append(ours("baseline", e, seed, args.runs))
+            rows["baseline"].append(ours("baseline", e, seed, args.runs, extra))
         if seed in args.loader_seeds:
             for e in args.loader_epochs:
                 rows["baseline, DataLoader"].append(
-                    dataloader_baseline(e, seed, args.runs, args.workers)
+                    dataloader_baseline(e, seed, args.runs, args.workers, extra)
                 )
     curves = {name: budgets(rs) for name, rs in rows.items() if rs}
     reach = {name: {t: time_to(pts, t) for t in TARGETS} for name, pts in curves.items()}
@@ -211,6 +275,7 @@ def main() -> None:
         + " --baseline-epochs " + " ".join(map(str, args.baseline_epochs))
         + " --loader-epochs " + " ".join(map(str, args.loader_epochs))
         + " --loader-seeds " + " ".join(map(str, args.loader_seeds))
+        + "".join(f" --set {x}" for x in args.set)
     )  # fmt: skip
     reused = sum(r.get("reused", False) for rs in rows.values() for r in rs)
     result = {
@@ -227,6 +292,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     plot(curves, args.out.with_suffix(".png"))
+    args.out.with_suffix(".md").write_text(markdown(result))
     print(json.dumps({"budgets": curves, "time_to": reach}, indent=2))
 
 
