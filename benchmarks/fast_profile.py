@@ -1,8 +1,9 @@
 """Where the `fast` recipe's training step spends its time on this CPU, and what speeds it up.
 
-For the fast recipe's model, interleaved in one process (ratios, not absolute speeds, are the
-result on a shared machine): batch size, thread count, torch.compile (its compile time
-counted separately), and the operators that dominate one step (torch.profiler). Precision
+Interleaved in one process (ratios, not absolute speeds, are the result on a shared machine):
+the training step of ResNet-20 and of AirNets of several widths; then, for the fast recipe's
+model, batch size, thread count, torch.compile (its compile time counted separately), and
+the operators that dominate one step (torch.profiler). Precision
 and memory layout: `python benchmarks/cpu_precision.py --model MODEL`.
 
     python benchmarks/fast_profile.py [--model airnet-16-64-64] [--repeats 5]
@@ -53,6 +54,15 @@ def main() -> None:
     args = p.parse_args()
     threads = torch.get_num_threads()
 
+    models = ["resnet20", "airnet-16-64-64", "airnet-24-96-96", "airnet-32-128-128",
+              "airnet-64-256-256"]  # fmt: skip
+    by_model = interleaved(
+        {m: make_step(False, True, 512, m) for m in models},
+        dict.fromkeys(models, 512),
+        args.steps,
+        args.repeats,
+    )
+
     batches = {f"batch {b}": make_step(False, True, b, args.model) for b in (256, 512, 1024)}
     by_batch = interleaved(
         batches, {f"batch {b}": b for b in (256, 512, 1024)}, args.steps, args.repeats
@@ -94,6 +104,7 @@ def main() -> None:
         "command": f"python benchmarks/fast_profile.py --model {args.model} --steps {args.steps} "
         f"--repeats {args.repeats}",
         "model": args.model,
+        "img_per_s_by_model_batch_512": by_model,
         "img_per_s_by_batch": by_batch,
         "img_per_s_by_threads": by_threads,
         "compile": {"compile_s": compile_s, **by_compile},

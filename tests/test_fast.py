@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -128,3 +130,15 @@ def test_fast_recipe_trains_airnet_end_to_end(idx_dir, tmp_path, capsys):
     summary = (tmp_path / "run" / "summary.json").read_text()
     assert '"recipe": "fast"' in summary
     assert "final test accuracy" in out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fast_recipe_on_cuda_bf16_channels_last(idx_dir, tmp_path, capsys, compiled):
+    argv = small(idx_dir, tmp_path / "run")
+    argv[argv.index("baseline")] = "fast"
+    argv += ["--device", "cuda", "--set", "train.precision=bf16"]
+    rc, _, err = run_cli(capsys, *argv, *(["--compile"] if compiled else []))
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["device"] != "cpu" and summary["test_acc"] > 0

@@ -223,11 +223,7 @@ def _teacher_info(path: Path, grid: Grid) -> dict[str, Any]:
     summary = path.parent / "summary.json"
     train_s = json.loads(summary.read_text())["train_s"] if summary.is_file() else None
     own = path.parent.parent == grid.out / "runs"
-    source = (
-        f"this grid's baseline run {path.parent.name} (same recipe, another seed)"
-        if own
-        else str(path)
-    )
+    source = f"this grid's baseline run {path.parent.name}" if own else str(path)
     return {"source": source, "path": str(path), "train_s": train_s}
 
 
@@ -325,7 +321,7 @@ def run_grid(
     grid = Grid(recipe, seeds, out, overrides, command)
     if bag and mode == "cumulative":
         raise UsageError("--bag chooses among single-trick runs; use --mode single or both")
-    if bag and grid.cfg(plan([], "single")[0], seeds[0]).data.val_split <= 0:
+    if bag and grid.cfg(Variant(BASELINE, "baseline", []), seeds[0]).data.val_split <= 0:
         raise UsageError(
             "--bag chooses tricks on validation accuracy; add --set data.val_split=0.1"
         )
