@@ -8,7 +8,8 @@ Runs, in one process and interleaved (this machine is shared and noisy):
 Both start from a freshly built model. Prints img/s for each and the ratio full / bare, and
 writes the figures with the machine, torch version and seeds to docs/results/.
 
-    python benchmarks/loader_overhead.py [--steps 30] [--repeats 5] [--batch 256]
+    python benchmarks/loader_overhead.py [--recipe baseline] [--steps 30] [--repeats 5]
+        [--batch 256]
 """
 
 from __future__ import annotations
@@ -54,16 +55,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--recipe", default="baseline")
     p.add_argument("--out", type=Path, default=Path("docs/results/loader_overhead.json"))
     args = p.parse_args()
 
     cfg = config.load(
-        "baseline",
+        args.recipe,
         {
             "train.epochs": 1,
             "train.batch_size": args.batch,
             "data.limit_train": args.steps * args.batch,
             "data.limit_test": 256,
+            "train.eval_every": 1,
         },
     )
     data = prepare(cfg.data)
@@ -80,9 +83,11 @@ def main() -> None:
             )
     result = {
         "benchmark": "loader_overhead",
-        "command": "python benchmarks/loader_overhead.py "
-        f"--steps {args.steps} --repeats {args.repeats} --batch {args.batch}",
-        "model": "resnet20",
+        "command": f"python benchmarks/loader_overhead.py --recipe {args.recipe} "
+        f"--steps {args.steps} --repeats {args.repeats} --batch {args.batch}"
+        + (f" --out {args.out}" if args.recipe != "baseline" else ""),
+        "recipe": args.recipe,
+        "model": cfg.model.name,
         "batch": args.batch,
         "steps_per_repeat": args.steps,
         "bare_img_per_s": bare,
@@ -100,7 +105,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"ResNet-20, batch {args.batch}: bare {result['bare_median']:.0f} img/s, "
+        f"{cfg.model.name}, batch {args.batch}: bare {result['bare_median']:.0f} img/s, "
         f"full {result['full_median']:.0f} img/s, ratio {result['ratio_full_over_bare']:.3f}"
     )
 
