@@ -36,9 +36,7 @@ class DataCfg:
 class AugCfg:
     crop_padding: int = 4  # random crop after zero-padding by this many pixels; 0 = off
     hflip: bool = True  # random horizontal flip
-    flip_mode: str = (
-        "random"  # random | alternate: each image flips every other epoch (Jordan 2024)
-    )
+    flip_mode: str = "random"  # random | alternate: each image flips every other epoch
     vflip: bool = False  # random vertical flip
     rotate: float = 0.0  # random rotation in [-deg, deg]; 0 = off
     color_jitter: float = 0.0  # brightness / contrast / saturation factors in [1 - s, 1 + s]

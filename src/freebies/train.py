@@ -294,7 +294,7 @@ def _run(
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     net = build_model(cfg, num_classes, in_channels).to(dev)
     if hasattr(net, "init_from_data"):  # e.g. AirNet's frozen patch whitening
-        net.init_from_data(normalize(sample_images(data.train_x, 10_000), mean, std))
+        net.init_from_data(normalize(sample_images(data.train_x, 10_000).to(dev), mean, std))
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
     steps_per_epoch = n_train // batch
