@@ -1,10 +1,11 @@
 """Does bf16 autocast or channels_last speed up a training step on this CPU?
 
-Times the ResNet-20 training step (forward, backward, SGD step) at one batch size under
+Times a model's training step (forward, backward, SGD step; ResNet-20 unless --model) under
 fp32 / bf16 autocast x contiguous / channels_last, interleaved in one process so the shared
 machine's noise hits every variant alike, and reports each as a ratio to fp32 contiguous.
 
-    python benchmarks/cpu_precision.py [--batch 256] [--steps 8] [--repeats 5]
+    python benchmarks/cpu_precision.py [--batch 256] [--steps 8] [--repeats 5] [--model M]
+        [--out FILE]
 
 Writes docs/results/cpu_precision.json (machine, torch version, seed).
 """

@@ -122,6 +122,31 @@ def test_parse_tricks_defaults_and_custom_settings():
     assert ablate.parse_tricks("distillation") == [
         ("distillation", {"distill.teacher": ablate.TEACHER})
     ]
+    # Another distillation setting still gets the grid's teacher unless it names one.
+    ((_, custom),) = ablate.parse_tricks("distillation=distill.alpha=0.7")
+    assert custom == {"distill.alpha": 0.7, "distill.teacher": ablate.TEACHER}
+
+
+def test_teachers_come_from_another_seed_and_stay_put_when_seeds_are_added(tmp_path):
+    three = ablate.Grid("baseline", [0, 1, 2], tmp_path, {}, "")
+    five = ablate.Grid("baseline", [0, 1, 2, 3, 4], tmp_path, {}, "")
+    assert [three.teacher(s).name for s in (0, 1, 2)] == [
+        "baseline-s1",
+        "baseline-s0",
+        "baseline-s0",
+    ]
+    assert [five.teacher(s) for s in (0, 1, 2)] == [three.teacher(s) for s in (0, 1, 2)]
+
+
+def test_long_variant_names_get_distinct_folders(tmp_path):
+    grid = ablate.Grid("baseline", [0], tmp_path, {}, "")
+    stack = "+".join(f"trick_number_{i}" for i in range(12))
+    a, b = (
+        ablate.Variant(stack, "cumulative", []),
+        ablate.Variant(stack + "+one_more", "cumulative", []),
+    )
+    assert grid.folder(a, 0) != grid.folder(b, 0)
+    assert len(grid.folder(b, 0).name) <= 104
 
 
 def test_plan_single_cumulative_both():
@@ -164,6 +189,7 @@ def _ablate_args(data: Path, out: Path, *extra: str) -> list[str]:
         (["--tricks", ","], r"--tricks is empty"),
         (["--tricks", "mixup=0.4"], r"must be name=key=value"),
         (["--tricks", "mixup", "--mode", "cumulative", "--bag"], r"--bag chooses among single"),
+        (["--tricks", "distillation", "--seeds", "1"], r"use --seeds 2 or more"),
     ],
 )
 def test_bad_grid_is_one_line_and_writes_nothing(idx_dir, tmp_path, capsys, argv, match):
@@ -251,6 +277,14 @@ def test_changed_grid_in_same_folder_is_refused(grid, capsys):
     argv = _ablate_args(root / "data", out, *TRICKS)
     argv[argv.index("--epochs") + 1] = "4"
     assert "train.epochs" in usage_error(capsys, *argv)
+
+
+@pytest.mark.slow
+def test_other_grid_in_same_folder_is_refused_before_training(grid, capsys):
+    root, out = grid
+    argv = _ablate_args(root / "data", out, "--tricks", "label_smoothing", "--seeds", "2")
+    line = usage_error(capsys, *argv)
+    assert "holds another grid (its tricks was" in line
 
 
 @pytest.mark.slow

@@ -414,6 +414,8 @@ def advice(cfg: Config) -> list[str]:
             f"optim.lr={cfg.optim.lr} looks like an SGD learning rate but optim.name="
             f"{cfg.optim.name}; adaptive optimizers usually want about 1e-3"
         )
+    if cfg.aug.flip_mode == "alternate" and not cfg.aug.hflip:
+        notes.append("aug.flip_mode=alternate does nothing while aug.hflip is off")
     if cfg.distill.teacher is None and cfg.distill.alpha != DistillCfg.alpha:
         notes.append("distill.alpha is set but distill.teacher is not; distillation is off")
     return notes

@@ -94,7 +94,8 @@ def machine() -> str:
 
 
 def peak_mem_mb(device: torch.device) -> float:
-    """Peak memory of this run: CUDA allocations on a GPU, else the process's peak RSS."""
+    """Peak CUDA allocations of this run on a GPU; on a CPU the process's peak RSS (per run
+    when each run is its own process, as under `freebies ablate`)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
@@ -285,6 +286,8 @@ def _run(
 
     # Data lives on the device as uint8; mean/std come from the training images.
     dev = d.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     mean, std = channel_stats(data.train_x)
     mean, std = mean.to(dev), std.to(dev)
     data = data.to(dev)  # once: in-memory images and all labels live on the device

@@ -10,6 +10,7 @@ is done, one with `last.pt` resumes, so a killed grid finishes when started agai
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -70,6 +71,8 @@ def parse_tricks(spec: str) -> list[tuple[str, dict[str, Any]]]:
             custom.setdefault(name, {}).update(config.parse_set([setting]))
     if not order:
         raise UsageError("--tricks is empty; name at least one trick (`freebies tricks`)")
+    if "distillation" in custom:  # e.g. distillation=distill.alpha=0.7: still needs a teacher
+        custom["distillation"].setdefault("distill.teacher", TEACHER)
     out = []
     for name in order:
         if name in custom:
@@ -98,7 +101,13 @@ def plan(tricks: list[tuple[str, dict]], mode: str) -> list[Variant]:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", name)[:120]
+    """A folder name for a variant; long names are cut and made unique by a short hash."""
+    import hashlib
+
+    slug = re.sub(r"[^A-Za-z0-9._+=-]+", "_", name)
+    if len(slug) <= 100:
+        return slug
+    return f"{slug[:90]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def _set_arg(key: str, value: Any) -> str:
@@ -123,9 +132,11 @@ class Grid:
         return self.out / "runs" / f"{_slug(v.name)}-s{seed}"
 
     def teacher(self, seed: int) -> Path:
-        """The baseline of the next seed, so a student never starts from its teacher's init."""
-        i = self.seeds.index(seed)
-        return self.folder(Variant(BASELINE, "baseline", []), self.seeds[(i + 1) % len(self.seeds)])
+        """The baseline of the grid's first seed (of its second, for the first seed's own
+        student): a student never starts from its teacher's weights, and adding seeds to a
+        grid leaves every existing student's teacher as it was."""
+        first = self.seeds[0] if seed != self.seeds[0] else self.seeds[1]
+        return self.folder(Variant(BASELINE, "baseline", []), first)
 
     def run_overrides(self, v: Variant, seed: int) -> dict[str, Any]:
         ov = {**self.overrides, **v.overrides, "train.seed": seed}
@@ -168,17 +179,21 @@ class Grid:
         return list(kept.values())
 
     def same_config(self, v: Variant, seed: int) -> None:
+        """Refuse to resume a run folder that was trained with other settings."""
         saved = self.folder(v, seed) / "config.yaml"
         if not saved.is_file():
             return
         want = config.flatten(config.to_dict(self.cfg(v, seed)))
         have = config.flatten(yaml.safe_load(saved.read_text()) or {})
-        diff = next((k for k in want if have.get(k) != want[k]), None)
-        if diff is not None:
-            raise UsageError(
-                f"{saved.parent} was trained with {diff}={have.get(diff)!r}, this grid asks "
-                f"{want[diff]!r}; use another --out (or delete that run folder)"
-            )
+        for key in want.keys() & have.keys() - {"train.device"}:  # keys added later: skipped
+            a, b = want[key], have[key]
+            if key == "distill.teacher" and a and b:
+                a, b = Path(a).resolve(), Path(b).resolve()
+            if a != b:
+                raise UsageError(
+                    f"{saved.parent} was trained with {key}={have[key]!r}, this grid asks "
+                    f"{want[key]!r}; use another --out (or delete that run folder)"
+                )
 
     def failed(self, v: Variant, seed: int, error: str) -> dict[str, Any]:
         command = shlex.join(self.train_command(v, seed))
@@ -256,7 +271,7 @@ def _train(grid: Grid, v: Variant, seed: int, bar: tqdm) -> str | None:
             stdout=fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the grid, which forwards it exactly once
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with(os.getpid()),
         )
         try:
             while proc.poll() is None:
@@ -265,21 +280,35 @@ def _train(grid: Grid, v: Variant, seed: int, bar: tqdm) -> str | None:
                     bar.update(start + _epochs_done(folder) - bar.n)
         except KeyboardInterrupt:
             proc.send_signal(signal.SIGINT)  # the run checkpoints, then exits 130
-            proc.wait()
+            print("freebies: waiting for the current run to save a checkpoint", file=sys.stderr)
+            while proc.poll() is None:
+                try:
+                    proc.wait()
+                except KeyboardInterrupt:  # a second Ctrl-C must not orphan a half-saved run
+                    continue
             raise GridInterrupted(str(grid.out)) from None
     if proc.returncode == 130:
         raise GridInterrupted(str(grid.out))
     return None if proc.returncode == 0 else f"{_last_line(log)} (log: {log})"
 
 
-def _die_with_parent() -> None:
-    """If the grid process is killed outright, its run still gets Ctrl-C and checkpoints."""
+def _die_with(parent: int) -> Any:
+    """A preexec_fn: if the grid is killed outright, its run still gets SIGINT and checkpoints
+    (Linux PR_SET_PDEATHSIG). libc is looked up here, in the parent, because the forked child
+    may only make plain calls."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass  # not Linux: an orphaned run finishes on its own
+        return None  # not Linux: an orphaned run finishes on its own
+
+    def arm() -> None:
+        prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the grid died before the line above
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return arm
 
 
 def choose_bag(grid: Grid, rows: list[dict], tricks: list[tuple[str, dict]]) -> Variant | None:
@@ -325,14 +354,30 @@ def run_grid(
         raise UsageError(
             "--bag chooses tricks on validation accuracy; add --set data.val_split=0.1"
         )
+    if len(seeds) < 2 and any(ov.get("distill.teacher") == TEACHER for _, ov in tricks):
+        raise UsageError(
+            "distillation without distill.teacher is taught by this grid's baseline of another "
+            "seed; use --seeds 2 or more, or give distillation=distill.teacher=CKPT"
+        )
     variants = grid.check(plan(tricks, mode))
-    out.mkdir(parents=True, exist_ok=True)
+    _same_grid(
+        out,
+        {
+            "recipe": recipe,
+            "overrides": overrides,
+            "seeds": seeds,
+            "tricks": [list(t) for t in tricks],
+            "mode": mode,
+            "bag": bag,
+        },
+    )
     epochs = grid.cfg(variants[0], seeds[0]).train.epochs
     rows: dict[tuple[str, int], dict] = {}
     bar = tqdm(
         total=len(variants) * len(seeds) * epochs, unit="epoch", desc="ablate", dynamic_ncols=True
     )
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    entries: list[dict] = []
     try:
         todo = list(variants)
         while todo:
@@ -345,7 +390,10 @@ def run_grid(
                     grid.result(v, seed) if error is None else grid.failed(v, seed, error)
                 )
                 bar.update(len(rows) * epochs - bar.n)
-                _write_results(out, list(rows.values()))
+                checkpoint.write_text(
+                    out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows.values())
+                )
+            entries = write_report(out)  # current after every variant
             if not todo and bag and v.kind != "bag":
                 chosen = choose_bag(grid, list(rows.values()), tricks)
                 if chosen is not None:
@@ -356,14 +404,20 @@ def run_grid(
     finally:
         signal.signal(signal.SIGTERM, previous)
         bar.close()
-    return write_report(out)
+    return entries
 
 
-def _write_results(out: Path, rows: list[dict]) -> None:
-    """This grid's rows in run order, then rows of other variants an earlier grid left."""
-    path, mine = out / "results.jsonl", {(r["variant"], r["seed"]) for r in rows}
-    kept = []
+def _same_grid(out: Path, grid: dict[str, Any]) -> None:
+    """Record what this grid is in out/grid.json; refuse another grid in the same folder."""
+    path = out / "grid.json"
     if path.is_file():
-        old = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        kept = [r for r in old if (r["variant"], r["seed"]) not in mine]
-    checkpoint.write_text(path, "".join(json.dumps(r) + "\n" for r in rows + kept))
+        saved = json.loads(path.read_text())
+        diff = next((k for k in grid if saved.get(k) != json.loads(json.dumps(grid[k]))), None)
+        if diff is not None:
+            raise UsageError(
+                f"{out} holds another grid (its {diff} was {saved.get(diff)!r}); use another "
+                "--out, or rerun that grid's own command to finish it"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_text(path, json.dumps(grid, indent=2) + "\n")

@@ -96,7 +96,7 @@ def summarize(rows: list[dict]) -> list[dict[str, Any]]:
 
     base_ok = ok[BASELINE]
     base_time = statistics.mean(r["train_s"] for r in base_ok) if base_ok else None
-    base_macs = base_ok[0]["infer_macs"] if base_ok else None
+    base_macs = base_ok[0].get("infer_macs") if base_ok else None
     out = []
     for name, rs in variants.items():
         good = ok[name]
@@ -123,9 +123,10 @@ def summarize(rows: list[dict]) -> list[dict[str, Any]]:
                 statistics.mean(r["train_s"] for r in good) + teacher
             ) / base_time
             entry["teacher"] = good[0].get("teacher")
-            entry["infer_ratio"] = good[0]["infer_macs"] / base_macs
-            entry["peak_mem_mb"] = max(r["peak_mem_mb"] for r in good)
-            entry["img_per_s"] = statistics.mean(r["train_img_per_s"] for r in good)
+            macs = good[0].get("infer_macs")
+            entry["infer_ratio"] = macs / base_macs if macs and base_macs else None
+            if all("peak_mem_mb" in r for r in good):
+                entry["peak_mem_mb"] = max(r["peak_mem_mb"] for r in good)
         out.append(entry)
     return out
 
