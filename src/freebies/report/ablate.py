@@ -133,8 +133,8 @@ class Grid:
 
     def teacher(self, seed: int) -> Path:
         """The baseline of the grid's first seed (of its second, for the first seed's own
-        student): a student never starts from its teacher's weights, and adding seeds to a
-        grid leaves every existing student's teacher as it was."""
+        student): a student never starts from its teacher's weights, and its teacher does not
+        depend on how many seeds the grid has."""
         first = self.seeds[0] if seed != self.seeds[0] else self.seeds[1]
         return self.folder(Variant(BASELINE, "baseline", []), first)
 
