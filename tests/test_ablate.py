@@ -149,6 +149,14 @@ def test_long_variant_names_get_distinct_folders(tmp_path):
     assert len(grid.folder(b, 0).name) <= 104
 
 
+def test_set_arguments_read_back_as_the_same_values():
+    import yaml
+
+    for value in ["random", "on", "1e-3", "null", 0.1, True, [0.5, 0.75], None, "a b"]:
+        text = ablate._set_arg("k", value).partition("=")[2]
+        assert yaml.safe_load(text) == value, value
+
+
 def test_plan_single_cumulative_both():
     tricks = [("a", {"x": 1}), ("b", {"y": 2})]
     names = {m: [v.name for v in ablate.plan(tricks, m)] for m in ablate.MODES}

@@ -122,6 +122,19 @@ def test_bad_fast_settings(overrides, match):
         config.load("fast", overrides)
 
 
+def test_tta_shift_as_large_as_the_image_is_one_line(idx_dir, tmp_path, capsys):
+    argv = [
+        *small(idx_dir, tmp_path / "run"),
+        "--set",
+        "train.tta=true",
+        "--set",
+        "train.tta_shift=28",
+    ]
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 2 and "must be smaller than the images (28x28)" in err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_fast_recipe_trains_airnet_end_to_end(idx_dir, tmp_path, capsys):
     argv = small(idx_dir, tmp_path / "run")
     argv[argv.index("baseline")] = "fast"

@@ -268,6 +268,11 @@ def _run(
             f"train.batch_size={batch} is larger than the training set "
             f"({n_train} images); lower --batch-size"
         )
+    if cfg.train.tta_shift >= min(data.train_x.shape[2:]):
+        raise UsageError(
+            f"train.tta_shift={cfg.train.tta_shift} must be smaller than the images "
+            f"({'x'.join(map(str, data.train_x.shape[2:]))}); use 1 or 2"
+        )
     fingerprint = data.fingerprint
     ckpt = checkpoint.load(out / "last.pt") if resume else None
     if ckpt is not None and ckpt["data"]["fingerprint"] != fingerprint:

@@ -111,7 +111,10 @@ def _slug(name: str) -> str:
 
 
 def _set_arg(key: str, value: Any) -> str:
-    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+    """`key=value` for `--set`, quoted where YAML would read the text back as something else
+    (a string "on" or "1e-3" stays a string)."""
+    plain = isinstance(value, str) and yaml.safe_load(value) == value
+    return f"{key}={value if plain else json.dumps(value)}"
 
 
 class Grid:
