@@ -313,8 +313,10 @@ def _run(
     )
     aug_gen = torch.Generator(dev).manual_seed(cfg.train.seed + 1_000_003 * d.rank)
     # Alternating flip: which images flip in even epochs, the same on every rank.
-    first_flips = torch.rand(n_train, generator=torch.Generator().manual_seed(cfg.train.seed)) < 0.5
-    first_flips = first_flips.to(dev)
+    first_flips = None
+    if cfg.aug.flip_mode == "alternate":
+        first_flips = torch.rand(n_train, generator=torch.Generator().manual_seed(cfg.train.seed))
+        first_flips = (first_flips < 0.5).to(dev)
     policy = make_policy(cfg.aug.autoaugment)
     pca = pca_basis(sample_images(data.train_x, 10_000)) if cfg.aug.pca_lighting else (None, None)
     if pca[0] is not None:

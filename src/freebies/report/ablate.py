@@ -198,16 +198,15 @@ class Grid:
                     f"{want[key]!r}; use another --out (or delete that run folder)"
                 )
 
-    def failed(self, v: Variant, seed: int, error: str) -> dict[str, Any]:
-        command = shlex.join(self.train_command(v, seed))
+    def row(self, v: Variant, seed: int) -> dict[str, Any]:
+        """The fields every results.jsonl row has: which variant and seed, and how it ran."""
         return {
             "variant": v.name,
             "kind": v.kind,
             "tricks": v.tricks,
             "overrides": v.overrides,
             "seed": seed,
-            "error": error,
-            "command": command,
+            "command": shlex.join(self.train_command(v, seed)),
             "grid_command": self.command,
         }
 
@@ -217,14 +216,8 @@ class Grid:
         summary = json.loads((folder / "summary.json").read_text())
         metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
         row = {
-            "variant": v.name,
-            "kind": v.kind,
-            "tricks": v.tricks,
-            "overrides": v.overrides,
-            "seed": seed,
+            **self.row(v, seed),
             "run": str(folder),
-            "command": shlex.join(self.train_command(v, seed)),
-            "grid_command": self.command,
             "config": yaml.safe_load((folder / "config.yaml").read_text()),
             **summary,
             "curve": [[m["epoch"], m["test_acc"]] for m in metrics if "test_acc" in m],
@@ -390,7 +383,7 @@ def run_grid(
                 if error and v.kind == "baseline":
                     raise UsageError(f"the baseline run (seed {seed}) failed: {error}")
                 rows[v.name, seed] = (
-                    grid.result(v, seed) if error is None else grid.failed(v, seed, error)
+                    grid.result(v, seed) if error is None else grid.row(v, seed) | {"error": error}
                 )
                 bar.update(len(rows) * epochs - bar.n)
                 checkpoint.write_text(
