@@ -65,7 +65,7 @@ FAKE = [
     # Δ test = 1.0, -1.0, 0.0: mean 0, sd 1 -> half width 2.484, includes 0; val all lower
     _row("kd", 0, 91.0, 88.0, train_s=100.0, teacher={"source": "x", "train_s": 100.0}),
     _row("kd", 1, 90.0, 89.5, train_s=100.0, teacher={"source": "x", "train_s": 100.0}),
-    _row("kd", 2, 92.0, 90.0, train_s=100.0, teacher={"source": "x", "train_s": 100.0}),
+    _row("kd", 2, 92.0, 90.0, train_s=100.0, teacher={"source": "y", "train_s": 100.0}),
     _row("acnet", 0, 92.0, 91.0, train_s=300.0, macs=2000),
     {"variant": "broken", "kind": "single", "tricks": ["broken"], "overrides": {}, "seed": 0,
      "error": "diverged at step 3", "command": "freebies train ..."},
@@ -101,6 +101,9 @@ def test_summary_and_markdown_by_hand():
     assert "| 2.00x | 0 |" in md  # kd: twice the time, no inference cost
     assert "+2.00 (n=1, no interval)" in md and "| +100% |" in md
     assert "`broken` failed: seed 0: diverged at step 3" in md
+    # Each seed's teacher is named: seeds may be taught by different runs.
+    assert "`kd` seed 1: teacher x; its training time (100 s)" in md
+    assert "`kd` seed 2: teacher y;" in md
     assert "val acc" in md and "0.1 held out for validation" in md
 
 

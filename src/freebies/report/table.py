@@ -122,7 +122,7 @@ def summarize(rows: list[dict]) -> list[dict[str, Any]]:
             entry["time_ratio"] = (
                 statistics.mean(r["train_s"] for r in good) + teacher
             ) / base_time
-            entry["teacher"] = good[0].get("teacher")
+            entry["teachers"] = {r["seed"]: r["teacher"] for r in good if r.get("teacher")}
             macs = good[0].get("infer_macs")
             entry["infer_ratio"] = macs / base_macs if macs and base_macs else None
             if all("peak_mem_mb" in r for r in good):
@@ -195,14 +195,13 @@ def markdown(rows: list[dict], entries: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     for e in entries:
-        if e.get("teacher"):
-            t = e["teacher"]
+        for seed, t in sorted(e.get("teachers", {}).items()):
             notes.append(
-                f"- `{e['variant']}`: teacher {t['source']}; its training time "
-                f"({t['train_s']:.0f} s per run) is counted in the train time."
+                f"- `{e['variant']}` seed {seed}: teacher {t['source']}; its training time "
+                f"({t['train_s']:.0f} s) is counted in the train time."
                 if t.get("train_s") is not None
-                else f"- `{e['variant']}`: teacher {t['source']}; its training time is unknown "
-                "(no summary.json beside it) and is not counted."
+                else f"- `{e['variant']}` seed {seed}: teacher {t['source']}; its training time "
+                "is unknown (no summary.json beside it) and is not counted."
             )
         if e.get("chosen_by"):
             notes.append(f"- `{e['variant']}`: {e['chosen_by']}")
