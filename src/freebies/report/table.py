@@ -196,12 +196,11 @@ def markdown(rows: list[dict], entries: list[dict]) -> str:
     notes = []
     for e in entries:
         for seed, t in sorted(e.get("teachers", {}).items()):
+            head = f"- `{e['variant']}` seed {seed}: teacher {t['source']}; its training time "
             notes.append(
-                f"- `{e['variant']}` seed {seed}: teacher {t['source']}; its training time "
-                f"({t['train_s']:.0f} s) is counted in the train time."
+                head + f"({t['train_s']:.0f} s) is counted in the train time."
                 if t.get("train_s") is not None
-                else f"- `{e['variant']}` seed {seed}: teacher {t['source']}; its training time "
-                "is unknown (no summary.json beside it) and is not counted."
+                else head + "is unknown (no summary.json beside it) and is not counted."
             )
         if e.get("chosen_by"):
             notes.append(f"- `{e['variant']}`: {e['chosen_by']}")
