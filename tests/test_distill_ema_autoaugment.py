@@ -80,6 +80,22 @@ def test_ema_follows_the_formula_including_bn_buffers():
     torch.testing.assert_close(ema.module[1].running_mean, expected_m)
 
 
+def test_ema_warmup_follows_the_tensorflow_formula():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = ema_model(model, 0.2, warmup=True)
+    expected = None
+    for n in range(4):
+        with torch.no_grad():
+            model[0].weight.add_(float(n + 1))
+        model(torch.randn(8, 3))
+        w = model[0].weight.detach().clone()
+        d = min(0.2, (1 + n) / (10 + n))  # n = 1: 2/11, then the cap 0.2; n = 0 copies
+        expected = w if n == 0 else d * expected + (1 - d) * w
+        ema.update_parameters(model)
+        torch.testing.assert_close(ema.module[0].weight, expected)
+    assert ema.module[1].num_batches_tracked == model[1].num_batches_tracked == 4
+
+
 def test_ema_bad_decay():
     with pytest.raises(UsageError, match=r"ema\.decay must be in \(0, 1\)"):
         ema_model(nn.Linear(2, 2), 1.0)

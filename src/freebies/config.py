@@ -110,6 +110,7 @@ class DistillCfg:
 @dataclass
 class EmaCfg:
     decay: float = 0.0  # weight EMA per step, e.g. 0.999; 0 = off; evaluation uses the EMA
+    warmup: bool = False  # decay min(decay, (1 + n) / (10 + n)) at the n-th update
 
 
 @dataclass

@@ -325,7 +325,7 @@ def _run(
     # The global RNG (dropout) gets its own stream per rank, after everything that builds models.
     torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank + 1)
 
-    ema = ema_model(net, cfg.ema.decay) if cfg.ema.decay else None
+    ema = ema_model(net, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.decay else None
     start_epoch, start_step, metrics = 0, 0, []
     partial = {"loss_sum": 0.0, "steps": 0, "train_s": 0.0}
     times = {"train_s": 0.0, "wall_s": 0.0}

@@ -117,9 +117,9 @@ TRICKS = (
     ),
     Trick(
         "ema",
-        ("ema.decay",),
-        {"ema.decay": 0.999},
-        "Polyak & Juditsky 1992",
+        ("ema.decay", "ema.warmup"),
+        {"ema.decay": 0.999, "ema.warmup": True},
+        "Polyak & Juditsky 1992; warm-up as TensorFlow's ExponentialMovingAverage",
         "",
         "evaluate an exponential moving average of the weights (BN buffers included)",
     ),
