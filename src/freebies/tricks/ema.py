@@ -20,12 +20,15 @@ def _warmup_ema_fn(decay: float):
 
     @torch.no_grad()
     def update(ema: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
-        d = torch.clamp((1 + n) / (10 + n), max=decay)  # a tensor on the device: no host sync
-        for e, c in zip(ema, current, strict=True):
-            if e.is_floating_point():
-                e.lerp_(c, (1 - d).to(e.dtype))
-            else:  # BN's integer batch counter: the model's own
+        # AveragedModel calls this once per (device, dtype) group.
+        if not ema[0].is_floating_point():  # BN's integer batch counters: the model's own
+            for e, c in zip(ema, current, strict=True):
                 e.copy_(c)
+            return
+        # The weight stays a tensor on the device: no host sync per step.
+        w = 1 - torch.clamp((1 + n) / (10 + n), max=decay).to(ema[0].dtype)
+        for e, c in zip(ema, current, strict=True):
+            e.lerp_(c, w)
 
     return update
 
