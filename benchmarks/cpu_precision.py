@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from freebies.models import create_model
-from freebies.train import machine
+from freebies.runtime import machine
 
 VARIANTS = {
     "fp32, contiguous": (False, False),

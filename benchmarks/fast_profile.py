@@ -24,7 +24,7 @@ from cpu_precision import make_step
 from torch.profiler import ProfilerActivity, profile
 
 from freebies import config
-from freebies.train import machine
+from freebies.runtime import machine
 
 
 def rate(step, batch: int, steps: int) -> float:

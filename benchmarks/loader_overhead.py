@@ -25,16 +25,16 @@ import torch
 import torch.nn.functional as F
 
 from freebies import config
+from freebies.build import build_model, make_optimizer
 from freebies.data.splits import prepare
-from freebies.models.build import build_model
-from freebies.optim import build_optimizer
-from freebies.train import machine, run
+from freebies.runtime import machine
+from freebies.train import run
 
 
 def bare_img_per_s(cfg: config.Config, steps: int, x: torch.Tensor, y: torch.Tensor) -> float:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, 10, x.shape[1]).to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, cfg.optim, cfg.optim.lr)
+    opt = make_optimizer(model, cfg, cfg.optim.lr)
     x = x.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     for _ in range(steps):

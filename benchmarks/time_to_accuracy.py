@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from freebies import config
+from freebies.build import build_model, make_optimizer, make_scheduler
 from freebies.data.splits import prepare
-from freebies.models.build import build_model
-from freebies.optim import build_optimizer, build_scheduler
-from freebies.train import machine, run
+from freebies.runtime import machine
+from freebies.train import run
 
 TARGETS = (93.0, 94.0, 95.0)
 
@@ -105,10 +105,9 @@ def dataloader_baseline(epochs: int, seed: int, runs: Path, workers: int, extra:
     test = DataLoader(Images(data.test_x, data.test_y, v2.Compose(norm)), batch_size=256)
     fmt = torch.channels_last
     model = build_model(cfg, 10, 1).to(memory_format=fmt)
-    opt = build_optimizer(model, cfg.optim, cfg.optim.lr)
-    sched = build_scheduler(
-        opt, cfg.sched, base_lr=cfg.optim.lr, steps_per_epoch=len(train), epochs=epochs
-    )
+    opt = make_optimizer(model, cfg, cfg.optim.lr)
+    cfg.train.epochs = epochs
+    sched = make_scheduler(opt, cfg, cfg.optim.lr, len(train))
     for _ in range(epochs):
         model.train()
         for x, y in train:

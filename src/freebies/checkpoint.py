@@ -1,8 +1,15 @@
-"""Checkpoints: written atomically (temporary file, then rename), read with weights_only=True."""
+"""The checkpoint schema, and atomic writes (temporary file, then rename).
+
+One schema for every task and for deploy checkpoints; docs/run-folder.md describes it for
+people. Files are read with `torch.load(weights_only=True)`: tensors and plain data only.
+Checkpoints written before the schema had a version number are format 1.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,28 +17,78 @@ import torch
 
 from freebies.errors import UsageError
 
+FORMAT = 1  # bump when a field changes meaning; load() refuses formats it does not know
 
-def save(obj: dict[str, Any], path: Path) -> None:
-    """Write `obj` to `path` so that a crash never leaves a half-written file behind."""
+
+@dataclass
+class Checkpoint:
+    """A freebies checkpoint (format 1).
+
+    The engine writes one as `last.pt` after every epoch and on Ctrl-C / SIGTERM;
+    `freebies fuse` writes a deploy checkpoint (`deploy=True`, no training state).
+    """
+
+    model: dict[str, torch.Tensor]  # state_dict of the unwrapped network (fused when deploy)
+    config: dict[str, Any]  # the resolved recipe, as in config.yaml
+    data: dict[str, Any]  # what it was trained on; the task's keys, "fingerprint" and "classes"
+    recipe: str = "custom"
+    task: str = "classify"
+    # Training state; None in a deploy checkpoint.
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    ema: dict[str, torch.Tensor] | None = None  # AveragedModel state_dict, when ema.decay > 0
+    rng: dict[str, Any] | None = None  # {"aug": [state of each rank], "torch": state}
+    device_type: str = "cpu"  # RNG states only continue on the same kind of device
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps finished inside epoch `epoch` (an interrupted epoch), else 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl rows
+    partial: dict[str, float] = field(default_factory=dict)  # loss_sum, steps, train_s so far
+    times: dict[str, float] = field(default_factory=dict)  # train_s, wall_s so far
+    deploy: bool = False
+    fuse_report: dict[str, Any] | None = None
+    format: int = FORMAT
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data["classes"])
+
+
+FIELDS = {f.name for f in dataclasses.fields(Checkpoint)}
+
+
+def save(ckpt: Checkpoint, path: Path) -> None:
+    """Write `ckpt` to `path` so that a crash never leaves a half-written file behind."""
+    plain = {k: v for k, v in dataclasses.asdict(ckpt).items() if v is not None}
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    torch.save(plain, tmp)
     os.replace(tmp, path)
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> Checkpoint:
     """Read a freebies checkpoint on the CPU, refusing anything but tensors and plain data."""
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise UsageError(
             f"cannot read checkpoint {path} ({type(e).__name__}); is it a "
             "freebies checkpoint and complete?"
         ) from None
-    if not isinstance(ckpt, dict) or not {"model", "config", "data"} <= ckpt.keys():
+    if not isinstance(raw, dict) or not {"model", "config", "data"} <= raw.keys():
         raise UsageError(f"{path} is not a freebies checkpoint (no model/config/data inside)")
-    return ckpt
+    version = raw.get("format", 1)  # files from before the schema was versioned
+    if version != FORMAT:
+        raise UsageError(
+            f"{path} is checkpoint format {version!r}; this freebies reads format {FORMAT}. "
+            "Use the freebies version that wrote it"
+        )
+    unknown = sorted(raw.keys() - FIELDS)
+    if unknown:
+        raise UsageError(f"{path} has keys this format does not define: {', '.join(unknown)}")
+    if not isinstance(raw["data"], dict) or not isinstance(raw["data"].get("classes"), list):
+        raise UsageError(f"{path} does not say which classes it predicts (data.classes)")
+    return Checkpoint(**raw)
 
 
 def write_text(path: Path, text: str) -> None:

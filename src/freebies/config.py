@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from freebies.errors import UsageError, nearest
+from freebies.optim.optimizers import LR_SCALING, OPTIMIZERS
+from freebies.optim.schedules import DECAYS, WARMUPS
 from freebies.tricks.autoaugment import POLICIES
 
 
@@ -119,7 +121,7 @@ class TrainCfg:
     batch_size: int = 128  # global batch, split across ranks under torchrun
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast) | fp64
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # nn.SyncBatchNorm across ranks (CUDA only)
@@ -286,16 +288,16 @@ def read_yaml(path: Path) -> dict:
 CHOICES = {
     "model.norm": ("bn", "gn"),
     "model.init": ("kaiming", "xavier"),
-    "optim.name": ("sgd", "adamw", "adabound", "amsbound"),
+    "optim.name": OPTIMIZERS,
     "aug.mix_mode": ("switch", "alternate"),
     "aug.flip_mode": ("random", "alternate"),
     "aug.autoaugment": POLICIES,
     "aug.erasing_value": ("random", "mean", "zero"),
-    "optim.lr_scaling": ("none", "linear"),
-    "sched.decay": ("step", "cosine", "linear", "none"),
-    "sched.warmup": ("linear", "constant"),
+    "optim.lr_scaling": LR_SCALING,
+    "sched.decay": DECAYS,
+    "sched.warmup": WARMUPS,
     "train.device": ("auto", "cpu", "cuda"),
-    "train.precision": ("auto", "fp32", "bf16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp64"),
 }
 
 

@@ -23,26 +23,24 @@ from typing import Any
 import torch
 from torch.optim.optimizer import ParamsT
 
-from freebies.errors import UsageError
-
 
 def _check_group(group: dict[str, Any]) -> None:
-    """Raise UsageError naming the first impossible hyperparameter of a param group."""
+    """Raise ValueError naming the first impossible hyperparameter of a param group."""
     lr, final_lr, gamma = group["lr"], group["final_lr"], group["gamma"]
     eps, wd, betas = group["eps"], group["weight_decay"], group["betas"]
     # `not (x > 0)` rather than `x <= 0` so NaN is rejected too.
     if not (isinstance(lr, (int, float)) and lr > 0):
-        raise UsageError(f"AdaBound lr must be a number > 0, got {lr!r}")
+        raise ValueError(f"AdaBound lr must be a number > 0, got {lr!r}")
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise UsageError(f"AdaBound betas must be two numbers in [0, 1), got {betas!r}")
+        raise ValueError(f"AdaBound betas must be two numbers in [0, 1), got {betas!r}")
     if not final_lr > 0:
-        raise UsageError(f"AdaBound final_lr must be > 0, got {final_lr!r}")
+        raise ValueError(f"AdaBound final_lr must be > 0, got {final_lr!r}")
     if not 0.0 < gamma < 1.0:
-        raise UsageError(f"AdaBound gamma must be in (0, 1), got {gamma!r}")
+        raise ValueError(f"AdaBound gamma must be in (0, 1), got {gamma!r}")
     if not eps >= 0:
-        raise UsageError(f"AdaBound eps must be >= 0, got {eps!r}")
+        raise ValueError(f"AdaBound eps must be >= 0, got {eps!r}")
     if not wd >= 0:
-        raise UsageError(f"AdaBound weight_decay must be >= 0, got {wd!r}")
+        raise ValueError(f"AdaBound weight_decay must be >= 0, got {wd!r}")
 
 
 class AdaBound(torch.optim.Optimizer):

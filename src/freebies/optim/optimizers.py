@@ -1,8 +1,8 @@
 """Optimizers and their parameter groups.
 
 `no_bn_decay` exempts norm weights and biases from weight decay (He et al. 2019, "Bag of
-Tricks", arXiv:1812.01187, section 3.1); `lr_scaling=linear` is the linear scaling rule of
-Goyal et al. 2017 (arXiv:1706.02677), applied to the global batch across all ranks.
+Tricks", arXiv:1812.01187, section 3.1); `scaled_lr(..., rule="linear")` is the linear scaling
+rule of Goyal et al. 2017 (arXiv:1706.02677), applied to the global batch across all ranks.
 """
 
 from __future__ import annotations
@@ -10,50 +10,82 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from freebies.config import OptimCfg
 from freebies.optim.adabound import AdaBound
 
-
-def scaled_lr(cfg: OptimCfg, global_batch: int) -> float:
-    """The base LR after the linear scaling rule, if it is on."""
-    if cfg.lr_scaling == "linear":
-        return cfg.lr * global_batch / cfg.lr_base_batch
-    return cfg.lr
+OPTIMIZERS = ("sgd", "adamw", "adabound", "amsbound")
+LR_SCALING = ("none", "linear")
 
 
-def param_groups(model: nn.Module, cfg: OptimCfg, lr: float) -> list[dict]:
+def scaled_lr(lr: float, global_batch: int, rule: str = "none", base_batch: int = 256) -> float:
+    """The base LR after the scaling rule: `linear` gives lr * global_batch / base_batch."""
+    if rule not in LR_SCALING:
+        raise ValueError(f"scaled_lr: rule must be one of {', '.join(LR_SCALING)}, got {rule!r}")
+    if base_batch <= 0 or global_batch <= 0:
+        raise ValueError(
+            f"scaled_lr: global_batch and base_batch must be > 0, got {global_batch}, {base_batch}"
+        )
+    return lr * global_batch / base_batch if rule == "linear" else lr
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    *,
+    weight_decay: float = 0.0,
+    no_bn_decay: bool = False,
+    bias_lr_scale: float = 1.0,
+) -> list[dict]:
     """Weights, then norm weights and biases (their own LR and decay when asked)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if not cfg.no_bn_decay and cfg.bias_lr_scale == 1:
+    if not no_bn_decay and bias_lr_scale == 1:
         return [{"params": params}]
     # Norm weights and biases are the 0-d/1-d parameters in every model we build.
-    small = {"params": [p for p in params if p.ndim <= 1], "lr": lr * cfg.bias_lr_scale}
-    if cfg.no_bn_decay:
+    small = {"params": [p for p in params if p.ndim <= 1], "lr": lr * bias_lr_scale}
+    if no_bn_decay:
         small["weight_decay"] = 0.0
-    elif cfg.bias_lr_scale != 1:  # keep lr * weight_decay, the decay per step, unchanged
-        small["weight_decay"] = cfg.weight_decay / cfg.bias_lr_scale
+    elif bias_lr_scale != 1:  # keep lr * weight_decay, the decay per step, unchanged
+        small["weight_decay"] = weight_decay / bias_lr_scale
     return [{"params": [p for p in params if p.ndim > 1]}, small]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimCfg, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg, lr)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            groups,
-            lr=lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    no_bn_decay: bool = False,
+    bias_lr_scale: float = 1.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    final_lr: float = 0.1,
+    gamma: float = 1e-3,
+) -> torch.optim.Optimizer:
+    """SGD, AdamW, AdaBound or AMSBound over `param_groups(model, ...)`.
+
+    `final_lr` and `gamma` are AdaBound's; `momentum` and `nesterov` are SGD's.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"build_optimizer: name must be one of {', '.join(OPTIMIZERS)}, got {name!r}"
         )
-    if cfg.name in ("adabound", "amsbound"):
+    groups = param_groups(
+        model, lr, weight_decay=weight_decay, no_bn_decay=no_bn_decay, bias_lr_scale=bias_lr_scale
+    )
+    if name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+        )
+    if name in ("adabound", "amsbound"):
         # final_lr is given at the recipe's LR scale; AdaBound rescales it with the schedule.
         return AdaBound(
             groups,
             lr=lr,
-            betas=cfg.betas,
-            final_lr=cfg.final_lr,
-            gamma=cfg.gamma,
-            weight_decay=cfg.weight_decay,
-            amsbound=cfg.name == "amsbound",
+            betas=betas,
+            final_lr=final_lr,
+            gamma=gamma,
+            weight_decay=weight_decay,
+            amsbound=name == "amsbound",
         )
-    return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)

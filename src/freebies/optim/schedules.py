@@ -15,7 +15,8 @@ from functools import partial
 
 import torch
 
-from freebies.config import SchedCfg
+DECAYS = ("step", "cosine", "linear", "none")
+WARMUPS = ("linear", "constant")
 
 
 def lr_factor(
@@ -51,22 +52,41 @@ def lr_factor(
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
-    cfg: SchedCfg,
     *,
     base_lr: float,
     steps_per_epoch: int,
     epochs: int,
+    decay: str = "step",
+    milestones: tuple[float, ...] | list[float] = (0.5, 0.75),
+    gamma: float = 0.1,
+    min_lr: float = 0.0,
+    warmup_epochs: float = 0.0,
+    warmup: str = "linear",
+    warmup_lr: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-iteration LambdaLR over `epochs * steps_per_epoch` steps."""
+    """A per-iteration LambdaLR over `epochs * steps_per_epoch` steps; `lr_factor` says how.
+
+    `warmup_lr` and `min_lr` are absolute LRs; `milestones` are fractions of the run.
+    """
+    if decay not in DECAYS or warmup not in WARMUPS:
+        raise ValueError(
+            f"build_scheduler: decay must be one of {', '.join(DECAYS)} and warmup one of "
+            f"{', '.join(WARMUPS)}, got decay={decay!r}, warmup={warmup!r}"
+        )
+    if base_lr <= 0 or steps_per_epoch < 1 or epochs < 1:
+        raise ValueError(
+            "build_scheduler: base_lr must be > 0 and steps_per_epoch, epochs >= 1, got "
+            f"{base_lr}, {steps_per_epoch}, {epochs}"
+        )
     factor = partial(
         lr_factor,
         total_steps=epochs * steps_per_epoch,
-        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-        warmup=cfg.warmup,
-        warmup_factor=cfg.warmup_lr / base_lr,
-        decay=cfg.decay,
-        milestones=tuple(cfg.milestones),
-        gamma=cfg.gamma,
-        min_factor=cfg.min_lr / base_lr,
+        warmup_steps=round(warmup_epochs * steps_per_epoch),
+        warmup=warmup,
+        warmup_factor=warmup_lr / base_lr,
+        decay=decay,
+        milestones=tuple(milestones),
+        gamma=gamma,
+        min_factor=min_lr / base_lr,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -11,8 +11,14 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 
-def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
-    """Loss, accuracy and LR against epoch, side by side, from metrics.jsonl rows."""
+def plot_curves(
+    metrics: list[dict],
+    path: Path,
+    title: str = "",
+    keys: tuple[str, ...] = ("test_acc", "val_acc"),
+) -> None:
+    """Loss, the task's metric `keys` (e.g. test_acc, val_acc) and LR against epoch, side by
+    side, from metrics.jsonl rows."""
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.8))
     epochs = [r["epoch"] for r in metrics]
 
@@ -26,14 +32,15 @@ def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
         if any(key in r for r in metrics):
             ax_loss.plot(*series(key), "o-", label=label)
     ax_loss.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
-    for key, label in (("test_acc", "test"), ("val_acc", "val")):
+    for key in keys:
         if any(key in r for r in metrics):
             xs, ys = series(key)
-            ax_acc.plot(xs, ys, "o-", label=label)
-            ax_acc.annotate(
-                f"{ys[-1]:.2f}%", (xs[-1], ys[-1]), textcoords="offset points", xytext=(-30, -14)
-            )
-    ax_acc.set(title="top-1 accuracy", xlabel="epoch", ylabel="%")
+            ax_acc.plot(xs, ys, "o-", label=key.split("_")[0])
+            value = f"{ys[-1]:.2f}%" if key.endswith("_acc") else f"{ys[-1]:.3g}"
+            ax_acc.annotate(value, (xs[-1], ys[-1]), textcoords="offset points", xytext=(-30, -14))
+    acc = all(k.endswith("_acc") for k in keys)
+    name = "top-1 accuracy" if acc else keys[0].split("_", 1)[-1]
+    ax_acc.set(title=name, xlabel="epoch", ylabel="%" if acc else name)
     ax_lr.plot(epochs, [r["lr"] for r in metrics], "o-")
     ax_lr.set(title="learning rate (end of epoch)", xlabel="epoch")
     for ax in (ax_loss, ax_acc):

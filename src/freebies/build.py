@@ -1,0 +1,75 @@
+"""From a recipe to objects: the model, the optimizer and the LR schedule.
+
+The library layers (`freebies.models`, `freebies.optim`) take plain arguments and raise
+ValueError / TypeError; here, where the recipe is known, those become one-line UsageErrors that
+name the recipe section to change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from freebies.config import Config
+from freebies.errors import UsageError
+from freebies.models import acnet, create_model, options
+from freebies.optim import build_optimizer, build_scheduler, scaled_lr
+
+
+@contextlib.contextmanager
+def recipe_errors(section: str) -> Iterator[None]:
+    """Turn a library's ValueError / TypeError into a UsageError naming the recipe section."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"recipe section {section}: {e}") from None
+
+
+def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
+    """The registry's architecture plus the recipe's model options (ACNet, init, dropout)."""
+    with recipe_errors("model"):
+        model = create_model(cfg.model.name, num_classes, in_channels, norm=cfg.model.norm)
+        if cfg.model.acnet:  # first, so the init options below also reach the new branches
+            acnet.convert(model, side_gamma=cfg.model.acnet_side_gamma)
+        if cfg.model.init == "xavier":
+            options.xavier_init(model)
+        if cfg.model.zero_init_residual:
+            options.zero_init_residual(model)
+        options.add_dropout(model, cfg.model.dropout)
+    if cfg.train.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def base_lr(cfg: Config) -> float:
+    """The recipe's LR after its scaling rule, at its global batch."""
+    o = cfg.optim
+    with recipe_errors("optim"):
+        return scaled_lr(o.lr, cfg.train.batch_size, o.lr_scaling, o.lr_base_batch)
+
+
+def make_optimizer(net: nn.Module, cfg: Config, lr: float) -> torch.optim.Optimizer:
+    """The recipe's optimizer over `net` at base LR `lr`."""
+    kw = dataclasses.asdict(cfg.optim)
+    for key in ("lr", "lr_scaling", "lr_base_batch"):
+        del kw[key]
+    with recipe_errors("optim"):
+        return build_optimizer(net, lr=lr, **kw)
+
+
+def make_scheduler(
+    opt: torch.optim.Optimizer, cfg: Config, lr: float, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The recipe's per-iteration schedule (warmup, then decay) over `train.epochs`."""
+    with recipe_errors("sched"):
+        return build_scheduler(
+            opt,
+            base_lr=lr,
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.train.epochs,
+            **dataclasses.asdict(cfg.sched),
+        )
