@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from freebies.errors import UsageError
 from freebies.models import create_model
 from freebies.models.acnet import ACBlock, convert, fuse_model
 
@@ -182,26 +181,26 @@ def test_side_gamma_initialises_side_bn_weights_only():
 
 def test_acblock_fuse_in_train_mode_raises():
     block = ACBlock(nn.Conv2d(4, 6, 3))
-    with pytest.raises(UsageError, match=r"needs eval mode.*model\.eval\(\)"):
+    with pytest.raises(ValueError, match=r"ACBlock.fuse: .* must be in eval mode.*model\.eval\(\)"):
         block.fuse()
     block.eval()
     block.hor_bn.train()  # one branch still training is just as wrong
-    with pytest.raises(UsageError, match="needs eval mode"):
+    with pytest.raises(ValueError, match="must be in eval mode"):
         block.fuse()
 
 
 @pytest.mark.parametrize(
-    "conv",
+    "conv,error",
     [
-        nn.Conv2d(4, 4, 1),
-        nn.Conv2d(4, 4, 4),
-        nn.Conv2d(4, 4, (1, 3)),
-        nn.Conv2d(4, 4, 3, dilation=2),
-        nn.Conv1d(4, 4, 3),
+        (nn.Conv2d(4, 4, 1), ValueError),
+        (nn.Conv2d(4, 4, 4), ValueError),
+        (nn.Conv2d(4, 4, (1, 3)), ValueError),
+        (nn.Conv2d(4, 4, 3, dilation=2), ValueError),
+        (nn.Conv1d(4, 4, 3), TypeError),
     ],
 )
-def test_acblock_rejects_unsuitable_conv(conv):
-    with pytest.raises(UsageError, match="square, odd kernel of size >= 3 and dilation 1"):
+def test_acblock_rejects_unsuitable_conv(conv, error):
+    with pytest.raises(error, match=r"ACBlock: conv must be .*square, odd kernel of size >= 3 and"):
         ACBlock(conv)
 
 
@@ -286,11 +285,13 @@ def test_convert_and_fuse_torchvision_resnet18():
 
 def test_fuse_model_in_train_mode_raises():
     model = convert(create_model("resnet20", 10, 1))
-    with pytest.raises(UsageError, match=r"needs eval mode.*call model\.eval\(\)"):
+    with pytest.raises(
+        ValueError, match=r"fuse_model: model must be in eval mode.*model\.eval\(\)"
+    ):
         fuse_model(model)
     model.eval()
     model.layers[2].bn1.train()
-    with pytest.raises(UsageError, match=r"'layers\.2\.bn1' is training"):
+    with pytest.raises(ValueError, match=r"'layers\.2\.bn1' is training"):
         fuse_model(model)
 
 

@@ -22,7 +22,7 @@ def test_airnet_builds_by_widths_and_pools_28_to_1():
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     assert model(torch.randn(2, 1, 32, 20)).shape == (2, 10)  # non-square works too
     assert model.whiten.out_channels == 8  # 2 x 2 patches of 1 channel, as +/- pairs
-    with pytest.raises(Exception, match="every width must be at least 1"):
+    with pytest.raises(ValueError, match="every width must be at least 1"):
         create_model("airnet-0-16-32", 10, 1)
 
 

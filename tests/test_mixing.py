@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from freebies.errors import UsageError
 from freebies.tricks.mixing import _beta, cutmix, mixup, ricap
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -226,24 +225,26 @@ def test_bad_input_raises_clear_errors(name):
     f = TRICKS[name]
     arg = "beta" if name == "ricap" else "alpha"
     x, y = torch.randn(3, 1, 8, 8), torch.eye(3)
-    with pytest.raises(UsageError, match=rf"{name}: {arg} must be >= 0.*got -0.5"):
+    with pytest.raises(ValueError, match=rf"{name}: {arg} must be >= 0.*got -0.5"):
         f(x, y, -0.5)
-    with pytest.raises(UsageError, match=rf"{name}: {arg} must be >= 0.*got nan"):
+    with pytest.raises(ValueError, match=rf"{name}: {arg} must be >= 0.*got nan"):
         f(x, y, float("nan"))
-    with pytest.raises(UsageError, match=r"x must be a 4-D float batch.*\(3, 8, 8\)"):
+    with pytest.raises(ValueError, match=rf"{name}: x must be a 4-D float batch.*\(3, 8, 8\)"):
         f(x[:, 0], y, 1.0)
-    with pytest.raises(UsageError, match=r"x must be a 4-D float batch.*torch.uint8"):
+    with pytest.raises(TypeError, match=rf"{name}: x must be a 4-D float batch.*torch.uint8"):
         f(x.to(torch.uint8), y, 1.0)
-    with pytest.raises(UsageError, match=r"y must be soft float targets.*one_hot"):
+    with pytest.raises(ValueError, match=rf"{name}: y must be soft float targets.*one_hot"):
         f(x, torch.arange(3), 1.0)
-    with pytest.raises(UsageError, match=r"y has 2 rows but x has 3 images"):
+    with pytest.raises(TypeError, match=rf"{name}: y must be soft float targets.*int64"):
+        f(x, torch.eye(3).long(), 1.0)
+    with pytest.raises(ValueError, match=rf"{name}: y has 2 rows but x has 3 images"):
         f(x, y[:2], 1.0)
 
 
 @CUDA
 def test_generator_on_wrong_device_is_named():
     x = torch.randn(3, 1, 8, 8, device="cuda")
-    with pytest.raises(UsageError, match=r"generator is on cpu but x is on cuda"):
+    with pytest.raises(ValueError, match=r"mixup: generator is on cpu but x is on cuda"):
         mixup(x, torch.eye(3, device="cuda"), 1.0, generator=gen(0))
 
 
@@ -266,3 +267,18 @@ def test_pick_mixer_neutral_single_alternate_and_switch_weights():
     assert abs(draws.count("mixup") / 2000 - 0.6) < 0.04
     mixed = [pick_mixer(["mixup"], prob=0.3, generator=g) for _ in range(2000)]
     assert abs(sum(m is not None for m in mixed) / 2000 - 0.3) < 0.04
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"prob": 1.5}, r"pick_mixer: prob must be in \[0, 1\], got 1.5"),
+        ({"mode": "alternating"}, r"pick_mixer: mode must be 'switch' or 'alternate'"),
+        ({"weights": [1.0]}, r"pick_mixer: weights needs one entry per name \(2\), got 1"),
+    ],
+)
+def test_pick_mixer_bad_values(kwargs, match):
+    from freebies.tricks import pick_mixer
+
+    with pytest.raises(ValueError, match=match):
+        pick_mixer(["mixup", "cutmix"], **kwargs)

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from freebies.data.loader import random_flip
-from freebies.errors import UsageError
 from freebies.models import create_model
 from freebies.models.options import add_dropout, xavier_init, zero_init_residual
 from freebies.tricks import color_jitter, pca_basis, pca_lighting, random_rotate
@@ -23,7 +22,7 @@ def test_rotation_neutral_centre_fixed_mass_kept_and_per_image():
     mass = out.sum((1, 2, 3)) / x.sum((1, 2, 3))
     assert torch.all((mass - 1).abs() < 0.08)  # rigid: no shear on a non-square image
     assert not torch.equal(out[0], out[1])  # identical inputs, each its own angle
-    with pytest.raises(UsageError, match=r"aug\.rotate must be >= 0"):
+    with pytest.raises(ValueError, match=r"random_rotate: degrees must be >= 0, got -5.0"):
         random_rotate(x, -5.0)
 
 
@@ -47,7 +46,7 @@ def test_color_jitter_matches_the_written_out_formula(channels):
         ref = (ref - gray(ref)) * s + gray(ref)
     torch.testing.assert_close(out, ref.clamp(0, 255))
     assert color_jitter(x, 0.0) is x
-    with pytest.raises(UsageError, match=r"color_jitter must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"color_jitter: strength must be in \[0, 1\)"):
         color_jitter(x, 1.5)
 
 
@@ -68,6 +67,8 @@ def test_pca_basis_and_lighting_formula():
     shift = 255 * (alpha * eigval) @ eigvec.T
     torch.testing.assert_close(out, x + shift[:, :, None, None])
     assert pca_lighting(x, 0.0, eigval, eigvec) is x
+    with pytest.raises(ValueError, match=r"pca_lighting: alphastd must be >= 0, got -0.1"):
+        pca_lighting(x, -0.1, eigval, eigvec)
     gray = (torch.rand(20, 1, 4, 4, generator=g) * 255).to(torch.uint8)
     val1, vec1 = pca_basis(gray)  # grayscale: the variance itself, as a 1 x 1 basis
     assert vec1.shape == (1, 1)
@@ -98,5 +99,5 @@ def test_model_options():
     assert plain.fc.weight.std().item() != std_before
     dropped = add_dropout(create_model("resnet20", 10, 1), 0.3)
     assert isinstance(dropped.fc, nn.Sequential) and isinstance(dropped.fc[0], nn.Dropout)
-    with pytest.raises(UsageError, match=r"model\.dropout must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"add_dropout: p must be in \[0, 1\)"):
         add_dropout(create_model("resnet20", 10, 1), 1.0)

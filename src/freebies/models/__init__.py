@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from freebies.errors import UsageError, nearest
+from freebies.errors import nearest
 
 Factory = Callable[..., nn.Module]
 
@@ -49,6 +49,11 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: ob
     """Build model `name` with a `num_classes`-way linear head for `in_channels`-channel images.
 
     kwargs are model options, e.g. `norm="gn"` for all models, `dropout=0.3` for Wide ResNets.
+
+    Raises:
+        ValueError: `name` is not a model (the message lists the names, with a did-you-mean),
+            or a size or option value is impossible.
+        TypeError: a kwarg is not an option of that model (the message lists the ones it takes).
     """
     wrn = _WRN_NAME.fullmatch(name)
     if wrn:
@@ -63,14 +68,15 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: ob
 
         widths = tuple(int(g) for g in air.groups())
         if min(widths) < 1:
-            raise UsageError(f"model {name!r}: every width must be at least 1")
+            raise ValueError(f"create_model: name {name!r}: every width must be at least 1")
         _check_kwargs(name, airnet, kwargs)
         return airnet(widths, num_classes, in_channels, **kwargs)
     factory = _registry().get(name)
     if factory is None:
         names = sorted(_REGISTRY)
-        raise UsageError(
-            f"unknown model {name!r}{nearest(name, model_names())}; choose one of: "
+        raise ValueError(
+            f"create_model: unknown model {name!r}{nearest(name, model_names())}; "
+            f"name must be one of: "
             f"{', '.join(names)}, wrn-D-K with D = 6n+4 (e.g. wrn-28-10), or airnet-W1-W2-W3 "
             "(e.g. airnet-64-256-256)"
         )
@@ -85,8 +91,9 @@ def _check_kwargs(name: str, factory: Factory, kwargs: dict[str, object]) -> Non
     bad = [k for k in kwargs if k not in allowed]
     if bad:
         hint = nearest(bad[0], allowed) if len(bad) == 1 else ""
-        raise UsageError(
-            f"model {name!r} does not take option(s) {', '.join(map(repr, bad))}{hint}; "
+        raise TypeError(
+            f"create_model: model {name!r} does not take option(s) "
+            f"{', '.join(map(repr, bad))}{hint}; "
             f"it takes: {', '.join(allowed) or 'none'}"
         )
 

@@ -28,8 +28,6 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
-from freebies.errors import UsageError
-
 __all__ = ["ACBlock", "convert", "fuse_model", "is_square_conv"]
 
 
@@ -97,13 +95,14 @@ def fuse_model(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
         and `{"acb": modules replaced via fuse(), "conv_bn": conv+BN pairs folded}`.
 
     Raises:
-        UsageError: if any submodule is in training mode.
+        ValueError: if any submodule is in training mode.
     """
     training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
     if training:
-        raise UsageError(
-            f"fuse_model needs eval mode, but {training[0]!r} is training; call model.eval() "
-            "first (fusing folds BatchNorm running statistics, which train mode ignores)"
+        raise ValueError(
+            f"fuse_model: model must be in eval mode, but {training[0]!r} is training; call "
+            "model.eval() first (fusing folds BatchNorm running statistics, which train mode "
+            "ignores)"
         )
     fused: dict[int, nn.Module] = {}
     if _has_fuse(model):
@@ -247,9 +246,10 @@ class ACBlock(nn.Module):
     def __init__(self, conv: nn.Conv2d, side_gamma: float = 1.0) -> None:
         super().__init__()
         if not is_square_conv(conv):
-            raise UsageError(
-                f"ACBlock needs a plain nn.Conv2d with a square, odd kernel of size >= 3 and "
-                f"dilation 1, got {conv!r}"
+            error = TypeError if type(conv) is not nn.Conv2d else ValueError
+            raise error(
+                f"ACBlock: conv must be a plain nn.Conv2d with a square, odd kernel of size >= 3 "
+                f"and dilation 1, got {conv!r}"
             )
         k = conv.kernel_size[0]
         c = k // 2
@@ -292,12 +292,12 @@ class ACBlock(nn.Module):
         """One k x k conv with bias, equal to this block in eval mode (BN running statistics).
 
         Raises:
-            UsageError: in training mode, where BN uses batch statistics and cannot be folded.
+            ValueError: in training mode, where BN uses batch statistics and cannot be folded.
         """
         if any(m.training for m in self.modules()):
-            raise UsageError(
-                "ACBlock.fuse() needs eval mode (it folds BatchNorm running statistics); "
-                "call model.eval() first"
+            raise ValueError(
+                "ACBlock.fuse: the block must be in eval mode (it folds BatchNorm running "
+                "statistics); call model.eval() first"
             )
         branches = [
             fuse_conv_bn_weights(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from freebies.errors import UsageError
 from freebies.models.acnet import ACBlock
 from freebies.models.resnet import BasicBlock, PreActBlock
 
@@ -44,10 +43,10 @@ def zero_init_residual(model: nn.Module) -> nn.Module:
 def add_dropout(model: nn.Module, p: float) -> nn.Module:
     """Dropout with probability p on the features entering the classifier `model.fc`."""
     if not 0 <= p < 1:
-        raise UsageError(f"model.dropout must be in [0, 1), got {p}")
+        raise ValueError(f"add_dropout: p must be in [0, 1), got {p}")
     if not isinstance(getattr(model, "fc", None), nn.Linear):
-        raise UsageError(
-            f"model.dropout needs a model with a linear head `fc`; {type(model).__name__} has none"
+        raise TypeError(
+            f"add_dropout: model must have a linear head `fc`; {type(model).__name__} has none"
         )
     if p > 0:
         model.fc = nn.Sequential(nn.Dropout(p), model.fc)

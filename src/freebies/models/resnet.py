@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freebies.errors import UsageError, nearest
+from freebies.errors import nearest
 from freebies.models import register
 
 NORMS = ("bn", "gn")
@@ -32,8 +32,8 @@ def norm_factory(norm: str) -> NormFactory:
     if norm == "gn":
         # 8 groups is the usual choice for narrow nets; fall back to LayerNorm-like 1 group.
         return lambda channels: nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
-    raise UsageError(
-        f"unknown norm {norm!r}{nearest(str(norm), list(NORMS))}; choose one of: bn, gn"
+    raise ValueError(
+        f"unknown norm {norm!r}{nearest(str(norm), list(NORMS))}; norm must be one of: bn, gn"
     )
 
 
@@ -50,9 +50,9 @@ def init_weights(model: nn.Module) -> None:
 def check_sizes(num_classes: int, in_channels: int) -> None:
     """Reject class and channel counts that cannot build a model."""
     if num_classes < 1:
-        raise UsageError(f"num_classes must be at least 1, got {num_classes}")
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if in_channels < 1:
-        raise UsageError(f"in_channels must be at least 1, got {in_channels}")
+        raise ValueError(f"in_channels must be at least 1, got {in_channels}")
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -63,7 +63,7 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 def cifar_resnet(depth: int, num_classes: int, in_channels: int = 3, norm: str = "bn") -> nn.Module:
     """CIFAR ResNet of depth 6n+2 with parameter-free (option A) shortcuts."""
     if depth < 8 or (depth - 2) % 6 != 0:
-        raise UsageError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
+        raise ValueError(f"cifar_resnet: depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
     return CifarResNet((depth - 2) // 6, num_classes, in_channels, norm)
 
 
@@ -113,11 +113,13 @@ def wide_resnet(
 ) -> nn.Module:
     """WRN-depth-width; `dropout` is applied between the two convs of each block."""
     if depth < 10 or (depth - 4) % 6 != 0:
-        raise UsageError(f"WRN depth must be 6n+4 with n >= 1 (e.g. 16, 22, 28, 40), got {depth}")
+        raise ValueError(
+            f"wide_resnet: depth must be 6n+4 with n >= 1 (e.g. 16, 22, 28, 40), got {depth}"
+        )
     if width < 1:
-        raise UsageError(f"WRN width must be at least 1, got {width}")
+        raise ValueError(f"wide_resnet: width must be at least 1, got {width}")
     if not 0.0 <= dropout < 1.0:
-        raise UsageError(f"dropout must be in [0, 1), got {dropout}")
+        raise ValueError(f"wide_resnet: dropout must be in [0, 1), got {dropout}")
     return WideResNet((depth - 4) // 6, width, num_classes, in_channels, dropout, norm)
 
 

@@ -1,7 +1,9 @@
 """The seed notes' training tricks, each a pure function on batched tensors.
 
 Importable on their own for use in any training loop: nothing here imports the CLI or the
-recipe config (error messages name the recipe key that sets a value, for CLI users).
+recipe config. Bad arguments raise `ValueError` or `TypeError` naming the function and its
+argument (see `checks.py`); recipe validation and the CLI turn them into one-line messages
+that name the recipe key.
 """
 
 from freebies.tricks.autoaugment import autoaugment, make_policy

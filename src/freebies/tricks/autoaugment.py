@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from freebies.errors import UsageError, nearest
-from freebies.tricks.mixing import _scalar_device
+from freebies.errors import nearest
+from freebies.tricks.checks import scalar_device
 
 POLICIES = ("none", "cifar10", "imagenet", "svhn", "randaugment", "trivialaugment")
 
@@ -25,9 +25,9 @@ def make_policy(name: str) -> torch.nn.Module | None:
     from torchvision.transforms import v2
 
     if name not in POLICIES:
-        raise UsageError(
-            f"unknown augmentation policy {name!r}{nearest(name, list(POLICIES))}; "
-            f"choose one of {', '.join(POLICIES)}"
+        raise ValueError(
+            f"make_policy: unknown augmentation policy {name!r}"
+            f"{nearest(name, list(POLICIES))}; name must be one of {', '.join(POLICIES)}"
         )
     if name == "none":
         return None
@@ -48,8 +48,9 @@ def autoaugment(
     if policy is None:
         return x
     if x.dtype != torch.uint8 or x.ndim != 4:
-        raise UsageError(f"autoaugment takes uint8 images (N, C, H, W), got {x.dtype} {x.ndim}-D")
-    dev = _scalar_device(generator)
+        error = TypeError if x.dtype != torch.uint8 else ValueError
+        raise error(f"autoaugment: x must be uint8 images (N, C, H, W), got {x.dtype} {x.ndim}-D")
+    dev = scalar_device(generator)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev).item())
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

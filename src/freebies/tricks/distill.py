@@ -12,8 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from freebies.errors import UsageError
-
 
 def kd_loss(
     student: torch.Tensor,
@@ -32,13 +30,13 @@ def kd_loss(
         temperature: T > 0, the softmax temperature of both distributions.
     """
     if not 0 <= alpha <= 1:
-        raise UsageError(f"distill.alpha must be in [0, 1], got {alpha}")
+        raise ValueError(f"kd_loss: alpha must be in [0, 1], got {alpha}")
     if not temperature > 0:
-        raise UsageError(f"distill.temperature must be > 0, got {temperature}")
+        raise ValueError(f"kd_loss: temperature must be > 0, got {temperature}")
     if teacher.shape != student.shape:
-        raise UsageError(
-            f"the teacher gives {teacher.shape[-1]} classes but the student {student.shape[-1]}; "
-            "distill from a teacher trained on the same classes"
+        raise ValueError(
+            f"kd_loss: teacher logits have shape {tuple(teacher.shape)} but student logits "
+            f"{tuple(student.shape)}; distill from a teacher trained on the same classes"
         )
     hard = F.cross_entropy(student, target)
     if alpha == 0:

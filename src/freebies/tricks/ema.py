@@ -12,8 +12,6 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from freebies.errors import UsageError
-
 
 def _warmup_ema_fn(decay: float):
     """EMA whose decay after n averages is min(decay, (1 + n) / (10 + n))."""
@@ -42,6 +40,6 @@ def ema_model(model: nn.Module, decay: float, warmup: bool = False) -> AveragedM
     starting weights 37% of the average after 1,000 steps).
     """
     if not 0 < decay < 1:
-        raise UsageError(f"ema.decay must be in (0, 1) (0 turns EMA off), got {decay}")
+        raise ValueError(f"ema_model: decay must be in (0, 1), got {decay}")
     fn = _warmup_ema_fn(decay) if warmup else get_ema_multi_avg_fn(decay)
     return AveragedModel(model, multi_avg_fn=fn, use_buffers=True)

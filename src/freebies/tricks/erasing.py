@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from freebies.errors import UsageError, nearest
-from freebies.tricks.mixing import _check_generator, _check_images
+from freebies.errors import nearest
+from freebies.tricks.checks import check_generator, check_images
 
 # Random Erasing retries until a rectangle fits; batched, every image gets this many attempts
 # at once. With the default scale and ratio on a square image one attempt fails with
@@ -52,12 +52,13 @@ def cutout(
     Returns:
         A new tensor (N, C, H, W) with the same dtype; x is not modified.
     """
-    _check_images(x, "cutout")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise UsageError(f"cutout: length must be an int >= 0 (0 switches it off), got {length}")
-    if isinstance(holes, bool) or not isinstance(holes, int) or holes < 0:
-        raise UsageError(f"cutout: holes must be an int >= 0 (0 switches it off), got {holes}")
-    _check_generator(x, generator, "cutout")
+    check_images(x, "cutout")
+    for name, v in (("length", length), ("holes", holes)):
+        wrong_type = isinstance(v, bool) or not isinstance(v, int)
+        if wrong_type or v < 0:
+            error = TypeError if wrong_type else ValueError
+            raise error(f"cutout: {name} must be an int >= 0 (0 switches it off), got {v!r}")
+    check_generator(x, generator, "cutout")
     if length == 0 or holes == 0:
         return x
     n, _, h, w = x.shape
@@ -85,16 +86,16 @@ def _check_range(name: str, rng: tuple[float, float], upper: float | None) -> tu
     try:
         lo, hi = (float(v) for v in rng)
     except (TypeError, ValueError):
-        raise UsageError(
+        raise TypeError(
             f"random_erasing: {name} must be a pair (lo, hi) with {bound}, got {rng!r}"
         ) from None
     if lo > hi:
-        raise UsageError(
+        raise ValueError(
             f"random_erasing: {name} range is inverted, got ({lo}, {hi}); "
             f"want (lo, hi) with {bound}"
         )
     if not (0 < lo and (upper is None or hi <= upper)):
-        raise UsageError(f"random_erasing: {name} must satisfy {bound}, got ({lo}, {hi})")
+        raise ValueError(f"random_erasing: {name} must satisfy {bound}, got ({lo}, {hi})")
     return lo, hi
 
 
@@ -129,28 +130,28 @@ def random_erasing(
     Returns:
         A new tensor (N, C, H, W) with the same dtype; x is not modified.
     """
-    _check_images(x, "random_erasing")
+    check_images(x, "random_erasing")
     if not 0 <= p <= 1:  # also catches NaN
-        raise UsageError(f"random_erasing: p must be in [0, 1], got {p}")
+        raise ValueError(f"random_erasing: p must be in [0, 1], got {p}")
     s_lo, s_hi = _check_range("scale", scale, upper=1.0)
     r_lo, r_hi = _check_range("ratio", ratio, upper=None)
     if isinstance(value, str):
         if value not in _FILLS:
-            raise UsageError(
+            raise ValueError(
                 f"random_erasing: value must be 'random', 'mean' or a number, got {value!r}"
                 + nearest(value, _FILLS)
             )
     elif isinstance(value, torch.Tensor):
         if value.shape != (x.shape[1],):
-            raise UsageError(
+            raise ValueError(
                 f"random_erasing: a tensor value needs one entry per channel, shape "
                 f"({x.shape[1]},), got {tuple(value.shape)}"
             )
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(
+        raise TypeError(
             f"random_erasing: value must be 'random', 'mean' or a number, got {value!r}"
         )
-    _check_generator(x, generator, "random_erasing")
+    check_generator(x, generator, "random_erasing")
     if p == 0:
         return x
 

@@ -26,50 +26,13 @@ from __future__ import annotations
 
 import torch
 
-from freebies.errors import UsageError
-
-
-def _check_images(x: torch.Tensor, trick: str) -> None:
-    if x.dim() != 4 or not x.is_floating_point():
-        raise UsageError(
-            f"{trick}: x must be a 4-D float batch (N, C, H, W), got shape {tuple(x.shape)} "
-            f"and dtype {x.dtype}"
-        )
-    if x.shape[0] < 1:
-        raise UsageError(f"{trick}: x must hold at least one image, got shape {tuple(x.shape)}")
-
-
-def _check_targets(x: torch.Tensor, y: torch.Tensor, trick: str) -> None:
-    if y.dim() != 2 or not y.is_floating_point():
-        raise UsageError(
-            f"{trick}: y must be soft float targets (N, K) (e.g. one_hot(labels, K)), got shape "
-            f"{tuple(y.shape)} and dtype {y.dtype}"
-        )
-    if y.shape[0] != x.shape[0]:
-        raise UsageError(
-            f"{trick}: y has {y.shape[0]} rows but x has {x.shape[0]} images; they must match"
-        )
-
-
-def _check_generator(x: torch.Tensor, generator: torch.Generator | None, trick: str) -> None:
-    # torch refuses a generator on another device with an unhelpful message; say what to fix.
-    if generator is None:
-        return
-    g, d = generator.device, x.device
-    if g.type != d.type or (g.index is not None and d.index is not None and g.index != d.index):
-        raise UsageError(
-            f"{trick}: generator is on {g} but x is on {d}; "
-            f"create it with torch.Generator(device=x.device)"
-        )
-
-
-def _check_nonneg(name: str, value: float, trick: str) -> None:
-    if not value >= 0:  # also catches NaN
-        raise UsageError(f"{trick}: {name} must be >= 0 (0 switches it off), got {value}")
-
-
-def _scalar_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
+from freebies.tricks.checks import (
+    check_generator,
+    check_images,
+    check_nonneg,
+    check_targets,
+    scalar_device,
+)
 
 
 def _beta(a: float, generator: torch.Generator | None) -> float:
@@ -77,13 +40,13 @@ def _beta(a: float, generator: torch.Generator | None) -> float:
     # torch.distributions.Beta.sample takes no generator, which would break "same seed, same
     # run". The first component of a Dirichlet(a, a) draw is Beta(a, a); the private op
     # torch._sample_dirichlet (what Beta.sample calls underneath) does accept one.
-    conc = torch.tensor([a, a], dtype=torch.float64, device=_scalar_device(generator))
+    conc = torch.tensor([a, a], dtype=torch.float64, device=scalar_device(generator))
     return torch._sample_dirichlet(conc, generator=generator)[0].item()
 
 
 def _randint(high: int, generator: torch.Generator | None) -> int:
     """One integer uniform in [0, high) (high >= 1)."""
-    return int(torch.randint(high, (), generator=generator, device=_scalar_device(generator)))
+    return int(torch.randint(high, (), generator=generator, device=scalar_device(generator)))
 
 
 def _perm(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -105,10 +68,10 @@ def mixup(
         lam * x + (1 - lam) * x[perm] with perm a random permutation of the batch, and the
         same mix of y; shapes and dtypes as given.
     """
-    _check_images(x, "mixup")
-    _check_targets(x, y, "mixup")
-    _check_nonneg("alpha", alpha, "mixup")
-    _check_generator(x, generator, "mixup")
+    check_images(x, "mixup")
+    check_targets(x, y, "mixup")
+    check_nonneg("alpha", alpha, "mixup")
+    check_generator(x, generator, "mixup")
     if alpha == 0:
         return x, y
     lam = _beta(alpha, generator)
@@ -136,10 +99,10 @@ def cutmix(
     Returns:
         (x_mixed (N, C, H, W), y_mixed (N, K)).
     """
-    _check_images(x, "cutmix")
-    _check_targets(x, y, "cutmix")
-    _check_nonneg("alpha", alpha, "cutmix")
-    _check_generator(x, generator, "cutmix")
+    check_images(x, "cutmix")
+    check_targets(x, y, "cutmix")
+    check_nonneg("alpha", alpha, "cutmix")
+    check_generator(x, generator, "cutmix")
     if alpha == 0:
         return x, y
     h, w = x.shape[-2:]
@@ -179,10 +142,10 @@ def ricap(
     Returns:
         (x_patched (N, C, H, W), y_mixed (N, K)).
     """
-    _check_images(x, "ricap")
-    _check_targets(x, y, "ricap")
-    _check_nonneg("beta", beta, "ricap")
-    _check_generator(x, generator, "ricap")
+    check_images(x, "ricap")
+    check_targets(x, y, "ricap")
+    check_nonneg("beta", beta, "ricap")
+    check_generator(x, generator, "ricap")
     if beta == 0:
         return x, y
     big_h, big_w = x.shape[-2:]
@@ -221,9 +184,17 @@ def pick_mixer(
     one: drawn with `weights` (equal when empty) in "switch" mode, or in turn by `step` in
     "alternate" mode.
     """
+    if not 0 <= prob <= 1:  # also catches NaN
+        raise ValueError(f"pick_mixer: prob must be in [0, 1], got {prob}")
+    if mode not in ("switch", "alternate"):
+        raise ValueError(f"pick_mixer: mode must be 'switch' or 'alternate', got {mode!r}")
     if not names or prob == 0:
         return None
-    dev = _scalar_device(generator)
+    if weights and len(weights) != len(names):
+        raise ValueError(
+            f"pick_mixer: weights needs one entry per name ({len(names)}), got {len(weights)}"
+        )
+    dev = scalar_device(generator)
     if prob < 1 and torch.rand((), generator=generator, device=dev).item() >= prob:
         return None
     if len(names) == 1:

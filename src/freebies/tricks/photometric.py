@@ -19,15 +19,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from freebies.errors import UsageError
-
 
 def random_rotate(
     x: torch.Tensor, degrees: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Rotate each image by its own angle ~ U(-degrees, degrees). x: (N, C, H, W) float."""
-    if degrees < 0:
-        raise UsageError(f"aug.rotate must be >= 0 degrees, got {degrees}")
+    if not degrees >= 0:  # also catches NaN
+        raise ValueError(f"random_rotate: degrees must be >= 0, got {degrees}")
     if degrees == 0:
         return x
     n, _, h, w = x.shape
@@ -50,7 +48,7 @@ def color_jitter(
     x: (N, C, H, W) float pixels in 0..255; saturation applies to 3-channel images only.
     """
     if not 0 <= strength < 1:
-        raise UsageError(f"aug.color_jitter must be in [0, 1), got {strength}")
+        raise ValueError(f"color_jitter: strength must be in [0, 1), got {strength}")
     if strength == 0:
         return x
     n, c = x.shape[:2]
@@ -94,8 +92,8 @@ def pca_lighting(
 
     x: (N, C, H, W) float pixels; eigval: (C,); eigvec: (C, C) from `pca_basis`.
     """
-    if alphastd < 0:
-        raise UsageError(f"aug.pca_lighting must be >= 0, got {alphastd}")
+    if not alphastd >= 0:  # also catches NaN
+        raise ValueError(f"pca_lighting: alphastd must be >= 0, got {alphastd}")
     if alphastd == 0:
         return x
     alpha = torch.randn(x.shape[0], x.shape[1], generator=generator, device=x.device) * alphastd

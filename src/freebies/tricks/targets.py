@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from freebies.errors import UsageError
-
 
 def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Labels (N,) int64 -> (N, K) float32 one-hot rows."""
@@ -21,7 +19,7 @@ def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
 def smooth_targets(q: torch.Tensor, eps: float) -> torch.Tensor:
     """Mix soft targets q: (N, K) with the uniform distribution: (1 - eps) q + eps / K."""
     if not 0 <= eps < 1:
-        raise UsageError(f"label smoothing eps must be in [0, 1), got {eps}")
+        raise ValueError(f"smooth_targets: eps must be in [0, 1), got {eps}")
     if eps == 0:
         return q
     return q * (1 - eps) + eps / q.shape[1]
