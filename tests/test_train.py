@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from torch import nn
 
-from freebies import config
+from freebies import config, train
 from freebies.build import build_model
 from helpers import run_cli, small, usage_error
 
@@ -390,7 +390,13 @@ def test_every_trick_at_once_trains(idx_dir, tmp_path, capsys, optimizer):
     )
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert 0 <= summary["test_acc"] <= 100 and summary["epochs"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["epochs_run"] == 2 and len(rows) == 2
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in rows)
+    assert "ema" in torch.load(out / "last.pt", weights_only=True)
+    # Every trick is free at inference: the deployed model costs what the plain ResNet-20 does.
+    plain = config.load("baseline", {"train.batch_size": 96})
+    assert summary["infer_macs"] == train.infer_macs(plain, 10, (1, 28, 28))
 
 
 @pytest.mark.parametrize(
@@ -482,21 +488,6 @@ def test_ema_is_what_gets_evaluated_and_its_state_is_required_on_resume(idx_dir,
     assert "holds no EMA weights" in line
 
 
-def test_early_stop_reason_reads_validation_only():
-    from freebies.engine import early_stop_reason
-
-    rows = [
-        {"epoch": i + 1, "val_acc": v, "test_acc": 99.0}
-        for i, v in enumerate([50.0, 60.0, 60.0, 59.0])
-    ]
-    assert early_stop_reason(rows, 0) is None
-    assert early_stop_reason(rows, 3) is None
-    assert early_stop_reason(rows, 2) == (
-        "early stop: val_acc has not improved for 2 evaluations (best 60.00% at epoch 2)"
-    )
-    assert early_stop_reason([{"epoch": 1, "test_acc": 10.0}], 1) is None
-
-
 def test_early_stopping_run_records_why(idx_dir, tmp_path, capsys):
     out = tmp_path / "run"
     # An LR of ~0 keeps val_acc nearly flat, so patience 1 stops well before epoch 5.
@@ -537,32 +528,3 @@ def test_guards_warn_on_sgd_lr_with_adaptive_optimizer_and_refuse_resume_without
     ckpt["epoch"] = 0
     torch.save(ckpt, out / "last.pt")
     assert "lacks optimizer state" in usage_error(capsys, "train", "--resume", str(out))
-
-
-def test_the_teacher_sees_the_mixed_batch(idx_dir, tmp_path, capsys, monkeypatch):
-    from freebies import train
-
-    seen = []
-
-    class Spy(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            seen.append(float(x.max()))
-            return torch.zeros(x.shape[0], 10)
-
-    def marked_mixup(x, y, alpha, generator=None):
-        return x + 1000.0, y  # a mark only the mixed batch carries
-
-    monkeypatch.setattr(train, "load_teacher", lambda *a: (Spy(), 1.0, 0.0))
-    monkeypatch.setitem(train.MIXERS, "mixup", marked_mixup)
-    rc, _, err = run_cli(
-        capsys,
-        *small(idx_dir, tmp_path / "run"),
-        "--epochs",
-        "1",
-        "--set",
-        "aug.mixup=0.2",
-        "--set",
-        "distill.teacher=unused.pt",
-    )
-    assert rc == 0, err
-    assert seen and min(seen) > 500
