@@ -344,6 +344,38 @@ def validate(cfg: Config) -> Config:
         (0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing must be in [0, 1)"),
         (0 <= cfg.data.val_split < 1, "data.val_split must be in [0, 1)"),
         (cfg.data.workers >= 0, "data.workers must be >= 0"),
+        (cfg.sched.warmup_epochs >= 0, "sched.warmup_epochs must be >= 0"),
+        (
+            cfg.sched.warmup_epochs < cfg.train.epochs,
+            f"sched.warmup_epochs={cfg.sched.warmup_epochs} must be shorter than the run "
+            f"(train.epochs={cfg.train.epochs})",
+        ),
+        (
+            all(0 < m <= 1 for m in cfg.sched.milestones),
+            "sched.milestones are fractions of the run, each in (0, 1], e.g. [0.5, 0.75]",
+        ),
+        (0 < cfg.sched.gamma <= 1, "sched.gamma must be in (0, 1]"),
+        (0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
+        (cfg.train.early_stop_patience >= 0, "train.early_stop_patience must be >= 0"),
+        (
+            cfg.train.early_stop_patience == 0 or cfg.data.val_split > 0,
+            "train.early_stop_patience needs a validation split (e.g. data.val_split=0.1); "
+            "early stopping never looks at the test set",
+        ),
+        (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
+        (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
+        (0 <= cfg.ema.decay < 1, "ema.decay must be in [0, 1) (0 = off)"),
+        *_aug_checks(cfg),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    return cfg
+
+
+def _aug_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """(ok, message) for every aug.* rule."""
+    return [
         (cfg.aug.crop_padding >= 0, "aug.crop_padding must be >= 0"),
         (cfg.aug.cutout >= 0, "aug.cutout must be >= 0"),
         (cfg.aug.cutout_holes >= 0, "aug.cutout_holes must be >= 0"),
@@ -381,32 +413,7 @@ def validate(cfg: Config) -> Config:
             f"aug.switch_prob needs one non-negative weight per mixer that is on "
             f"({', '.join(mixers(cfg.aug)) or 'none'}), got {cfg.aug.switch_prob}",
         ),
-        (cfg.sched.warmup_epochs >= 0, "sched.warmup_epochs must be >= 0"),
-        (
-            cfg.sched.warmup_epochs < cfg.train.epochs,
-            f"sched.warmup_epochs={cfg.sched.warmup_epochs} must be shorter than the run "
-            f"(train.epochs={cfg.train.epochs})",
-        ),
-        (
-            all(0 < m <= 1 for m in cfg.sched.milestones),
-            "sched.milestones are fractions of the run, each in (0, 1], e.g. [0.5, 0.75]",
-        ),
-        (0 < cfg.sched.gamma <= 1, "sched.gamma must be in (0, 1]"),
-        (0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
-        (cfg.train.early_stop_patience >= 0, "train.early_stop_patience must be >= 0"),
-        (
-            cfg.train.early_stop_patience == 0 or cfg.data.val_split > 0,
-            "train.early_stop_patience needs a validation split (e.g. data.val_split=0.1); "
-            "early stopping never looks at the test set",
-        ),
-        (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
-        (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
-        (0 <= cfg.ema.decay < 1, "ema.decay must be in [0, 1) (0 = off)"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
-    return cfg
 
 
 def advice(cfg: Config) -> list[str]:
