@@ -1,10 +1,13 @@
-"""`freebies ablate` / `freebies report`: statistics by hand, errors, resume, a real tiny grid."""
+"""`freebies ablate` / `freebies report`: statistics by hand, errors, resume, a real tiny grid,
+and a grid driven through the run-folder contract by a fake trainer on a lower-is-better metric."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,22 +17,12 @@ from pathlib import Path
 import pytest
 
 from fakedata import write_idx
-from freebies.report import ablate
-from freebies.report.table import markdown, paired_delta, summarize, t_quantile
+from freebies.errors import UsageError
+from freebies.experiments import ablate
+from freebies.report.table import Metric, bar_colour, markdown, paired_delta, summarize
 from helpers import run_cli, usage_error
 
-# Two-sided 95% Student-t critical values from printed tables.
-T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262, 10: 2.228, 30: 2.042}
-
-
-@pytest.mark.parametrize(("df", "want"), T_TABLE.items())
-def test_t_quantile_matches_printed_tables(df, want):
-    assert t_quantile(0.975, df) == pytest.approx(want, abs=5e-4)
-
-
-def test_t_quantile_refuses_nonsense():
-    with pytest.raises(ValueError, match=r"0.5 < p < 1"):
-        t_quantile(0.975, 0)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _row(variant, seed, test, val=None, train_s=100.0, macs=1000, **extra):
@@ -72,12 +65,30 @@ FAKE = [
 ]  # fmt: skip
 
 
-def test_paired_delta_by_hand():
-    d = paired_delta({0: 90.5, 1: 91.7, 2: 92.3}, {0: 90.0, 1: 91.0, 2: 92.0})
-    half = 4.302653 * 0.2 / math.sqrt(3)
-    assert d["mean"] == pytest.approx(0.5) and d["n"] == 3
-    assert d["lo"] == pytest.approx(0.5 - half, abs=1e-6)
-    assert d["hi"] == pytest.approx(0.5 + half, abs=1e-6)
+# Two-sided 95% Student-t critical values t_{0.975, n-1}, written out (to 15 digits).
+T975 = {1: 12.7062047361747, 2: 4.30265272974946, 4: 2.77644510519779}
+
+
+@pytest.mark.parametrize(
+    ("variant", "base", "mean", "sd"),
+    [
+        ({0: 91.0, 1: 90.0}, {0: 90.0, 1: 91.5}, -0.25, math.sqrt(2 * 1.25**2)),  # Δ 1.0, -1.5
+        ({0: 90.5, 1: 91.7, 2: 92.3}, {0: 90.0, 1: 91.0, 2: 92.0}, 0.5, 0.2),  # Δ .5, .7, .3
+        ({s: 0.3 + 0.01 * s * s for s in range(5)}, {s: 0.3 for s in range(5)}, 0.06, None),
+    ],
+)
+def test_paired_delta_by_hand(variant, base, mean, sd):
+    d = paired_delta(variant, base)
+    diffs = [variant[s] - base[s] for s in sorted(base)]
+    if sd is None:  # Δ = 0, .01, .04, .09, .16: sample sd by hand
+        sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (len(diffs) - 1))
+    half = T975[len(diffs) - 1] * sd / math.sqrt(len(diffs))
+    assert d["mean"] == pytest.approx(mean, abs=1e-12) and d["n"] == len(diffs)
+    assert d["lo"] == pytest.approx(mean - half, abs=1e-9)
+    assert d["hi"] == pytest.approx(mean + half, abs=1e-9)
+
+
+def test_paired_delta_pairs_common_seeds_only():
     # Only the seeds both sides have are paired; one pair gives no interval.
     one = paired_delta({0: 91.0, 5: 99.0}, {0: 90.0, 1: 91.0})
     assert one["mean"] == pytest.approx(1.0) and one["n"] == 1 and one["lo"] is None
@@ -86,13 +97,13 @@ def test_paired_delta_by_hand():
 def test_summary_and_markdown_by_hand():
     entries = {e["variant"]: e for e in summarize(FAKE)}
     ls, kd, ac = entries["ls"], entries["kd"], entries["acnet"]
-    assert ls["test"]["mean"] == pytest.approx(91.5)
-    assert ls["test"]["std"] == pytest.approx(math.sqrt((1.0**2 + 0.2**2 + 0.8**2) / 2))
+    assert ls["metric"]["mean"] == pytest.approx(91.5)
+    assert ls["metric"]["std"] == pytest.approx(math.sqrt((1.0**2 + 0.2**2 + 0.8**2) / 2))
     assert ls["time_ratio"] == pytest.approx(1.1)
     assert kd["time_ratio"] == pytest.approx(2.0)  # the teacher's training counts
-    assert kd["test"]["delta"]["mean"] == pytest.approx(0.0, abs=1e-12)
-    assert kd["test"]["delta"]["hi"] == pytest.approx(4.302653 / math.sqrt(3), abs=1e-5)
-    assert ac["infer_ratio"] == 2.0 and ac["test"]["delta"]["lo"] is None
+    assert kd["metric"]["delta"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert kd["metric"]["delta"]["hi"] == pytest.approx(T975[2] / math.sqrt(3), abs=1e-9)
+    assert ac["infer_ratio"] == 2.0 and ac["metric"]["delta"]["lo"] is None
     assert entries["broken"]["errors"] == ["seed 0: diverged at step 3"]
 
     md = markdown(FAKE, list(entries.values()))
@@ -320,3 +331,174 @@ def test_killed_grid_finishes_with_the_same_results(grid, tmp_path):
     finished = subprocess.run(cmd, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     assert _same(out / "results.jsonl") == _same(done / "results.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("spec", "key", "lower"),
+    [
+        ("test_acc", "test_acc", False),
+        ("test_nll", "test_nll", True),
+        ("test_ece", "test_ece", True),
+        ("val_loss", "val_loss", True),
+        ("train_s", "train_s", True),
+        ("peak_mem_mb", "peak_mem_mb", True),
+        ("infer_macs", "infer_macs", True),
+        ("train_img_per_s", "train_img_per_s", False),  # a throughput, though it ends in _s
+        ("map", "map", False),
+        ("test_nll:max", "test_nll", False),
+        ("map:min", "map", True),
+    ],
+)
+def test_metric_direction_is_guessed_from_the_name_unless_given(spec, key, lower):
+    metric = Metric.parse(spec)
+    assert (metric.key, metric.lower_is_better) == (key, lower)
+    assert metric.improves(-1.0) is lower and metric.improves(1.0) is not lower
+
+
+def test_metric_counterparts_and_bad_specs():
+    nll = Metric.parse("test_nll")
+    assert (nll.val_key, nll.curve_key, nll.better, nll.percent) == (
+        "val_nll",
+        "test_loss",
+        "lower",
+        False,
+    )
+    assert Metric.parse("map").val_key == "val_map" and Metric.parse("val_acc").val_key is None
+    assert Metric.of_grid({"recipe": "baseline"}) == Metric("test_acc", False)  # before --metric
+    with pytest.raises(UsageError, match=r"suffix must be :min or :max, not :up"):
+        Metric.parse("test_nll:up")
+    with pytest.raises(UsageError, match=r"--metric is empty"):
+        Metric.parse(":min")
+
+
+def test_delta_bars_are_green_when_better_in_the_metrics_direction():
+    down = {"mean": -0.06, "lo": -0.08, "hi": -0.04}
+    up = {"mean": 0.03, "lo": 0.01, "hi": 0.05}
+    across = {"mean": 0.03, "lo": -0.01, "hi": 0.07}
+    nll, acc = Metric.parse("test_nll"), Metric.parse("test_acc")
+    assert [bar_colour(d, nll) for d in (down, up, across)] == ["tab:green", "tab:red", "0.6"]
+    assert [bar_colour(d, acc) for d in (down, up, across)] == ["tab:red", "tab:green", "0.6"]
+
+
+def test_report_rebuilds_the_committed_fashion_mnist_report(tmp_path, capsys):
+    """Its grid.json predates --metric, so it is read as test_acc; the page must not move."""
+    committed = ROOT / "docs" / "results" / "fashion-mnist"
+    out = tmp_path / "fm"
+    out.mkdir()
+    for name in ("grid.json", "results.jsonl"):
+        shutil.copy(committed / name, out / name)
+    rc, _, _ = run_cli(capsys, "report", str(out))
+    assert rc == 0
+    assert (out / "report.md").read_text() == (committed / "report.md").read_text()
+
+
+# A trainer that is not `freebies train`: it honours the run-folder contract and its test NLL
+# is a formula of its settings. Label smoothing lowers it by 0.05, 0.06, 0.07 on seeds 0, 1, 2
+# (Δ -0.06, sd 0.01); mixup (0.2) raises it by 0.02, 0.03, 0.04 (Δ +0.03, sd 0.01).
+FAKE_TRAINER = """
+import argparse, json, sys
+from pathlib import Path
+import yaml
+
+p = argparse.ArgumentParser()
+for flag in ("--recipe", "--out", "--resume"):
+    p.add_argument(flag)
+p.add_argument("--set", action="append", default=[])
+p.add_argument("--overwrite", action="store_true")
+a = p.parse_args()
+if a.resume:
+    sys.exit("this test never interrupts a run")
+sets = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in a.set)}
+config = {}
+for key, value in sets.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+seed = sets["train.seed"]
+ls, mix = sets.get("loss.label_smoothing", 0.0), sets.get("aug.mixup", 0.0)
+nll = 0.40 + 0.01 * seed - ls * (0.5 + 0.1 * seed) + mix * (0.1 + 0.05 * seed)
+out = Path(a.out)
+out.mkdir(parents=True, exist_ok=True)
+(out / "config.yaml").write_text(yaml.safe_dump(config))
+rows = [{"epoch": e, "test_loss": nll + 0.1 * (2 - e), "test_acc": 80.0 + e} for e in (1, 2)]
+(out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
+summary = {"test_acc": 82.0, "test_nll": nll, "val_nll": nll + 0.002, "train_s": 1.0}
+(out / "summary.json").write_text(json.dumps(summary))
+(out / "last.pt").write_bytes(b"")
+"""
+
+
+def _fake_grid(tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    trainer = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+    return ["ablate", "--trainer", trainer, "--tricks", "label_smoothing,mixup", "--out", str(out),
+            "--seeds", "3", *extra]  # fmt: skip
+
+
+def test_fake_trainer_grid_on_a_lower_is_better_metric(tmp_path, capsys):
+    out = tmp_path / "grid"
+    rc, _, err = run_cli(capsys, *_fake_grid(tmp_path, out, "--metric", "test_nll", "--bag"))
+    assert rc == 0, err
+    grid = json.loads((out / "grid.json").read_text())
+    assert (grid["metric"], grid["better"]) == ("test_nll", "lower")
+    assert "fake_trainer.py" in grid["trainer"]
+    report = (out / "report.md").read_text()
+    assert "`test_nll`, mean ± std over seeds; lower is better." in report
+    assert "(negative Δ is better)" in report
+    assert "| variant | test_nll (lower is better) | Δ test_nll [95% CI] | val_nll |" in report
+    # Δ = variant - baseline in nats; half width t(0.975, 2) * 0.01 / sqrt(3) = 0.0248.
+    assert "| label_smoothing | 0.350 ± 0.000 | -0.060 [-0.085, -0.035] |" in report
+    assert "| mixup | 0.440 ± 0.020 | +0.030 [+0.005, +0.055] |" in report
+    # The bag is chosen on val_nll going down: label smoothing only.
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    bag = [r for r in rows if r["variant"] == "bag"]
+    assert len(bag) == 3 and bag[0]["tricks"] == ["label_smoothing"]
+    assert "Δ val_nll (paired mean over seeds [0, 1, 2]) was below 0: label_smoothing" in report
+    assert bag[0]["command"].startswith(f"{shlex.quote(sys.executable)} ")
+    # The per-epoch curve is the metric's own column (test_nll is logged as test_loss).
+    base = next(r for r in rows if r["variant"] == "baseline" and r["seed"] == 1)
+    assert base["curve"] == [[1, pytest.approx(0.51)], [2, pytest.approx(0.41)]]
+    assert (out / "delta.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
+    # `freebies report` reads the metric back from grid.json.
+    (out / "report.md").unlink()
+    assert run_cli(capsys, "report", str(out))[0] == 0
+    assert (out / "report.md").read_text() == report
+    # Once a bag was chosen on test_nll, another metric is another grid.
+    argv = _fake_grid(tmp_path, out, "--metric", "test_acc", "--bag")
+    assert "holds another grid (its metric was 'test_nll')" in usage_error(capsys, *argv)
+
+
+def test_unknown_metric_names_the_keys_and_can_be_corrected(tmp_path, capsys):
+    out = tmp_path / "grid"
+    rc, _, err = run_cli(capsys, *_fake_grid(tmp_path, out, "--metric", "test_nl"))
+    last = err.strip().splitlines()[-1]  # the progress bar was drawn above it
+    assert rc == 2 and "Traceback" not in err
+    assert last.startswith("freebies: error: --metric 'test_nl': ")
+    assert "(did you mean 'test_nll'?); it has test_acc, test_nll, train_s, val_nll" in last
+    assert not (out / "runs" / "label_smoothing-s0").exists()  # stopped after the baseline
+    # No bag was chosen on the wrong key, so the same grid reruns with the right one.
+    rc, _, err = run_cli(capsys, *_fake_grid(tmp_path, out, "--metric", "test_ece:min"))
+    assert rc == 2 and "--metric 'test_ece'" in err.strip().splitlines()[-1]
+    rc, _, err = run_cli(capsys, *_fake_grid(tmp_path, out, "--metric", "test_nll"))
+    assert rc == 0, err
+    assert json.loads((out / "grid.json").read_text())["metric"] == "test_nll"
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--trainer", "no-such-trainer-xyz"], r"'no-such-trainer-xyz' is not a command"),
+        (["--trainer", "   "], r"--trainer is empty"),
+        (["--trainer", "python 'x"], r"--trainer \"python 'x\": No closing quotation"),
+        (["--metric", "val_nll", "--bag"], r"val_nll is already a validation key"),
+    ],
+)
+def test_bad_trainer_or_metric_is_one_line(tmp_path, capsys, argv, match):
+    import re
+
+    base = ["ablate", "--tricks", "label_smoothing", "--out", str(tmp_path / "g"), "--seeds", "2"]
+    line = usage_error(capsys, *base, *argv)
+    assert re.search(match, line), line

@@ -2,9 +2,27 @@
 
 `single` trains the baseline recipe, then the baseline plus each trick on its own; `cumulative`
 stacks the tricks in the order given, like Bag of Tricks (He et al. 2019,
-arXiv:1812.01187). Every variant runs on the same seeds, so Δ is paired per seed. Each run is
-one `freebies train` process (its exact command is recorded); a run folder with `summary.json`
-is done, one with `last.pt` resumes, so a killed grid finishes when started again.
+arXiv:1812.01187). Every variant runs on the same seeds, so Δ is paired per seed, on one
+summary.json key (`--metric`, default test_acc; its direction says which way is better).
+
+Each run is one process of the grid's trainer command (`--trainer`, default `freebies
+train`; its exact command is recorded). The grid relies only on this run-folder contract:
+
+- `TRAINER --recipe R --out DIR --set key=value ... --overwrite` starts a run in DIR; the
+  grid always sets `train.seed`, and `distill.teacher` (a path to the teacher's last.pt) for
+  a distillation variant. `TRAINER --resume DIR` continues the run in DIR.
+- On SIGINT (Ctrl-C) it saves DIR/last.pt and exits 130; any other non-zero exit is a failed
+  run, whose last output line is reported.
+- It writes DIR/config.yaml (the resolved settings, one nested mapping), DIR/metrics.jsonl
+  (one JSON row per epoch, with "epoch" and, for a curve, the metric's per-epoch column),
+  DIR/summary.json (final numbers: the metric, its `val_` counterpart for `--bag`, and
+  `train_s`, seconds of training, for the time column; a key it lacks is read from the last
+  metrics.jsonl row) and DIR/last.pt.
+
+docs/run-folder.md lists every file, summary key and unit that `freebies train` writes.
+A run folder with summary.json is done and one with last.pt resumes, so a killed grid
+finishes when started again. Only the default trainer's variants are checked against the
+classification recipe (`freebies.config`) before anything runs.
 """
 
 from __future__ import annotations
@@ -13,10 +31,10 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +44,21 @@ from tqdm import tqdm
 
 from freebies import checkpoint, config
 from freebies.errors import UsageError, nearest
-from freebies.report.table import BASELINE, summarize, write_report
+from freebies.report.table import (
+    BASELINE,
+    DEFAULT_METRIC,
+    Metric,
+    per_epoch_key,
+    summarize,
+    write_report,
+)
 from freebies.tricks.catalog import TRICKS
 
 MODES = ("single", "cumulative", "both")
 TEACHER = "@baseline"  # distillation without a teacher: the grid's own baseline teaches
+DEFAULT_TRAINER = "freebies train"
+# What grid.json files written before --metric and --trainer meant.
+LEGACY = {"metric": "test_acc", "better": "higher", "trainer": DEFAULT_TRAINER}
 
 
 @dataclass
@@ -117,6 +145,19 @@ def _set_arg(key: str, value: Any) -> str:
     return f"{key}={value if plain else json.dumps(value)}"
 
 
+def trainer_words(trainer: str) -> list[str]:
+    """The `--trainer` command line as words."""
+    try:
+        words = shlex.split(trainer)
+    except ValueError as e:
+        raise UsageError(f"--trainer {trainer!r}: {e}") from None
+    if not words:
+        raise UsageError("--trainer is empty; give a command, e.g. --trainer 'freebies train'")
+    if words[0] != "freebies" and shutil.which(words[0]) is None:
+        raise UsageError(f"--trainer {trainer!r}: {words[0]!r} is not a command found on PATH")
+    return words
+
+
 class Grid:
     """The runs of one ablation: their configs, commands, folders and results."""
 
@@ -127,9 +168,21 @@ class Grid:
         out: Path,
         overrides: dict[str, Any],
         command: str,
+        *,
+        trainer: str = DEFAULT_TRAINER,
+        metric: Metric = DEFAULT_METRIC,
     ) -> None:
         self.recipe, self.seeds, self.out = recipe, seeds, out
         self.overrides, self.command = overrides, command
+        self.trainer, self.metric = trainer, metric
+        self.words = trainer_words(trainer)
+        self.classification = self.words == DEFAULT_TRAINER.split()
+
+    def executable(self) -> list[str]:
+        """The trainer as a process to start: `freebies ...` runs in this interpreter."""
+        if self.words[0] == "freebies":
+            return [sys.executable, "-m", "freebies", *self.words[1:]]
+        return self.words
 
     def folder(self, v: Variant, seed: int) -> Path:
         return self.out / "runs" / f"{_slug(v.name)}-s{seed}"
@@ -148,31 +201,35 @@ class Grid:
         return ov
 
     def cfg(self, v: Variant, seed: int) -> config.Config:
+        """The classification config of a run (default trainer only)."""
         try:
             return config.load(self.recipe, self.run_overrides(v, seed))
         except UsageError as e:
             raise UsageError(f"variant {v.name!r}: {e}") from None
 
-    def train_command(self, v: Variant, seed: int) -> list[str]:
+    def train_args(self, v: Variant, seed: int) -> list[str]:
+        """The trainer's arguments that start this run (the contract's first form)."""
         sets = [
             a for k, val in self.run_overrides(v, seed).items() for a in ("--set", _set_arg(k, val))
         ]
-        return [
-            "freebies",
-            "train",
-            "--recipe",
-            self.recipe,
-            "--out",
-            str(self.folder(v, seed)),
-            *sets,
-        ]
+        return ["--recipe", self.recipe, "--out", str(self.folder(v, seed)), *sets]
+
+    def train_command(self, v: Variant, seed: int) -> list[str]:
+        return [*self.words, *self.train_args(v, seed)]
+
+    def settings(self, v: Variant, seed: int) -> dict[str, Any]:
+        """A run's settings, flat: the resolved classification config for the default
+        trainer, else just the overrides the grid passes."""
+        if self.classification:
+            return config.flatten(config.to_dict(self.cfg(v, seed)))
+        return self.run_overrides(v, seed)
 
     def check(self, variants: list[Variant]) -> list[Variant]:
         """Validate every config before anything runs; drop a variant that trains exactly
         like an earlier one (e.g. a trick the recipe already has on)."""
         kept: dict[str, Variant] = {}
         for v in variants:
-            flat = json.dumps(config.to_dict(self.cfg(v, self.seeds[0])), sort_keys=True)
+            flat = json.dumps(self.settings(v, self.seeds[0]), sort_keys=True)
             if flat in kept:
                 print(f"freebies: note: {v.name} trains exactly like {kept[flat].name}; skipped")
                 continue
@@ -186,7 +243,7 @@ class Grid:
         saved = self.folder(v, seed) / "config.yaml"
         if not saved.is_file():
             return
-        want = config.flatten(config.to_dict(self.cfg(v, seed)))
+        want = self.settings(v, seed)
         have = config.flatten(yaml.safe_load(saved.read_text()) or {})
         for key in want.keys() & have.keys() - {"train.device"}:  # keys added later: skipped
             a, b = want[key], have[key]
@@ -220,11 +277,20 @@ class Grid:
             "run": str(folder),
             "config": yaml.safe_load((folder / "config.yaml").read_text()),
             **summary,
-            "curve": [[m["epoch"], m["test_acc"]] for m in metrics if "test_acc" in m],
         }
+        # A key the summary lacks is read from the last epoch's row: `freebies train`
+        # summarises val_acc but not val_nll, which metrics.jsonl logs as val_loss.
+        for key in filter(None, (self.metric.key, self.metric.val_key)):
+            column = per_epoch_key(key)
+            if key not in row and metrics and column in metrics[-1]:
+                row[key] = metrics[-1][column]
+        column = self.metric.curve_key
+        curve = [[m["epoch"], m[column]] for m in metrics if m.get(column) is not None]
+        if curve:
+            row["curve"] = curve
         if v.chosen_by:
             row["chosen_by"] = v.chosen_by
-        teacher = row["config"]["distill"]["teacher"]
+        teacher = ((row["config"] or {}).get("distill") or {}).get("teacher")
         if teacher:
             row["teacher"] = _teacher_info(Path(teacher), self)
         return row
@@ -232,7 +298,7 @@ class Grid:
 
 def _teacher_info(path: Path, grid: Grid) -> dict[str, Any]:
     summary = path.parent / "summary.json"
-    train_s = json.loads(summary.read_text())["train_s"] if summary.is_file() else None
+    train_s = json.loads(summary.read_text()).get("train_s") if summary.is_file() else None
     own = path.parent.parent == grid.out / "runs"
     source = f"this grid's baseline run {path.parent.name}" if own else str(path)
     return {"source": source, "path": str(path), "train_s": train_s}
@@ -254,24 +320,24 @@ def _train(grid: Grid, v: Variant, seed: int, bar: tqdm) -> str | None:
     if (folder / "summary.json").is_file():
         return None
     resume = (folder / "last.pt").is_file()
-    args = (
-        ["--resume", str(folder)] if resume else [*grid.train_command(v, seed)[2:], "--overwrite"]
-    )
+    args = ["--resume", str(folder)] if resume else [*grid.train_args(v, seed), "--overwrite"]
     log = grid.out / "logs" / f"{folder.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     bar.set_postfix_str(f"{v.name} seed {seed}")
     start = bar.n
     with log.open("a") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "freebies", "train", *args],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the grid, which forwards it exactly once
-            preexec_fn=_die_with(os.getpid()),
-        )
         try:
-            while proc.poll() is None:
-                time.sleep(0.5)
+            proc = subprocess.Popen(
+                [*grid.executable(), *args],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the grid, which forwards it exactly once
+                preexec_fn=_die_with(os.getpid()),
+            )
+        except OSError as e:
+            raise UsageError(f"--trainer {grid.trainer!r} cannot start: {e.strerror}") from None
+        try:
+            while not _finished(proc):
                 if start + _epochs_done(folder) > bar.n:  # only redraw on progress
                     bar.update(start + _epochs_done(folder) - bar.n)
         except KeyboardInterrupt:
@@ -286,6 +352,15 @@ def _train(grid: Grid, v: Variant, seed: int, bar: tqdm) -> str | None:
     if proc.returncode == 130:
         raise GridInterrupted(str(grid.out))
     return None if proc.returncode == 0 else f"{_last_line(log)} (log: {log})"
+
+
+def _finished(proc: subprocess.Popen) -> bool:
+    """Wait up to half a second for the run to end (a quick run is not held up)."""
+    try:
+        proc.wait(timeout=0.5)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _die_with(parent: int) -> Any:
@@ -308,27 +383,43 @@ def _die_with(parent: int) -> Any:
 
 
 def choose_bag(grid: Grid, rows: list[dict], tricks: list[tuple[str, dict]]) -> Variant | None:
-    """Stack every trick whose single-trick validation Δ (paired mean) is above 0."""
-    entries = {e["variant"]: e for e in summarize(rows)}
-    chosen = [
-        (label, ov)
-        for label, ov in tricks
-        if (entries.get(label, {}).get("val") or {}).get("delta")
-        and entries[label]["val"]["delta"]["mean"] > 0
-    ]
+    """Stack every trick whose single-trick Δ (paired mean) on the metric's validation
+    counterpart is better than 0 in the metric's direction."""
+    metric = grid.metric
+    entries = {e["variant"]: e for e in summarize(rows, metric)}
+
+    def helps(label: str) -> bool:
+        delta = (entries.get(label, {}).get("val") or {}).get("delta")
+        return bool(delta) and metric.improves(delta["mean"])
+
+    chosen = [(label, ov) for label, ov in tricks if helps(label)]
     if not chosen:
-        print("freebies: note: no trick raised validation accuracy; no bag to run")
+        print(f"freebies: note: no trick improved {metric.val_key}; no bag to run")
         return None
     stacked: dict[str, Any] = {}
     for _, ov in chosen:
         stacked.update(ov)
     names = [label for label, _ in chosen]
+    side = "below" if metric.lower_is_better else "above"
     why = (
-        f"stacks every trick whose single-trick Δ val (paired mean over seeds {grid.seeds}) "
-        f"was above 0: {', '.join(names)}. Chosen on validation accuracy; its test accuracy "
-        "was read once, after the choice."
+        f"stacks every trick whose single-trick Δ {metric.val_key} (paired mean over seeds "
+        f"{grid.seeds}) was {side} 0: {', '.join(names)}. Chosen on validation "
+        f"({metric.val_key}, {metric.better} is better); its {metric.key} was read once, "
+        "after the choice."
     )
     return Variant("bag", "bag", names, stacked, chosen_by=why)
+
+
+def grid_seeds(recipe: str, overrides: dict[str, Any], trainer: str, count: int) -> list[int]:
+    """`count` seeds from the run's own train.seed: the recipe's for the default trainer,
+    else `--set train.seed` (0 when unset), since another trainer's recipe is its own."""
+    if trainer_words(trainer) == DEFAULT_TRAINER.split():
+        first = config.load(recipe, overrides).train.seed
+    else:
+        first = overrides.get("train.seed", 0)
+        if not isinstance(first, int) or isinstance(first, bool):
+            raise UsageError(f"train.seed must be an integer, got {first!r}")
+    return list(range(first, first + count))
 
 
 def run_grid(
@@ -341,20 +432,12 @@ def run_grid(
     *,
     bag: bool,
     command: str,
+    trainer: str = DEFAULT_TRAINER,
+    metric: Metric = DEFAULT_METRIC,
 ) -> list[dict]:
     """Run every (variant, seed) not yet finished; keep results.jsonl and the report current."""
-    grid = Grid(recipe, seeds, out, overrides, command)
-    if bag and mode == "cumulative":
-        raise UsageError("--bag chooses among single-trick runs; use --mode single or both")
-    if bag and grid.cfg(Variant(BASELINE, "baseline", []), seeds[0]).data.val_split <= 0:
-        raise UsageError(
-            "--bag chooses tricks on validation accuracy; add --set data.val_split=0.1"
-        )
-    if len(seeds) < 2 and any(ov.get("distill.teacher") == TEACHER for _, ov in tricks):
-        raise UsageError(
-            "distillation without distill.teacher is taught by this grid's baseline of another "
-            "seed; use --seeds 2 or more, or give distillation=distill.teacher=CKPT"
-        )
+    grid = Grid(recipe, seeds, out, overrides, command, trainer=trainer, metric=metric)
+    _check_grid(grid, tricks, mode, bag)
     variants = grid.check(plan(tricks, mode))
     _same_grid(
         out,
@@ -365,12 +448,19 @@ def run_grid(
             "tricks": [list(t) for t in tricks],
             "mode": mode,
             "bag": bag,
+            "trainer": trainer,
+            "metric": metric.key,
+            "better": metric.better,
         },
     )
-    epochs = grid.cfg(variants[0], seeds[0]).train.epochs
+    # The default trainer's epochs are known now; another's are learnt from its first run.
+    epochs = grid.cfg(variants[0], seeds[0]).train.epochs if grid.classification else None
     rows: dict[tuple[str, int], dict] = {}
     bar = tqdm(
-        total=len(variants) * len(seeds) * epochs, unit="epoch", desc="ablate", dynamic_ncols=True
+        total=len(variants) * len(seeds) * epochs if epochs else None,
+        unit="epoch",
+        desc="ablate",
+        dynamic_ncols=True,
     )
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     entries: list[dict] = []
@@ -385,6 +475,11 @@ def run_grid(
                 rows[v.name, seed] = (
                     grid.result(v, seed) if error is None else grid.row(v, seed) | {"error": error}
                 )
+                if v.kind == "baseline":
+                    _check_metric(grid, rows[v.name, seed], bag)
+                    if epochs is None:
+                        epochs = _epochs_done(grid.folder(v, seed))
+                        bar.total = len(variants) * len(seeds) * epochs
                 bar.update(len(rows) * epochs - bar.n)
                 checkpoint.write_text(
                     out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows.values())
@@ -403,17 +498,61 @@ def run_grid(
     return entries
 
 
+def _check_grid(grid: Grid, tricks: list[tuple[str, dict]], mode: str, bag: bool) -> None:
+    """Refuse, before anything runs, a grid that cannot give what it asks for."""
+    if bag and mode == "cumulative":
+        raise UsageError("--bag chooses among single-trick runs; use --mode single or both")
+    if bag and grid.metric.val_key is None:
+        raise UsageError(
+            f"--bag chooses on the validation counterpart of --metric; {grid.metric.key} is "
+            "already a validation key, give its test_ key"
+        )
+    baseline = Variant(BASELINE, "baseline", [])
+    if bag and grid.classification and grid.cfg(baseline, grid.seeds[0]).data.val_split <= 0:
+        raise UsageError(
+            f"--bag chooses tricks on validation ({grid.metric.val_key}); add --set "
+            "data.val_split=0.1"
+        )
+    if len(grid.seeds) < 2 and any(ov.get("distill.teacher") == TEACHER for _, ov in tricks):
+        raise UsageError(
+            "distillation without distill.teacher is taught by this grid's baseline of another "
+            "seed; use --seeds 2 or more, or give distillation=distill.teacher=CKPT"
+        )
+
+
+def _check_metric(grid: Grid, row: dict[str, Any], bag: bool) -> None:
+    """A baseline run has the metric (and, for --bag, its validation key) as a number."""
+    path = Path(row["run"]) / "summary.json"
+    numbers = {k: v for k, v in row.items() if k != "seed"}  # the pairing, not a result
+    grid.metric.check(numbers, path, "--metric")
+    if bag:
+        Metric(str(grid.metric.val_key)).check(numbers, path, "--bag chooses on")
+
+
+def _bag_chosen(out: Path) -> bool:
+    path = out / "results.jsonl"
+    return path.is_file() and any(
+        json.loads(line).get("kind") == "bag" for line in path.read_text().splitlines() if line
+    )
+
+
 def _same_grid(out: Path, grid: dict[str, Any]) -> None:
-    """Record what this grid is in out/grid.json; refuse another grid in the same folder."""
+    """Record what this grid is in out/grid.json; refuse another grid in the same folder.
+
+    The metric only decides the report (and the bag), so it may change until a bag has been
+    chosen on it; grid.json then records the new one.
+    """
     path = out / "grid.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
-        diff = next((k for k in grid if saved.get(k) != json.loads(json.dumps(grid[k]))), None)
+        saved = {**LEGACY, **json.loads(path.read_text())}
+        fixed = [k for k in grid if k not in ("metric", "better") or _bag_chosen(out)]
+        diff = next((k for k in fixed if saved.get(k) != json.loads(json.dumps(grid[k]))), None)
         if diff is not None:
             raise UsageError(
                 f"{out} holds another grid (its {diff} was {saved.get(diff)!r}); use another "
                 "--out, or rerun that grid's own command to finish it"
             )
-        return
+        if (saved["metric"], saved["better"]) == (grid["metric"], grid["better"]):
+            return
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.write_text(path, json.dumps(grid, indent=2) + "\n")

@@ -1,6 +1,7 @@
-"""The ablation report: per-variant mean ± std, paired Δ against the baseline with a 95%
-interval (paired t, n - 1 degrees of freedom), cost ratios; `report.md`, `delta.png`,
-`curves.png`, all rebuilt from `results.jsonl` alone.
+"""The ablation report: per-variant mean ± std of one metric, paired Δ = variant - baseline
+with a 95% interval (paired t, n - 1 degrees of freedom; the quantile is `scipy.stats.t.ppf`),
+cost ratios; `report.md`, `delta.png`, `curves.png`, all rebuilt from `results.jsonl` and the
+metric `grid.json` records (test_acc for grids from before `--metric`).
 """
 
 from __future__ import annotations
@@ -8,45 +9,98 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from freebies.errors import UsageError
+from scipy import stats
+
+from freebies.errors import UsageError, nearest
 
 BASELINE = "baseline"
 
 
-def t_quantile(p: float, df: int) -> float:
-    """Student-t quantile for p in (0.5, 1), integer df >= 1, by bisection on the exact CDF.
+# Keys whose name ends so are costs or errors: lower is better. A throughput (`..._per_s`)
+# ends in `_s` too but is higher-is-better.
+LOWER_IS_BETTER = ("nll", "ece", "loss", "_s", "mem_mb", "macs")
+# summary.json key -> its per-epoch column in metrics.jsonl, where the names differ.
+CURVE_KEYS = {"test_nll": "test_loss", "val_nll": "val_loss"}
 
-    The two-sided probability P(|T| < t) has closed forms in theta = atan(t / sqrt(df))
-    (Abramowitz & Stegun 26.7.3/26.7.4), so no special functions are needed.
-    """
-    if not 0.5 < p < 1 or df < 1:
-        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
 
-    def inside(t: float) -> float:  # P(|T| < t)
-        theta = math.atan(t / math.sqrt(df))
-        c2 = math.cos(theta) ** 2
-        if df % 2:  # odd: 2/pi (theta + sin cos (1 + 2/3 c2 + 2*4/(3*5) c2^2 + ...))
-            term, total = 1.0, 1.0 if df > 1 else 0.0
-            for k in range(1, (df - 1) // 2):
-                term *= c2 * 2 * k / (2 * k + 1)
-                total += term
-            return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
-        term = total = 1.0  # even: sin (1 + 1/2 c2 + 1*3/(2*4) c2^2 + ...)
-        for k in range(1, df // 2):
-            term *= c2 * (2 * k - 1) / (2 * k)
-            total += term
-        return math.sin(theta) * total
+@dataclass(frozen=True)
+class Metric:
+    """The summary.json key a grid compares variants on, and which way is better."""
 
-    target, lo, hi = 2 * p - 1, 0.0, 1.0
-    while inside(hi) < target:
-        hi *= 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if inside(mid) < target else (lo, mid)
-    return (lo + hi) / 2
+    key: str = "test_acc"
+    lower_is_better: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> Metric:
+        """`KEY`, `KEY:min` or `KEY:max`; without a suffix the direction is guessed from
+        the name (`test_nll`, `test_ece`, `train_s`, `peak_mem_mb` are lower-is-better)."""
+        key, _, way = spec.strip().partition(":")
+        if not key:
+            raise UsageError("--metric is empty; give a summary.json key, e.g. test_acc")
+        if way not in ("", "min", "max"):
+            raise UsageError(f"--metric {spec!r}: the suffix must be :min or :max, not :{way}")
+        guess = key.endswith(LOWER_IS_BETTER) and not key.endswith("per_s")
+        return cls(key, way == "min" if way else guess)
+
+    @classmethod
+    def of_grid(cls, grid: dict[str, Any]) -> Metric:
+        """The metric a grid.json records; grids from before `--metric` used test_acc."""
+        if "metric" not in grid:
+            return DEFAULT_METRIC
+        return cls(grid["metric"], grid["better"] == "lower")
+
+    @property
+    def better(self) -> str:
+        return "lower" if self.lower_is_better else "higher"
+
+    @property
+    def val_key(self) -> str | None:
+        """The validation counterpart (`test_X` -> `val_X`), which `--bag` chooses on."""
+        return None if self.key.startswith("val_") else "val_" + self.key.removeprefix("test_")
+
+    @property
+    def curve_key(self) -> str:
+        return per_epoch_key(self.key)
+
+    @property
+    def percent(self) -> bool:
+        return self.key.endswith("_acc")
+
+    def improves(self, delta: float) -> bool:
+        return delta < 0 if self.lower_is_better else delta > 0
+
+    def check(self, summary: dict[str, Any], path: Path, flag: str) -> None:
+        """A one-line error naming the numbers `summary` (read from `path`) does have, unless
+        it has this metric as a number."""
+        if _is_number(summary.get(self.key)):
+            return
+        numeric = sorted(k for k, v in summary.items() if _is_number(v))
+        raise UsageError(
+            f"{flag} {self.key!r}: {path} has no such number{nearest(self.key, numeric)}; "
+            f"it has {', '.join(numeric)}"
+        )
+
+
+DEFAULT_METRIC = Metric()  # test_acc, higher is better
+
+
+def per_epoch_key(key: str) -> str:
+    """A summary.json key's column in metrics.jsonl (`test_nll` is logged as `test_loss`)."""
+    return CURVE_KEYS.get(key, key)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_metric(out: Path) -> Metric:
+    """The metric recorded in `out/grid.json` (test_acc when there is none)."""
+    path = out / "grid.json"
+    return Metric.of_grid(json.loads(path.read_text())) if path.is_file() else DEFAULT_METRIC
 
 
 def paired_delta(variant: dict[int, float], base: dict[int, float]) -> dict[str, Any] | None:
@@ -58,7 +112,7 @@ def paired_delta(variant: dict[int, float], base: dict[int, float]) -> dict[str,
     mean = statistics.mean(d)
     out: dict[str, Any] = {"mean": mean, "n": len(d), "per_seed": d, "lo": None, "hi": None}
     if len(d) > 1:
-        half = t_quantile(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+        half = float(stats.t.ppf(0.975, len(d) - 1)) * statistics.stdev(d) / math.sqrt(len(d))
         out.update(lo=mean - half, hi=mean + half)
     return out
 
@@ -82,8 +136,12 @@ def read_results(path: Path) -> list[dict]:
     return rows
 
 
-def summarize(rows: list[dict]) -> list[dict[str, Any]]:
-    """One entry per variant (in the order they first appear): per-seed metrics, Δ, costs."""
+def summarize(rows: list[dict], metric: Metric = DEFAULT_METRIC) -> list[dict[str, Any]]:
+    """One entry per variant (in the order they first appear): per-seed metric, Δ, costs.
+
+    `entry["metric"]` holds `metric.key` and `entry["val"]` its validation counterpart, each
+    as mean, std and the paired Δ against the baseline.
+    """
     variants: dict[str, list[dict]] = {}
     for r in rows:
         variants.setdefault(r["variant"], []).append(r)
@@ -95,7 +153,8 @@ def summarize(rows: list[dict]) -> list[dict[str, Any]]:
         return {r["seed"]: r[key] for r in ok[name] if r.get(key) is not None}
 
     base_ok = ok[BASELINE]
-    base_time = statistics.mean(r["train_s"] for r in base_ok) if base_ok else None
+    timed = base_ok and all("train_s" in r for r in base_ok)  # a trainer may not time itself
+    base_time = statistics.mean(r["train_s"] for r in base_ok) if timed else None
     base_macs = base_ok[0].get("infer_macs") if base_ok else None
     out = []
     for name, rs in variants.items():
@@ -109,19 +168,20 @@ def summarize(rows: list[dict]) -> list[dict[str, Any]]:
             "errors": [f"seed {r['seed']}: {r['error']}" for r in rs if "error" in r],
             "chosen_by": rs[0].get("chosen_by"),
         }
-        for split in ("test", "val"):
-            accs = by_seed(name, f"{split}_acc")
-            if accs:
-                entry[split] = {
-                    "mean": statistics.mean(accs.values()),
-                    "std": statistics.stdev(accs.values()) if len(accs) > 1 else None,
-                    "delta": paired_delta(accs, by_seed(BASELINE, f"{split}_acc")),
+        for slot, key in (("metric", metric.key), ("val", metric.val_key)):
+            values = by_seed(name, key) if key else {}
+            if values:
+                entry[slot] = {
+                    "mean": statistics.mean(values.values()),
+                    "std": statistics.stdev(values.values()) if len(values) > 1 else None,
+                    "delta": paired_delta(values, by_seed(BASELINE, key)),
                 }
-        if good and base_time:
+        if good and base_time and all("train_s" in r for r in good):
             teacher = statistics.mean(r.get("teacher", {}).get("train_s") or 0.0 for r in good)
             entry["time_ratio"] = (
                 statistics.mean(r["train_s"] for r in good) + teacher
             ) / base_time
+        if good:
             entry["teachers"] = {r["seed"]: r["teacher"] for r in good if r.get("teacher")}
             macs = good[0].get("infer_macs")
             entry["infer_ratio"] = macs / base_macs if macs and base_macs else None
@@ -131,20 +191,31 @@ def summarize(rows: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
-def _acc(stats: dict | None) -> str:
-    if stats is None:
-        return "-"
-    return f"{stats['mean']:.2f}" + (f" ± {stats['std']:.2f}" if stats["std"] is not None else "")
+def _decimals(metric: Metric, entries: list[dict]) -> int:
+    """2 for accuracies in %; otherwise three significant digits of the baseline's mean."""
+    base = next(
+        (e["metric"]["mean"] for e in entries if e["variant"] == BASELINE and "metric" in e), None
+    )
+    if metric.percent or not base:
+        return 2
+    return max(0, 2 - math.floor(math.log10(abs(base))))
 
 
-def _delta(stats: dict | None, baseline: bool) -> str:
-    if stats is None or baseline or stats["delta"] is None:
+def _mean(cell: dict | None, dec: int) -> str:
+    if cell is None:
         return "-"
-    d = stats["delta"]
+    std = f" ± {cell['std']:.{dec}f}" if cell["std"] is not None else ""
+    return f"{cell['mean']:.{dec}f}{std}"
+
+
+def _delta(cell: dict | None, baseline: bool, dec: int) -> str:
+    if cell is None or baseline or cell["delta"] is None:
+        return "-"
+    d = cell["delta"]
     if d["lo"] is None:
-        return f"{d['mean']:+.2f} (n=1, no interval)"
+        return f"{d['mean']:+.{dec}f} (n=1, no interval)"
     flag = " ~0" if includes_zero(d) else ""
-    return f"{d['mean']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]{flag}"
+    return f"{d['mean']:+.{dec}f} [{d['lo']:+.{dec}f}, {d['hi']:+.{dec}f}]{flag}"
 
 
 def _ratio_cost(ratio: float | None) -> str:
@@ -153,38 +224,72 @@ def _ratio_cost(ratio: float | None) -> str:
     return "0" if abs(ratio - 1) < 1e-9 else f"{100 * (ratio - 1):+.0f}%"
 
 
-def markdown(rows: list[dict], entries: list[dict]) -> str:
-    """report.md: header (what ran where), the table, notes on teachers, bag and failures."""
-    first = next((r for r in rows if "error" not in r), rows[0])
-    has_val = any("val" in e for e in entries)
-    seeds = sorted({r["seed"] for r in rows})
-    lines = [
-        "# Ablation report",
-        "",
-        f"Grid command: `{first.get('grid_command', '?')}`  ",
-        f"Machine: {first.get('machine', '?')}; torch {first.get('torch', '?')}; "
-        f"device {first.get('device', '?')}; seeds {seeds}; "
-        f"{first['config']['train']['epochs']} epochs; data `{first['config']['data']['spec']}`"
-        + (f", {first['config']['data']['val_split']:g} held out for validation" if has_val else "")
-        + ".",
-        "",
-        "Top-1 accuracy in %, mean ± std over seeds. Δ is against the baseline on the same seeds, "
-        "with a 95% interval from paired seeds (paired t, n - 1 degrees of freedom); "
-        "`~0` marks an interval that includes 0. Train time is relative to the baseline's "
-        "(a distillation variant includes its teacher's training); inference cost is the extra "
-        "multiply-accumulates per image of the deployed model (ACNet fused, TTA counted).",
-        "",
+def _titles(metric: Metric) -> list[str]:
+    """Column titles: the metric (with its direction), its Δ, then the validation pair."""
+    if metric.key == "test_acc":  # the wording of the reports committed before --metric
+        return ["test acc", "Δ test [95% CI]", "val acc", "Δ val [95% CI]"]
+    return [
+        f"{metric.key} ({metric.better} is better)",
+        f"Δ {metric.key} [95% CI]",
+        str(metric.val_key),
+        f"Δ {metric.val_key} [95% CI]",
     ]
-    head = ["variant", "test acc", "Δ test [95% CI]"]
-    if has_val:
-        head += ["val acc", "Δ val [95% CI]"]
+
+
+def _intro(metric: Metric) -> str:
+    """The paragraph under the header: what the numbers are and which way is better."""
+    if metric.key == "test_acc":
+        what = "Top-1 accuracy in %, mean ± std over seeds. Δ is against the baseline"
+    else:
+        sign = "negative" if metric.lower_is_better else "positive"
+        what = (
+            f"`{metric.key}`{' in %' if metric.percent else ''}, mean ± std over seeds; "
+            f"{metric.better} is better. Δ is variant − baseline in its units ({sign} Δ is "
+            "better), against the baseline"
+        )
+    return (
+        f"{what} on the same seeds, with a 95% interval from paired seeds (paired t, n - 1 "
+        "degrees of freedom); `~0` marks an interval that includes 0. Train time is relative "
+        "to the baseline's (a distillation variant includes its teacher's training); inference "
+        "cost is the extra multiply-accumulates per image of the deployed model (ACNet fused, "
+        "TTA counted)."
+    )
+
+
+def _header(rows: list[dict], has_val: bool) -> str:
+    """What ran where: machine, torch, device, seeds, epochs, data (each when known)."""
+    first = next((r for r in rows if "error" not in r), rows[0])
+    cfg = first.get("config") or {}
+    train, data = cfg.get("train") or {}, cfg.get("data") or {}
+    parts = [
+        f"Machine: {first.get('machine', '?')}",
+        f"torch {first.get('torch', '?')}",
+        f"device {first.get('device', '?')}",
+        f"seeds {sorted({r['seed'] for r in rows})}",
+    ]
+    if train.get("epochs") is not None:
+        parts.append(f"{train['epochs']} epochs")
+    if data.get("spec"):
+        held = data.get("val_split")
+        val = f", {held:g} held out for validation" if has_val and held else ""
+        parts.append(f"data `{data['spec']}`{val}")
+    return f"Grid command: `{first.get('grid_command', '?')}`  \n" + "; ".join(parts) + "."
+
+
+def markdown(rows: list[dict], entries: list[dict], metric: Metric = DEFAULT_METRIC) -> str:
+    """report.md: header (what ran where), the table, notes on teachers, bag and failures."""
+    has_val = any("val" in e for e in entries)
+    dec = _decimals(metric, entries)
+    lines = ["# Ablation report", "", _header(rows, has_val), "", _intro(metric), ""]
+    titles = _titles(metric)
+    head = ["variant", *titles[:2], *(titles[2:] if has_val else [])]
     head += ["train time", "inference cost", "peak mem MB", "command"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         base = e["variant"] == BASELINE
-        cells = [e["variant"], _acc(e.get("test")), _delta(e.get("test"), base)]
+        cells = [e["variant"], _mean(e.get("metric"), dec), _delta(e.get("metric"), base, dec)]
         if has_val:
-            cells += [_acc(e.get("val")), _delta(e.get("val"), base)]
+            cells += [_mean(e.get("val"), dec), _delta(e.get("val"), base, dec)]
         time_ratio = e.get("time_ratio")
         cells += [
             f"{time_ratio:.2f}x" if time_ratio is not None else "-",
@@ -210,39 +315,55 @@ def markdown(rows: list[dict], entries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_delta(entries: list[dict], path: Path) -> None:
-    """Bar chart of Δ against the baseline with the 95% interval, test (and val) side by side."""
+def bar_colour(delta: dict[str, Any], metric: Metric) -> str:
+    """Green when Δ is better in the metric's direction, red when worse, grey when its
+    interval includes 0."""
+    if includes_zero(delta):
+        return "0.6"
+    return "tab:green" if metric.improves(delta["mean"]) else "tab:red"
+
+
+def plot_delta(entries: list[dict], path: Path, metric: Metric = DEFAULT_METRIC) -> None:
+    """Bar chart of Δ against the baseline with the 95% interval, metric (and val) side by
+    side; green is better in the metric's direction, red worse, grey an interval with 0."""
     from freebies.report.plots import plt
 
-    splits = [s for s in ("test", "val") if any(s in e for e in entries)]
-    shown = [e for e in entries if e["variant"] != BASELINE and "test" in e]
+    slots = [s for s in ("metric", "val") if any(s in e for e in entries)]
+    shown = [e for e in entries if e["variant"] != BASELINE and "metric" in e]
     fig, axes = plt.subplots(
-        1, len(splits), figsize=(6 * len(splits), 1.2 + 0.32 * max(len(shown), 1)), squeeze=False
+        1, len(slots), figsize=(6 * len(slots), 1.2 + 0.32 * max(len(shown), 1)), squeeze=False
     )
-    for ax, split in zip(axes[0], splits, strict=True):
-        rows = [(e["variant"], e[split]["delta"]) for e in shown if e.get(split, {}).get("delta")]
+    for ax, slot in zip(axes[0], slots, strict=True):
+        rows = [(e["variant"], e[slot]["delta"]) for e in shown if e.get(slot, {}).get("delta")]
         for i, (_, d) in enumerate(rows):
             err = None if d["lo"] is None else [[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]]
-            color = "0.6" if includes_zero(d) else ("tab:green" if d["mean"] > 0 else "tab:red")
-            ax.barh(i, d["mean"], xerr=err, color=color, capsize=3)
+            ax.barh(i, d["mean"], xerr=err, color=bar_colour(d, metric), capsize=3)
         ax.set_yticks(range(len(rows)), [name for name, _ in rows])
         ax.invert_yaxis()
         ax.axvline(0, color="black", lw=0.8)
-        ax.set(title=f"Δ {split} top-1 vs baseline (95% CI)", xlabel="percentage points")
+        key = metric.key if slot == "metric" else metric.val_key
+        if metric.key == "test_acc":  # the titles of the figures committed before --metric
+            title = f"Δ {'test' if slot == 'metric' else 'val'} top-1 vs baseline (95% CI)"
+        else:
+            title = f"Δ {key} vs baseline (95% CI; {metric.better} is better)"
+        ax.set(title=title, xlabel="percentage points" if metric.percent else str(key))
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
-    """Test accuracy against epoch, mean over seeds, one line per variant."""
+def plot_curves(rows: list[dict], path: Path, metric: Metric = DEFAULT_METRIC) -> None:
+    """The metric against epoch, mean over seeds, one line per variant (from each row's
+    `curve`); nothing is drawn when no run logged the metric per epoch."""
     from freebies.report.plots import MaxNLocator, plt
 
     curves: dict[str, dict[int, list[float]]] = {}
     for r in rows:
-        for epoch, acc in r.get("curve", []):
-            curves.setdefault(r["variant"], {}).setdefault(epoch, []).append(acc)
+        for epoch, value in r.get("curve", []):
+            curves.setdefault(r["variant"], {}).setdefault(epoch, []).append(value)
+    if not curves:
+        return
     fig, ax = plt.subplots(figsize=(10, 5.5))
     cmap = plt.get_cmap("tab20")
     for i, (name, points) in enumerate(curves.items()):
@@ -258,7 +379,12 @@ def plot_curves(rows: list[dict], path: Path) -> None:
             lw=2.2 if name == BASELINE else 1.2,
             label=name,
         )
-    ax.set(title="test top-1 by epoch (mean over seeds)", xlabel="epoch", ylabel="%")
+    if metric.key == "test_acc":
+        title, unit = "test top-1 by epoch (mean over seeds)", "%"
+    else:
+        title = f"{metric.key} by epoch (mean over seeds; {metric.better} is better)"
+        unit = "%" if metric.percent else metric.key
+    ax.set(title=title, xlabel="epoch", ylabel=unit)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
@@ -268,12 +394,14 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
 
 def write_report(out: Path) -> list[dict]:
-    """Rebuild report.md, delta.png and curves.png in `out` from its results.jsonl."""
+    """Rebuild report.md, delta.png and curves.png in `out` from its results.jsonl, on the
+    metric its grid.json records."""
     from freebies import checkpoint
 
+    metric = read_metric(out)
     rows = read_results(out / "results.jsonl")
-    entries = summarize(rows)
-    checkpoint.write_text(out / "report.md", markdown(rows, entries))
-    plot_delta(entries, out / "delta.png")
-    plot_curves(rows, out / "curves.png")
+    entries = summarize(rows, metric)
+    checkpoint.write_text(out / "report.md", markdown(rows, entries, metric))
+    plot_delta(entries, out / "delta.png", metric)
+    plot_curves(rows, out / "curves.png", metric)
     return entries

@@ -1,0 +1,1 @@
+"""Experiments that run many trainings: the ablation grid (`freebies ablate`)."""
