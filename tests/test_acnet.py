@@ -177,6 +177,23 @@ def test_side_gamma_initialises_side_bn_weights_only():
     assert block.hor_conv.bias is None and block.ver_conv.bias is None
     model = convert(nn.Sequential(nn.Conv2d(3, 4, 3)), side_gamma=0.25)
     assert torch.equal(model[0].ver_bn.weight, torch.full((4,), 0.25))
+    assert torch.equal(model[0].square_bn.weight, torch.ones(4))
+
+
+def test_authors_init_gamma_is_side_and_square_gamma():
+    # DingXiaoH/ACNet's ACBlock.init_gamma(g) sets the square, horizontal and vertical BN
+    # weights all to g (g = 1/3 for their CIFAR models); that is both arguments at g.
+    model = convert(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)),
+        side_gamma=1 / 3,
+        square_gamma=1 / 3,
+    )
+    for block in (model[0], model[2]):
+        for bn in (block.square_bn, block.hor_bn, block.ver_bn):
+            assert torch.equal(bn.weight, torch.full((4,), 1 / 3))
+    block = ACBlock(nn.Conv2d(2, 2, 5, padding=2), square_gamma=0.5)
+    assert torch.equal(block.square_bn.weight, torch.full((2,), 0.5))
+    assert torch.equal(block.hor_bn.weight, torch.ones(2))
 
 
 def test_acblock_fuse_in_train_mode_raises():

@@ -125,6 +125,27 @@ def test_random_erasing_position_is_uniform_where_the_box_fits():
     assert (erased.double().mean(0) - expected).abs().max().item() < 0.04
 
 
+@pytest.mark.parametrize("h,w", [(4, 16), (16, 4), (4, 4)])
+def test_random_erasing_rejects_a_rectangle_of_full_height_or_width(h, w):
+    # Area 16 and aspect 1 pin the rectangle to 4 x 4. The reference fit test is strict
+    # (H_e < H and W_e < W, as the authors' code and torchvision), so on an image 4 pixels
+    # high or wide every attempt is rejected and nothing is erased; `<=` would erase it.
+    x = torch.ones(200, 1, h, w)
+    s = 16 / (h * w)
+    out = random_erasing(x, 1.0, scale=(s, s), ratio=(1.0, 1.0), value=0.0, generator=gen(10))
+    assert torch.equal(out, x)
+
+
+def test_random_erasing_accepts_one_pixel_less_than_full_size():
+    # The same 4 x 4 rectangle on a 5 x 5 image fits (4 < 5) at 2 x 2 corners, all reached.
+    x = torch.ones(400, 1, 5, 5)
+    out = random_erasing(x, 1.0, scale=(0.64, 0.64), ratio=(1.0, 1.0), value=0.0, generator=gen(11))
+    erased = out[:, 0] == 0
+    assert set(boxes(erased)) == {(4, 4)}
+    corners = {(int(m.nonzero()[:, 0].min()), int(m.nonzero()[:, 1].min())) for m in erased}
+    assert corners == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
 def test_random_erasing_leaves_images_where_nothing_fits():
     # Height sqrt(S * 3) = sqrt(3) H never fits: every attempt fails, nothing is erased.
     x = torch.randn(5, 3, 16, 16)

@@ -15,6 +15,11 @@ from freebies.models import create_model, model_names
 from freebies.optim import build_optimizer
 from helpers import run_cli, small
 
+# The tiny fast run (256 images, 2 epochs, 128 test images of 10 classes) must clearly beat
+# chance (10%). At this commit, CPU fp32: 39.8% with seed 0 (the tests' seed); seeds 0-7 gave
+# 28.9-50.8%, so 20% leaves room for other CPUs and bf16 on CUDA yet fails if it cannot learn.
+MIN_TINY_ACC = 20.0
+
 
 def test_airnet_builds_by_widths_and_pools_28_to_1():
     model = create_model("airnet-8-16-32", 10, 1)
@@ -140,9 +145,10 @@ def test_fast_recipe_trains_airnet_end_to_end(idx_dir, tmp_path, capsys):
     argv[argv.index("baseline")] = "fast"
     rc, out, err = run_cli(capsys, *argv, "--set", "train.eval_every=1")
     assert rc == 0, err
-    summary = (tmp_path / "run" / "summary.json").read_text()
-    assert '"recipe": "fast"' in summary
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["recipe"] == "fast"
     assert "final test accuracy" in out
+    assert summary["test_acc"] > MIN_TINY_ACC, summary["test_acc"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -154,4 +160,5 @@ def test_fast_recipe_on_cuda_bf16_channels_last(idx_dir, tmp_path, capsys, compi
     rc, _, err = run_cli(capsys, *argv, *(["--compile"] if compiled else []))
     assert rc == 0, err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["device"] != "cpu" and summary["test_acc"] > 0
+    assert summary["device"] != "cpu"
+    assert summary["test_acc"] > MIN_TINY_ACC, summary["test_acc"]

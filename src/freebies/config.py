@@ -67,7 +67,7 @@ class ModelCfg:
     zero_init_residual: bool = False  # each residual block starts as the identity
     dropout: float = 0.0  # dropout before the classifier
     acnet: bool = False  # square convs -> ACNet blocks for training; `freebies fuse` folds them
-    acnet_side_gamma: float = 1.0  # init of the 1xk / kx1 branches' BN weight (1/3 on CIFAR)
+    acnet_side_gamma: float = 1.0  # initial BN weight of the 1xk and kx1 branches only
 
 
 @dataclass

@@ -8,7 +8,10 @@ Because convolution is additive in the kernel, the three branches (each with its
 using running statistics) are exactly one k x k conv whose centre row and column carry the 1 x k
 and k x 1 kernels. So the deployed model has the original architecture and costs nothing extra.
 
-- `convert(model)` swaps every eligible square conv for an `ACBlock`, in place.
+- `convert(model)` swaps every eligible square conv for an `ACBlock`, in place. The branch BNs
+  start at weight 1 unless told otherwise: the authors' released code (DingXiaoH/ACNet,
+  `ACBlock.init_gamma`) sets all three to the same gamma, 1/3 for their CIFAR models, which is
+  `convert(model, side_gamma=1/3, square_gamma=1/3)`.
 - `fuse_model(model)` is the one walker (timm's convention): every module with `fuse()` is
   replaced by what it returns, then every conv -> BatchNorm2d pair is folded with
   `torch.nn.utils.fusion.fuse_conv_bn_eval`. The module tree keeps its attribute names (a folded
@@ -43,38 +46,42 @@ def is_square_conv(module: nn.Module) -> bool:
     return kh == kw and kh >= 3 and kh % 2 == 1 and tuple(module.dilation) == (1, 1)
 
 
-def convert(model: nn.Module, side_gamma: float = 1.0) -> nn.Module:
+def convert(model: nn.Module, side_gamma: float = 1.0, square_gamma: float = 1.0) -> nn.Module:
     """Replace every square conv (see `is_square_conv`) in `model` by an `ACBlock`, in place.
 
     Args:
         model: any module, e.g. a CIFAR ResNet or a torchvision ResNet; convs inside
             `nn.Sequential` are found too. Existing ACBlocks are not converted again.
-        side_gamma: initial BN weight of the 1 x k and k x 1 branches (1/3 is the ACNet
-            authors' choice on CIFAR).
+        side_gamma: initial BN weight of the 1 x k and k x 1 branches only.
+        square_gamma: initial BN weight of the k x k branch. The authors' CIFAR setting
+            (`init_gamma(1/3)` in their code) is side_gamma = square_gamma = 1/3.
 
     Returns:
         `model` itself, or a new `ACBlock` if `model` is itself a square conv. Dilated convs,
         even or 1 x 1 kernels and conv subclasses stay as they are, so a model without square
         convs comes back unchanged.
     """
+    gammas = {"side_gamma": side_gamma, "square_gamma": square_gamma}
     if is_square_conv(model):
-        return ACBlock(model, side_gamma)
+        return ACBlock(model, **gammas)
     # One block per conv object, so a conv registered under two names stays shared.
     made: dict[int, ACBlock] = {}
-    _convert_children(model, side_gamma, made)
+    _convert_children(model, gammas, made)
     return model
 
 
-def _convert_children(parent: nn.Module, side_gamma: float, made: dict[int, "ACBlock"]) -> None:
+def _convert_children(
+    parent: nn.Module, gammas: dict[str, float], made: dict[int, "ACBlock"]
+) -> None:
     for name, child in list(parent.named_children()):
         if isinstance(child, ACBlock):
             continue
         if is_square_conv(child):
             if id(child) not in made:
-                made[id(child)] = ACBlock(child, side_gamma)
+                made[id(child)] = ACBlock(child, **gammas)
             setattr(parent, name, made[id(child)])
         else:
-            _convert_children(child, side_gamma, made)
+            _convert_children(child, gammas, made)
 
 
 def fuse_model(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
@@ -239,11 +246,13 @@ class ACBlock(nn.Module):
     Args:
         conv: the square `nn.Conv2d` to strengthen; it is copied, not shared.
         side_gamma: initial BN weight of the 1 x k and k x 1 branches.
+        square_gamma: initial BN weight of the k x k branch (the authors' `init_gamma(g)`
+            sets all three branches to g).
 
     Shapes: (N, C_in, H, W) -> (N, C_out, H_out, W_out), exactly as `conv`.
     """
 
-    def __init__(self, conv: nn.Conv2d, side_gamma: float = 1.0) -> None:
+    def __init__(self, conv: nn.Conv2d, side_gamma: float = 1.0, square_gamma: float = 1.0) -> None:
         super().__init__()
         if not is_square_conv(conv):
             error = TypeError if type(conv) is not nn.Conv2d else ValueError
@@ -274,6 +283,7 @@ class ACBlock(nn.Module):
         self.square_bn = nn.BatchNorm2d(conv.out_channels, **like)
         self.hor_bn = nn.BatchNorm2d(conv.out_channels, **like)
         self.ver_bn = nn.BatchNorm2d(conv.out_channels, **like)
+        nn.init.constant_(self.square_bn.weight, square_gamma)
         nn.init.constant_(self.hor_bn.weight, side_gamma)
         nn.init.constant_(self.ver_bn.weight, side_gamma)
 
