@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from freebies import checkpoint, config, deploy
+from freebies.build import build_model
 from freebies.data.loader import eval_batches, normalize
 from freebies.data.splits import prepare
-from freebies.models.build import build_model
-from freebies.train import machine, run
+from freebies.runtime import machine
+from freebies.train import run
 
 # The committed docs/results/acnet.* used exactly this: side branches 1/3, square branch 1.
 VARIANTS = {"plain": {}, "acnet": {"model.acnet": True, "model.acnet_side_gamma": 1.0 / 3}}
@@ -46,7 +47,7 @@ def step_throughput(recipe: str, batch: int, steps: int, repeats: int) -> dict[s
 
     import torch.nn.functional as F
 
-    from freebies.optim import build_optimizer
+    from freebies.build import make_optimizer
 
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     steps_fn = {}
@@ -54,7 +55,7 @@ def step_throughput(recipe: str, batch: int, steps: int, repeats: int) -> dict[s
         cfg = config.load(recipe, overrides)
         torch.manual_seed(0)
         model = build_model(cfg, 10, 1).to(memory_format=torch.channels_last)
-        opt = build_optimizer(model, cfg.optim, cfg.optim.lr)
+        opt = make_optimizer(model, cfg, cfg.optim.lr)
 
         def step(model=model, opt=opt) -> None:
             loss = F.cross_entropy(model(x), y)
@@ -98,11 +99,11 @@ def main() -> None:
     deploys = []
     for seed in args.seeds:
         ckpt = checkpoint.load(args.runs / f"acnet-seed{seed}" / "last.pt")
-        cfg = config.from_dict(ckpt["config"])
+        cfg = config.from_dict(ckpt.config)
         cfg.data.limit_test = 256
         data = prepare(cfg.data)
         xb, _ = next(eval_batches(data.test_x, data.test_y, 256))
-        x = normalize(xb, ckpt["data"]["mean"], ckpt["data"]["std"])
+        x = normalize(xb, ckpt.data["mean"], ckpt.data["std"])
         _, report = deploy.fuse_and_check(deploy.load_model(ckpt), cfg, x, 10)
         deploys.append(report)
 

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from freebies import config
+from freebies.build import make_optimizer
 from freebies.data.loader import alternating_flip
 from freebies.evaluate import evaluate, shift
 from freebies.models import create_model, model_names
-from freebies.optim import build_optimizer
 from helpers import run_cli, small
 
 # The tiny fast run (256 images, 2 epochs, 128 test images of 10 classes) must clearly beat
@@ -101,7 +101,7 @@ def test_shifted_tta_weights_unshifted_and_shifted_halves():
 def test_bias_lr_scale_group_keeps_decay_per_step():
     model = create_model("airnet-8-16-32", 10, 1)
     cfg = config.load("baseline", {"optim.bias_lr_scale": 64.0})
-    opt = build_optimizer(model, cfg.optim, 0.1)
+    opt = make_optimizer(model, cfg, 0.1)
     weights, small_params = opt.param_groups
     assert weights["lr"] == 0.1 and small_params["lr"] == pytest.approx(6.4)
     assert small_params["weight_decay"] * small_params["lr"] == pytest.approx(5e-4 * 0.1)
@@ -110,7 +110,7 @@ def test_bias_lr_scale_group_keeps_decay_per_step():
     frozen = {id(model.whiten.weight)}
     assert not any(id(p) in frozen for g in opt.param_groups for p in g["params"])
     cfg = config.load("baseline", {"optim.bias_lr_scale": 64.0, "optim.no_bn_decay": True})
-    assert build_optimizer(model, cfg.optim, 0.1).param_groups[1]["weight_decay"] == 0.0
+    assert make_optimizer(model, cfg, 0.1).param_groups[1]["weight_decay"] == 0.0
 
 
 @pytest.mark.parametrize(

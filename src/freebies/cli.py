@@ -86,8 +86,22 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--bag",
         action="store_true",
-        help="then stack every trick whose validation accuracy beat the baseline (needs "
-        "data.val_split)",
+        help="then stack every trick that beat the baseline on the metric's validation "
+        "counterpart, test_X -> val_X (needs data.val_split)",
+    )
+    a.add_argument(
+        "--metric",
+        default="test_acc",
+        metavar="KEY[:min|:max]",
+        help="the summary.json key to compare on (default test_acc); keys ending in nll, ece, "
+        "loss, _s, mem_mb or macs are lower-is-better unless :max says otherwise",
+    )
+    a.add_argument(
+        "--trainer",
+        default="freebies train",
+        metavar="CMD",
+        help="the command that trains one run (default 'freebies train'); any command that "
+        "honours the run-folder contract (see freebies.experiments.ablate)",
     )
     a.add_argument("--out", type=Path, required=True, help="grid folder (rerun to resume)")
     a.add_argument("--data", help=DATA_HELP)
@@ -140,31 +154,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from freebies import checkpoint, train
+    from freebies import engine, train
 
     overrides = _overrides(args)
     if args.resume is not None:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
             raise UsageError("--resume continues the run in its own folder; drop --out")
-        train.check_out_dir(args.resume, resume=True, overwrite=False)
-        saved = checkpoint.load(args.resume / "last.pt")
-        cfg = config.from_dict(saved["config"])
-        if args.recipe is not None and args.recipe != saved["recipe"]:
-            raise UsageError(
-                f"--resume {args.resume}: that run used recipe {saved['recipe']!r}, "
-                f"not {args.recipe!r}; drop --recipe or start a new run"
-            )
-        flat = config.flatten(config.to_dict(cfg))
-        asked = config.flatten(
-            config.to_dict(config.apply(config.from_dict(saved["config"]), overrides))
-        )
-        for key, value in asked.items():
-            if value != flat[key] and key != "train.device":
-                raise UsageError(
-                    f"--resume {args.resume}: that run has {key}={flat[key]!r}, not {value!r}; "
-                    "drop the flag to continue it, or start a new run with --out"
-                )
-        cfg.train.device = asked["train.device"]
+        cfg = engine.resumed_config(args.resume, args.recipe, overrides)
         train.run(cfg, args.resume, resume=True)
         return
     recipe = args.recipe or "default"
@@ -179,16 +175,16 @@ def _train(args: argparse.Namespace) -> None:
     )
 
 
-def _test_data(ckpt: dict, spec: str | None, limit: int | None) -> Any:
+def _test_data(ckpt: Any, spec: str | None, limit: int | None) -> Any:
     """The checkpoint's test set (or `spec`'s), checked against what the model expects."""
     from freebies.data.splits import prepare
 
-    cfg = config.from_dict(ckpt["config"])
+    cfg = config.from_dict(ckpt.config)
     cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, limit
     if spec is not None:
         cfg.data.spec = spec
     data = prepare(cfg.data)
-    classes, shape = ckpt["data"]["classes"], ckpt["data"]["shape"]
+    classes, shape = ckpt.data["classes"], ckpt.data["shape"]
     if len(data.classes) != len(classes) or list(data.test_x.shape[1:]) != shape:
         raise UsageError(
             f"{cfg.data.spec} does not match the checkpoint: it has {len(data.classes)} classes "
@@ -205,21 +201,23 @@ def _eval(args: argparse.Namespace) -> None:
     from freebies.deploy import load_model
     from freebies.distributed import pick_device
     from freebies.evaluate import evaluate
-    from freebies.train import autocast_for
+    from freebies.runtime import autocast_for
 
     ckpt = checkpoint.load(args.checkpoint)
-    cfg = config.from_dict(ckpt["config"])
+    cfg = config.from_dict(ckpt.config)
     data = _test_data(ckpt, args.data, args.limit_test)
     device = pick_device(args.device)
     model = load_model(ckpt).to(device)
     # A deploy checkpoint is evaluated in fp32 so its predictions match the unfused model's.
-    autocast = contextlib.nullcontext() if ckpt.get("deploy") else autocast_for(cfg, device)
+    autocast = (
+        contextlib.nullcontext() if ckpt.deploy else autocast_for(cfg.train.precision, device)
+    )
     result = evaluate(
         model,
         to_device(data.test_x, device),
         data.test_y.to(device),
-        ckpt["data"]["mean"].to(device),
-        ckpt["data"]["std"].to(device),
+        ckpt.data["mean"].to(device),
+        ckpt.data["std"].to(device),
         batch_size=cfg.train.eval_batch_size,
         tta=args.tta,
         tta_shift=cfg.train.tta_shift if args.tta else 0,
@@ -245,28 +243,29 @@ def _fuse(args: argparse.Namespace) -> None:
     if args.output.exists() and not args.overwrite:
         raise UsageError(f"{args.output} already exists; pass --overwrite or choose another -o")
     ckpt = checkpoint.load(args.checkpoint)
-    if ckpt.get("deploy"):
+    if ckpt.deploy:
         raise UsageError(f"{args.checkpoint} is already a fused deploy checkpoint")
-    cfg = config.from_dict(ckpt["config"])
+    cfg = config.from_dict(ckpt.config)
     device = pick_device(args.device)
     data = _test_data(ckpt, args.data, args.batch)
     xb, _ = next(eval_batches(data.test_x, data.test_y, args.batch))
-    x = normalize(xb, ckpt["data"]["mean"], ckpt["data"]["std"]).to(device)
+    x = normalize(xb, ckpt.data["mean"], ckpt.data["std"]).to(device)
     model = deploy.load_model(ckpt).to(device)
-    fused, report = deploy.fuse_and_check(model, cfg, x, len(ckpt["data"]["classes"]))
+    fused, report = deploy.fuse_and_check(model, cfg, x, ckpt.num_classes)
     print(deploy.report_table(report))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if report["acb"] == 0:
         print("no ACNet block found (model.acnet was off); folded the conv+BN pairs only")
-    checkpoint.save(
-        {
-            **{k: ckpt[k] for k in ("config", "data", "recipe")},
-            "model": {k: v.cpu() for k, v in fused.state_dict().items()},
-            "deploy": True,
-            "fuse_report": report,
-        },
-        args.output,
+    deployed = checkpoint.Checkpoint(
+        model={k: v.cpu() for k, v in fused.state_dict().items()},
+        config=ckpt.config,
+        data=ckpt.data,
+        recipe=ckpt.recipe,
+        task=ckpt.task,
+        deploy=True,
+        fuse_report=report,
     )
+    checkpoint.save(deployed, args.output)
     print(f"wrote {args.output}")
     if args.export:
         path = args.output.with_suffix(".ts" if args.export == "torchscript" else ".onnx")
@@ -277,13 +276,13 @@ def _fuse(args: argparse.Namespace) -> None:
 def _ablate(args: argparse.Namespace) -> None:
     import shlex
 
-    from freebies.report import ablate
+    from freebies.experiments import ablate
+    from freebies.report.table import Metric
 
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     overrides = _overrides(args)
-    base_seed = config.load(args.recipe, overrides).train.seed
-    seeds = list(range(base_seed, base_seed + args.seeds))
+    seeds = ablate.grid_seeds(args.recipe, overrides, args.trainer, args.seeds)
     entries = ablate.run_grid(
         args.recipe,
         ablate.parse_tricks(args.tricks),
@@ -293,6 +292,8 @@ def _ablate(args: argparse.Namespace) -> None:
         overrides,
         bag=args.bag,
         command=shlex.join(["freebies", *sys.argv[1:]]),
+        trainer=args.trainer,
+        metric=Metric.parse(args.metric),
     )
     print(f"{len(entries)} variants x {len(seeds)} seeds; wrote {args.out / 'report.md'}")
 
@@ -323,7 +324,7 @@ def _tricks(args: argparse.Namespace) -> None:
 def _schedule(args: argparse.Namespace) -> None:
     import torch
 
-    from freebies.optim import build_scheduler, scaled_lr
+    from freebies.build import base_lr, make_scheduler
 
     cfg = config.load(args.recipe, config.parse_set(args.set))
     spe = args.steps_per_epoch
@@ -335,11 +336,9 @@ def _schedule(args: argparse.Namespace) -> None:
         raise UsageError(
             "no full batch per epoch: lower train.batch_size or pass --steps-per-epoch N (N >= 1)"
         )
-    base = scaled_lr(cfg.optim, cfg.train.batch_size)
+    base = base_lr(cfg)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
-    sched = build_scheduler(
-        opt, cfg.sched, base_lr=base, steps_per_epoch=spe, epochs=cfg.train.epochs
-    )
+    sched = make_scheduler(opt, cfg, base, spe)
     lrs = []
     for _ in range(cfg.train.epochs * spe):
         lrs.append(opt.param_groups[0]["lr"])
@@ -384,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"freebies: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        from freebies.report.ablate import GridInterrupted
-        from freebies.train import Interrupted
+        from freebies.engine import Interrupted
+        from freebies.experiments.ablate import GridInterrupted
 
         if isinstance(e, GridInterrupted):
             print(

@@ -14,40 +14,32 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from freebies import config
+from freebies.build import build_model
+from freebies.checkpoint import Checkpoint
 from freebies.config import Config
 from freebies.errors import UsageError
 from freebies.models.acnet import fuse_model
-from freebies.models.build import build_model
 
 MAX_ABS_DIFF = 1e-4  # fp32 tolerance between the fused and the unfused model
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates per image of the convs and linear layers, counted with hooks."""
-    total = 0
+    """Multiply-accumulates of `model` on one image of x: (N, C, H, W), by torch's counter.
 
-    def conv_hook(m: nn.Conv2d, _: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        per_out = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-        total += out[0].numel() * per_out
-
-    def linear_hook(m: nn.Linear, _: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out[0].numel() * m.in_features
-
-    hooks = [
-        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    return total
+    `torch.utils.flop_counter.FlopCounterMode` sees every aten op the forward runs, so a conv
+    or matmul called functionally (F.conv2d in a detector head) counts as well as a module.
+    It has formulas only for convolutions (2-D, 1-D, transposed, grouped), matrix products
+    (mm, addmm, bmm, baddbmm: nn.Linear, matmul, einsum) and the CUDA scaled-dot-product
+    attention kernels (torch 2.14 counts 0 for SDPA on the CPU); every other op adds zero:
+    elementwise ops, bias adds, norms, activations, pooling, interpolation. Those formulas
+    count 2 FLOPs per multiply-add, hence the halving.
+    """
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x[:1])
+    return counter.get_total_flops() // 2
 
 
 @torch.no_grad()
@@ -180,19 +172,17 @@ def export(model: nn.Module, x: torch.Tensor, fmt: str, path: Any) -> None:
         )
 
 
-def load_model(ckpt: dict[str, Any]) -> nn.Module:
+def load_model(ckpt: Checkpoint) -> nn.Module:
     """Rebuild the model of a training or deploy checkpoint and load its weights (eval mode)."""
-    from freebies import config
-
-    cfg = config.from_dict(ckpt["config"])
+    cfg = config.from_dict(ckpt.config)
     cfg.train.sync_bn = False
-    num_classes, in_channels = len(ckpt["data"]["classes"]), ckpt["data"]["shape"][0]
-    if ckpt.get("deploy"):
+    num_classes, in_channels = ckpt.num_classes, ckpt.data["shape"][0]
+    if ckpt.deploy:
         model = plain_fused(cfg, num_classes, in_channels)
     else:
         model = build_model(cfg, num_classes, in_channels).eval()
-    state = ckpt["model"]
-    if "ema" in ckpt:  # a run with EMA is evaluated and deployed with its EMA weights
-        state = {k[len("module.") :]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    state = ckpt.model
+    if ckpt.ema is not None:  # a run with EMA is evaluated and deployed with its EMA weights
+        state = {k[len("module.") :]: v for k, v in ckpt.ema.items() if k.startswith("module.")}
     model.load_state_dict(state)
     return model

@@ -297,7 +297,7 @@ def eval_row(s: Step, data: Splits, d: Dist, tta: bool) -> dict[str, float]:
     row = {}
     if data.val_x is not None:
         val = evaluate(model, data.val_x, data.val_y, s.mean, s.std, **kw)
-        row.update(val_loss=val["nll"], val_acc=val["acc"])
+        row.update(val_loss=val["nll"], val_acc=val["acc"], val_ece=val["ece"])
     test = evaluate(model, data.test_x, data.test_y, s.mean, s.std, **kw)
     row.update(test_loss=test["nll"], test_acc=test["acc"], test_ece=test["ece"])
     return row
@@ -309,7 +309,11 @@ def summary_keys(final: dict[str, Any]) -> dict[str, Any]:
         "test_acc": final["test_acc"],
         "test_nll": final["test_loss"],
         "test_ece": final["test_ece"],
-        **({"val_acc": final["val_acc"]} if "val_acc" in final else {}),
+        **(
+            {"val_acc": final["val_acc"], "val_nll": final["val_loss"], "val_ece": final["val_ece"]}
+            if "val_acc" in final
+            else {}
+        ),
     }
 
 

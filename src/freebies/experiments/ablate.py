@@ -278,8 +278,8 @@ class Grid:
             "config": yaml.safe_load((folder / "config.yaml").read_text()),
             **summary,
         }
-        # A key the summary lacks is read from the last epoch's row: `freebies train`
-        # summarises val_acc but not val_nll, which metrics.jsonl logs as val_loss.
+        # A key the summary lacks is read from the last epoch's row: runs from before
+        # summary.json had val_nll logged it only as metrics.jsonl's val_loss.
         for key in filter(None, (self.metric.key, self.metric.val_key)):
             column = per_epoch_key(key)
             if key not in row and metrics and column in metrics[-1]:

@@ -161,7 +161,7 @@ def table(result: dict) -> str:
 
 
 def main(batch: int, repeats: int, out: Path | None) -> None:
-    from freebies.train import machine
+    from freebies.runtime import machine
 
     result = run(batch, repeats)
     text = table(result)
