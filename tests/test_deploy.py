@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from freebies import config, deploy, train
+from freebies import checkpoint, config, deploy, engine
 from helpers import run_cli, small
 
 
@@ -51,12 +51,12 @@ def test_fuse_writes_a_plain_deploy_checkpoint_that_evaluates_the_same(acnet_run
 
 
 def test_fused_acnet_has_the_plain_structure(acnet_run):
-    ckpt = torch.load(acnet_run / "last.pt", weights_only=True)
+    ckpt = checkpoint.load(acnet_run / "last.pt")
     model = deploy.load_model(ckpt)
     fused, counts = deploy.fuse_and_check(
-        model, config.from_dict(ckpt["config"]), torch.randn(8, 1, 28, 28), 10
+        model, config.from_dict(ckpt.config), torch.randn(8, 1, 28, 28), 10
     )
-    plain = deploy.plain_fused(config.from_dict(ckpt["config"]), 10, 1)
+    plain = deploy.plain_fused(config.from_dict(ckpt.config), 10, 1)
     assert [(n, type(m)) for n, m in fused.named_modules()] == [
         (n, type(m)) for n, m in plain.named_modules()
     ]
@@ -103,14 +103,14 @@ def test_torchscript_export_matches(acnet_run, capsys):
     )
     assert rc == 0, err
     scripted = torch.jit.load(str(acnet_run / "deploy.ts"))
-    model = deploy.load_model(torch.load(target, weights_only=True))
+    model = deploy.load_model(checkpoint.load(target))
     x = torch.randn(3, 1, 28, 28)
     torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=0)
 
 
 def test_acnet_run_resumes_after_an_interrupt_and_fuses(idx_dir, tmp_path, capsys, monkeypatch):
     calls = {"n": 0}
-    real = train.any_rank
+    real = engine.any_rank
 
     def stop_at_step_5(flag: bool, device: torch.device) -> bool:
         calls["n"] += 1
@@ -118,11 +118,11 @@ def test_acnet_run_resumes_after_an_interrupt_and_fuses(idx_dir, tmp_path, capsy
 
     out = tmp_path / "run"
     args = tiny_run(idx_dir, out, "--set", "model.acnet=true", "--epochs", "2")
-    monkeypatch.setattr(train, "any_rank", stop_at_step_5)
+    monkeypatch.setattr(engine, "any_rank", stop_at_step_5)
     rc, _, err = run_cli(capsys, *args)
     assert rc == 130 and "--resume" in err
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 5
-    monkeypatch.setattr(train, "any_rank", real)
+    monkeypatch.setattr(engine, "any_rank", real)
     assert run_cli(capsys, "train", "--resume", str(out))[0] == 0
     ref = tmp_path / "ref"
     assert (
@@ -142,6 +142,29 @@ def test_count_macs_matches_the_formula():
     )
     x = torch.randn(2, 3, 9, 7)  # conv output 5 x 4
     assert deploy.count_macs(model, x) == 5 * 4 * 8 * 3 * 9 + 160 * 10
+
+
+class FunctionalHead(nn.Module):
+    """Convs called as F.conv2d on a module's weight, and a grouped conv: forward hooks on
+    nn.Conv2d never saw the functional ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(6, 4, 3, 3))
+        self.grouped = nn.Conv2d(6, 6, 3, padding=1, groups=3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.conv2d(x, self.weight, padding=1)  # 6 x 8 x 10 out
+        y = torch.nn.functional.interpolate(self.grouped(y), scale_factor=2)  # not counted
+        return torch.nn.functional.conv2d(y, self.weight[:, :1].repeat(1, 6, 1, 1))
+
+
+def test_count_macs_counts_functional_convs_and_groups():
+    x = torch.randn(3, 4, 8, 10)
+    # per image: F.conv2d 8*10 outputs x 6 channels x (4 * 3 * 3) inputs; the grouped conv
+    # 8*10 x 6 x (6 / 3 * 9); the second F.conv2d on 16 x 20: 14*18 x 6 x (6 * 9).
+    expected = 8 * 10 * 6 * 36 + 8 * 10 * 6 * 18 + 14 * 18 * 6 * 54
+    assert deploy.count_macs(FunctionalHead(), x) == expected
 
 
 def test_onnx_export_matches(acnet_run, capsys):
