@@ -35,11 +35,8 @@ FLAG_KEYS = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="freebies", description="Train with the bag of freebies.")
-    p.add_argument("--version", action="version", version=f"freebies {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_train(sub: Any) -> None:
+    """`freebies train`."""
     t = sub.add_parser("train", help="train a classifier from a recipe")
     t.add_argument("--recipe", default=None, help="recipe name or PATH.yaml (default: default)")
     t.add_argument("--data", help=DATA_HELP)
@@ -62,17 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         help="override a recipe field, e.g. --set optim.lr=0.2 (repeatable)",
     )
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON line")
-    e.add_argument("checkpoint", type=Path)
-    e.add_argument("--data", help=DATA_HELP + " (default: the data it was trained on)")
-    e.add_argument(
-        "--tta",
-        action="store_true",
-        help="average the image and its flip (and the recipe's train.tta_shift views)",
-    )
-    e.add_argument("--limit-test", type=int, metavar="N")
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
+def _add_ablate(sub: Any) -> None:
+    """`freebies ablate`."""
     a = sub.add_parser("ablate", help="train the baseline and each trick on the same seeds")
     a.add_argument("--recipe", default="baseline", help="the baseline recipe (default: baseline)")
     a.add_argument(
@@ -112,6 +101,27 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--limit-train", type=int, metavar="N")
     a.add_argument("--limit-test", type=int, metavar="N")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="freebies", description="Train with the bag of freebies.")
+    p.add_argument("--version", action="version", version=f"freebies {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _add_train(sub)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON line")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("--data", help=DATA_HELP + " (default: the data it was trained on)")
+    e.add_argument(
+        "--tta",
+        action="store_true",
+        help="average the image and its flip (and the recipe's train.tta_shift views)",
+    )
+    e.add_argument("--limit-test", type=int, metavar="N")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    _add_ablate(sub)
 
     r = sub.add_parser("report", help="rebuild an ablation's report.md and plots")
     r.add_argument("dir", type=Path, help="the folder `freebies ablate --out` wrote")
