@@ -177,6 +177,20 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(idx_dir, t
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
 
 
+def test_acnet_gammas_reach_every_branch_from_the_recipe():
+    cfg = config.load(
+        "baseline",
+        {"model.acnet": True, "model.acnet_side_gamma": 0.25, "model.acnet_square_gamma": 0.5},
+    )
+    blocks = [m for m in build_model(cfg, 10, 1).modules() if hasattr(m, "square_bn")]
+    assert blocks and all(
+        torch.all(b.square_bn.weight == 0.5)
+        and torch.all(b.hor_bn.weight == 0.25)
+        and torch.all(b.ver_bn.weight == 0.25)
+        for b in blocks
+    )
+
+
 def test_sync_bn_conversion_is_structural_on_cpu():
     cfg = config.load("baseline", {"train.sync_bn": True})
     model = build_model(cfg, 10, 1)

@@ -34,7 +34,11 @@ def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
     with recipe_errors("model"):
         model = create_model(cfg.model.name, num_classes, in_channels, norm=cfg.model.norm)
         if cfg.model.acnet:  # first, so the init options below also reach the new branches
-            acnet.convert(model, side_gamma=cfg.model.acnet_side_gamma)
+            acnet.convert(
+                model,
+                side_gamma=cfg.model.acnet_side_gamma,
+                square_gamma=cfg.model.acnet_square_gamma,
+            )
         if cfg.model.init == "xavier":
             options.xavier_init(model)
         if cfg.model.zero_init_residual:

@@ -68,6 +68,7 @@ class ModelCfg:
     dropout: float = 0.0  # dropout before the classifier
     acnet: bool = False  # square convs -> ACNet blocks for training; `freebies fuse` folds them
     acnet_side_gamma: float = 1.0  # initial BN weight of the 1xk and kx1 branches only
+    acnet_square_gamma: float = 1.0  # initial BN weight of the kxk branch (authors: all three 1/3)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from freebies.checkpoint import Checkpoint
 from freebies.config import Config
 from freebies.distributed import Dist, all_sum, any_rank, setup, teardown
 from freebies.errors import UsageError
+from freebies.report.plots import plot_curves
 from freebies.runtime import git_commit, machine, peak_mem_mb
 
 SYNC_EVERY = 20  # steps between host syncs (progress bar, NaN check, Ctrl-C under DDP)
@@ -416,8 +417,6 @@ class _Run:
         if d.main:
             text = json.dumps(summary, indent=2) + "\n"
             checkpoint.write_text(self.out / "summary.json", text)
-            from freebies.report.plots import plot_curves  # matplotlib: only when writing
-
             title = f"{self.recipe}: {cfg.model.name}"
             plot_curves(st.metrics, self.out / "curves.png", title=title, keys=task.shown)
         return summary

@@ -238,7 +238,7 @@ TRICKS = (
     ),
     Trick(
         "acnet",
-        ("model.acnet", "model.acnet_side_gamma"),
+        ("model.acnet", "model.acnet_side_gamma", "model.acnet_square_gamma"),
         {"model.acnet": True},
         "Ding et al. 2019",
         "https://arxiv.org/abs/1908.03930",
