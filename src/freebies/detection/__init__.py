@@ -1,0 +1,1 @@
+"""Object detection: readers, detector, box-aware tricks."""
