@@ -35,12 +35,18 @@ FLAG_KEYS = {
 }
 
 
-def _add_train(sub: Any) -> None:
-    """`freebies train`."""
-    t = sub.add_parser("train", help="train a classifier from a recipe")
-    t.add_argument("--recipe", default=None, help="recipe name or PATH.yaml (default: default)")
-    t.add_argument("--data", help=DATA_HELP)
-    t.add_argument("--model", help="model name, e.g. resnet20, preact_resnet18, wrn-16-4")
+def _add_train(
+    sub: Any,
+    what: str = "a classifier",
+    recipe: str = "default",
+    data_help: str = DATA_HELP,
+    models: str = "resnet20, preact_resnet18, wrn-16-4",
+) -> None:
+    """`freebies train` (and `freebies detect train`: the same flags, run folder and engine)."""
+    t = sub.add_parser("train", help=f"train {what} from a recipe")
+    t.add_argument("--recipe", default=None, help=f"recipe name or PATH.yaml (default: {recipe})")
+    t.add_argument("--data", help=data_help)
+    t.add_argument("--model", help=f"model name, e.g. {models}")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int, help="global batch (split across torchrun ranks)")
     t.add_argument("--seed", type=int)
@@ -122,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     _add_ablate(sub)
+    from freebies.cli_detect import add_detect
+
+    add_detect(sub, _add_train)
 
     r = sub.add_parser("report", help="rebuild an ablation's report.md and plots")
     r.add_argument("dir", type=Path, help="the folder `freebies ablate --out` wrote")
@@ -164,24 +173,33 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from freebies import engine, train
+    from freebies import engine
 
+    if args.command == "detect":
+        from freebies import detect as task
+    else:
+        from freebies import train as task
     overrides = _overrides(args)
     if args.resume is not None:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
             raise UsageError("--resume continues the run in its own folder; drop --out")
         cfg = engine.resumed_config(args.resume, args.recipe, overrides)
-        train.run(cfg, args.resume, resume=True)
+        task.run(cfg, args.resume, resume=True)
         return
-    recipe = args.recipe or "default"
+    recipe = args.recipe or ("detect" if args.command == "detect" else "default")
     cfg = config.load(recipe, overrides)
     for note in config.advice(cfg):
         print(f"freebies: warning: {note}", file=sys.stderr)
     out = args.out or Path("runs") / f"{Path(recipe).stem}-{cfg.model.name}-seed{cfg.train.seed}"
-    summary = train.run(cfg, out, recipe=Path(recipe).stem, overwrite=args.overwrite)
+    summary = task.run(cfg, out, recipe=Path(recipe).stem, overwrite=args.overwrite)
+    final = (
+        f"test map {summary['map']:.2f}"
+        if args.command == "detect"
+        else f"test accuracy {summary['test_acc']:.2f}%"
+    )
     print(
-        f"final test accuracy {summary['test_acc']:.2f}% after {summary['epochs_run']} epochs "
-        f"({summary['wall_s']:.0f} s); run folder {out}"
+        f"final {final} after {summary['epochs_run']} epochs ({summary['wall_s']:.0f} s); "
+        f"run folder {out}"
     )
 
 
@@ -388,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
             "schedule": _schedule,
             "bench": _bench,
         }
+        if args.command == "detect":
+            from freebies.cli_detect import COMMANDS
+
+            commands["detect"] = (
+                _train if args.detect_command == "train" else COMMANDS[args.detect_command]
+            )
         commands[args.command](args)
     except UsageError as e:
         print(f"freebies: error: {e}", file=sys.stderr)

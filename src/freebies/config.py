@@ -32,6 +32,7 @@ class DataCfg:
     limit_test: int | None = None
     stream: bool = False  # folder: only; decode files in DataLoader workers instead of memory
     workers: int = 4  # DataLoader worker processes when streaming
+    test_split: float = 0.2  # detection, a flat YOLO folder: seeded share held out for test
 
 
 @dataclass
@@ -68,7 +69,16 @@ class ModelCfg:
     dropout: float = 0.0  # dropout before the classifier
     acnet: bool = False  # square convs -> ACNet blocks for training; `freebies fuse` folds them
     acnet_side_gamma: float = 1.0  # initial BN weight of the 1xk and kx1 branches only
+    backbone_weights: str | None = None  # detection: a local state dict for the backbone
     acnet_square_gamma: float = 1.0  # initial BN weight of the kxk branch (authors: all three 1/3)
+
+
+@dataclass
+class DetCfg:
+    fpn_width: int = 64  # FPN channels, strides 8 to 128 (detection)
+    head_convs: int = 4  # conv layers in each FCOS head branch
+    score_thresh: float = 0.05  # detections kept above this score (COCO evaluates at ~0.05)
+    detections: int = 100  # detections per image at most (COCO's maximum)
 
 
 @dataclass
@@ -144,6 +154,7 @@ class Config:
     loss: LossCfg = field(default_factory=LossCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
     ema: EmaCfg = field(default_factory=EmaCfg)
+    det: DetCfg = field(default_factory=DetCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
 
 
@@ -366,6 +377,13 @@ def validate(cfg: Config) -> Config:
         (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
         (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
         (0 <= cfg.ema.decay < 1, "ema.decay must be in [0, 1) (0 = off)"),
+        (0 <= cfg.data.test_split < 1, "data.test_split must be in [0, 1)"),
+        (
+            cfg.det.fpn_width > 0 and cfg.det.detections > 0,
+            "det.fpn_width and det.detections must be > 0",
+        ),
+        (cfg.det.head_convs >= 0, "det.head_convs must be >= 0"),
+        (0 <= cfg.det.score_thresh < 1, "det.score_thresh must be in [0, 1)"),
         *_aug_checks(cfg),
     ]
     for ok, message in checks:

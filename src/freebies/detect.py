@@ -1,0 +1,351 @@
+"""Object detection on the run engine: `build` makes the task, `detect_step` is its step.
+
+The step, in order: box-aware augmentation -> forward (FCOS: classification, box and
+centre-ness losses) -> backward and optimizer step -> LR schedule step and EMA. Evaluation is
+COCO AP by a maintained evaluator, on boxes mapped back to each image's original pixels. The
+run folder, checkpoints, resume and Ctrl-C belong to `freebies.engine`, as for classification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from freebies import engine
+from freebies.build import base_lr, make_optimizer, make_scheduler, recipe_errors
+from freebies.config import Config
+from freebies.data.loader import eval_batches, train_batches
+from freebies.deploy import count_macs
+from freebies.detection.coco import coco_metrics
+from freebies.detection.data import (
+    DetData,
+    DetSplit,
+    letterboxed_split,
+    load_detection,
+    to_original,
+)
+from freebies.detection.model import BACKBONES, build_detector
+from freebies.detection.transforms import hflip_boxes
+from freebies.distributed import Dist
+from freebies.errors import UsageError, nearest
+from freebies.runtime import autocast_for
+from freebies.tricks import ema_model
+
+MODELS = tuple(f"fcos_{b}" for b in BACKBONES)
+IMAGE_SIZE = 416  # letterbox size when the recipe sets no data.image_size
+
+
+@dataclass
+class DetStep:
+    """Everything the detection step reads; `build` makes it once per run."""
+
+    cfg: Config
+    net: nn.Module  # the unwrapped detector (the EMA averages it)
+    model: nn.Module  # what runs forward: `net`, or its DDP / compiled wrapper
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    gen: torch.Generator  # this rank's augmentation stream
+    boxes: list[torch.Tensor]  # training boxes per image, xyxy letterboxed pixels, on device
+    labels: list[torch.Tensor]  # training labels per image, on device
+    ema: Any = None
+    autocast: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
+
+
+def detect_step(s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: int) -> torch.Tensor:
+    """One training step on batch (indices (N,), uint8 images (N, 3, S, S), indices (N,)).
+
+    Returns the detached loss: classification (sigmoid focal) + box (GIoU) + centre-ness, each
+    normalised by the global batch's foreground locations.
+    """
+    idx, xb, _ = batch
+    ids = idx.tolist()
+    boxes, labels = [s.boxes[i] for i in ids], [s.labels[i] for i in ids]
+    # 1. box-aware augmentation (uint8, batched, each image its own draw)
+    if s.cfg.aug.hflip:
+        xb, boxes = hflip_boxes(xb, boxes, s.gen)
+    # 2. forward and loss: the detector normalises, batches and matches locations to boxes
+    images = list((xb.float() / 255).unbind(0))
+    targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels, strict=True)]
+    with s.autocast:
+        losses = s.model(images, targets)
+    loss = sum(v.float() for v in losses.values())
+    # 3. backward, optimizer step, LR schedule step, EMA
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    s.opt.step()
+    s.sched.step()
+    if s.ema is not None:
+        s.ema.update_parameters(s.net)
+    return loss.detach()
+
+
+def make_detector(cfg: Config, data_info: dict[str, Any]) -> nn.Module:
+    """The recipe's detector for data described by `data_info` (classes, image_size, mean, std)."""
+    name = cfg.model.name
+    if name not in MODELS:
+        raise UsageError(
+            f"model.name={name!r} is not a detector{nearest(name, list(MODELS))}; choose one of "
+            f"{', '.join(MODELS)}"
+        )
+    with recipe_errors("model"):
+        return build_detector(
+            len(data_info["classes"]),
+            image_size=data_info["image_size"],
+            backbone=name.removeprefix("fcos_"),
+            fpn_width=cfg.det.fpn_width,
+            head_convs=cfg.det.head_convs,
+            image_mean=data_info["mean"],
+            image_std=data_info["std"],
+            score_thresh=cfg.det.score_thresh,
+            detections_per_img=cfg.det.detections,
+            backbone_weights=cfg.model.backbone_weights,
+        )
+
+
+def load_data(cfg: Config) -> DetData:
+    """The recipe's detection data, letterboxed to data.image_size; prints its cleaning note.
+    `scenes` is the default Fashion scenes set, made on first use."""
+    spec = cfg.data.spec
+    if spec == "scenes":
+        from freebies.detection.scenes import ensure_scenes
+
+        spec = f"coco:{ensure_scenes()}"
+    data = load_detection(
+        spec,
+        image_size=cfg.data.image_size or IMAGE_SIZE,
+        val_split=cfg.data.val_split,
+        test_split=cfg.data.test_split,
+        split_seed=cfg.data.split_seed,
+        limit_train=cfg.data.limit_train,
+        limit_test=cfg.data.limit_test,
+    )
+    for note in data.notes:
+        print(f"freebies: warning: {note}", flush=True)
+    if cfg.train.batch_size > len(data.train):
+        raise UsageError(
+            f"train.batch_size={cfg.train.batch_size} is larger than the training set "
+            f"({len(data.train)} images); lower --batch-size"
+        )
+    return data
+
+
+def data_info(data: DetData, image_size: int) -> dict[str, Any]:
+    """What a detection checkpoint records about its data."""
+    x = data.train.images[: min(len(data.train), 512)].double() / 255
+    return {
+        "fingerprint": data.fingerprint,
+        "classes": data.classes,
+        "category_ids": data.category_ids,
+        "image_size": image_size,
+        "mean": x.mean((0, 2, 3)).tolist(),
+        "std": x.std((0, 2, 3)).clamp(min=1e-3).tolist(),
+        "split_rule": data.split_rule,
+    }
+
+
+def build(cfg: Config, d: Dist) -> engine.Task:
+    """The detection task for the engine."""
+    data, dev = load_data(cfg), d.device
+    info = data_info(data, cfg.data.image_size or IMAGE_SIZE)
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    net = make_detector(cfg, info).to(dev)
+    batch, steps_per_epoch, lr = (
+        cfg.train.batch_size,
+        len(data.train) // cfg.train.batch_size,
+        base_lr(cfg),
+    )
+    opt = make_optimizer(net, cfg, lr)
+    train_x = data.train.images.to(dev)
+    s = DetStep(
+        cfg=cfg,
+        net=net,
+        model=net,
+        opt=opt,
+        sched=make_scheduler(opt, cfg, lr, steps_per_epoch),
+        gen=torch.Generator(dev).manual_seed(cfg.train.seed + 1_000_003 * d.rank),
+        boxes=[b.to(dev) for b in data.train.boxes],
+        labels=[lab.to(dev) for lab in data.train.labels],
+        autocast=autocast_for(cfg.train.precision, dev),
+    )
+    torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank + 1)
+    s.ema = ema_model(net, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.decay else None
+    s.model = engine.wrap(net, d, cfg.train.compile)
+    size = info["image_size"]
+    return engine.Task(
+        name="detect",
+        net=net,
+        opt=opt,
+        sched=s.sched,
+        ema=s.ema,
+        gen=s.gen,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch,
+        batches=lambda epoch, first: train_batches(
+            train_x,
+            torch.arange(len(train_x), device=dev),
+            batch,
+            seed=cfg.train.seed,
+            epoch=epoch,
+            rank=d.rank,
+            world=d.world,
+            start_step=first,
+        ),
+        step=lambda b, epoch, i: detect_step(s, b, epoch, i),
+        evaluate=lambda final: eval_row(s, data, d),
+        summary=summary_keys,
+        infer_macs=lambda: count_macs(net.eval(), torch.zeros(1, 3, size, size, device=dev)),
+        data=info,
+        shown=("map", "val_map"),
+        select="val_map",
+    )
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    split: DetSplit,
+    *,
+    batch_size: int,
+    autocast: contextlib.AbstractContextManager | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> list[dict[str, torch.Tensor]]:
+    """Detections on this rank's shard of `split`, in each image's original pixels (CPU).
+
+    Returns one {"index", "boxes" (n, 4) xyxy, "scores", "labels"} per image of the shard.
+    """
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    idx = torch.arange(len(split))
+    out = []
+    for xb, ib in eval_batches(split.images, idx, batch_size, rank=rank, world=world):
+        with autocast or contextlib.nullcontext():
+            dets = model(list((xb.to(dev).float() / 255).unbind(0)))
+        for i, det in zip(ib.tolist(), dets, strict=True):
+            boxes = to_original(det["boxes"].float().cpu(), split.scales[i], split.sizes[i])
+            scores, labels = det["scores"].float().cpu(), det["labels"].cpu()
+            out.append({"index": i, "boxes": boxes, "scores": scores, "labels": labels})
+    model.train(was_training)
+    return out
+
+
+def evaluate_split(
+    model: nn.Module, split: DetSplit, data_classes: list[str], category_ids: list[int], **kw: Any
+) -> dict[str, Any]:
+    """COCO metrics of `model` on `split` (all ranks take part; every rank gets the result)."""
+    t0 = time.perf_counter()
+    preds = predict(model, split, **kw)
+    if dist.is_initialized():
+        shards: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(shards, preds)
+        preds = [p for shard in shards for p in shard]
+    seconds = time.perf_counter() - t0
+    preds.sort(key=lambda p: p["index"])
+    metrics = coco_metrics(
+        preds, split.orig_boxes, split.labels, split.sizes, data_classes, category_ids
+    )
+    return {**metrics, "img_per_s": len(split) / max(seconds, 1e-9)}
+
+
+def eval_row(s: DetStep, data: DetData, d: Dist) -> dict[str, Any]:
+    """Test (and validation) COCO metrics for a metrics row; the EMA weights when EMA is on."""
+    model = s.ema.module if s.ema is not None else s.net
+    kw = dict(
+        batch_size=s.cfg.train.eval_batch_size, autocast=s.autocast, rank=d.rank, world=d.world
+    )
+    row = {}
+    if data.val is not None:
+        val = evaluate_split(model, data.val, data.classes, data.category_ids, **kw)
+        row.update(val_map=val["map"], val_map_50=val["map_50"])
+    test = evaluate_split(model, data.test, data.classes, data.category_ids, **kw)
+    return {**row, **{k: v for k, v in test.items() if k != "img_per_s"}}
+
+
+def load_detector(ckpt: Any) -> nn.Module:
+    """The detector of a detection checkpoint, its EMA weights when it has them, eval mode."""
+    from freebies import config
+
+    cfg = config.from_dict(ckpt.config)
+    cfg.model.backbone_weights = None  # the checkpoint holds every weight
+    model = make_detector(cfg, ckpt.data)
+    state = ckpt.model
+    if ckpt.ema is not None:
+        state = {k.removeprefix("module."): v for k, v in ckpt.ema.items() if k != "n_averaged"}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def predict_image(
+    model: nn.Module, path: Path, info: dict[str, Any], score_thr: float
+) -> list[dict[str, Any]]:
+    """Detections above `score_thr` on one image file, in its own pixels, with class names."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    try:
+        with Image.open(path) as im:
+            image = pil_to_tensor(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+        raise UsageError(f"cannot read image {path} ({type(e).__name__}); check the file") from None
+    split = letterboxed_split(image, info["image_size"])
+    det = predict(model, split, batch_size=1)[0]
+    keep = det["scores"] >= score_thr
+    return [
+        {
+            "box_xyxy": [round(v, 2) for v in b.tolist()],
+            "score": round(float(s), 4),
+            "class": info["classes"][int(c)],
+            "category_id": info["category_ids"][int(c)],
+        }
+        for b, s, c in zip(
+            det["boxes"][keep], det["scores"][keep], det["labels"][keep], strict=True
+        )
+    ]
+
+
+def draw(path: Path, found: list[dict[str, Any]], out: Path) -> None:
+    """The image with its boxes, class names and scores drawn on it, as a PNG."""
+    from PIL import Image, ImageDraw
+
+    with Image.open(path) as im:
+        canvas = im.convert("RGB")
+    pen = ImageDraw.Draw(canvas)
+    palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6"]
+    for f in found:
+        color = palette[f["category_id"] % len(palette)]
+        pen.rectangle(f["box_xyxy"], outline=color, width=2)
+        x, y = f["box_xyxy"][:2]
+        pen.text((x + 2, max(y - 11, 0)), f"{f['class']} {f['score']:.2f}", fill=color)
+    canvas.save(out)
+
+
+def summary_keys(final: dict[str, Any]) -> dict[str, Any]:
+    """The headline keys of summary.json, from the last metrics row."""
+    keys = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "ap_per_class")
+    return {
+        **{k: final[k] for k in keys},
+        **{k: final[k] for k in ("val_map", "val_map_50") if k in final},
+    }
+
+
+def run(
+    cfg: Config,
+    out: Path,
+    *,
+    recipe: str = "custom",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train the detector `cfg` into run folder `out`; returns the summary."""
+    return engine.run(
+        cfg, out, build, recipe=recipe, resume=resume, overwrite=overwrite, progress=progress
+    )
