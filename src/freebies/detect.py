@@ -113,10 +113,15 @@ def load_data(cfg: Config) -> DetData:
     """The recipe's detection data, letterboxed to data.image_size; prints its cleaning note.
     `scenes` is the default Fashion scenes set, made on first use."""
     spec = cfg.data.spec
-    if spec == "scenes":
+    if spec == "scenes":  # rank 0 makes the set while the other ranks wait, then they read it
         from freebies.detection.scenes import ensure_scenes
 
+        others = dist.is_initialized() and dist.get_rank() > 0
+        if others:
+            dist.barrier()
         spec = f"coco:{ensure_scenes()}"
+        if dist.is_initialized() and not others:
+            dist.barrier()
     data = load_detection(
         spec,
         image_size=cfg.data.image_size or IMAGE_SIZE,
