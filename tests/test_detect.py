@@ -334,11 +334,6 @@ def test_coco_metrics_agree_with_pycocotools_on_a_half_right_case():
     assert len({v for v in ref_per_class.values() if v is not None}) > 1  # classes differ
 
 
-@pytest.mark.xfail(
-    reason="coco_metrics reads precision[:, :, k] by class index k, but COCOeval orders its "
-    "category axis by sorted category id; ids not in ascending order swap per-class AP",
-    strict=True,
-)
 def test_coco_metrics_per_class_with_category_ids_out_of_order():
     gt = [torch.tensor([[10.0, 10.0, 50.0, 60.0], [100.0, 100.0, 200.0, 220.0]])]
     labels = [torch.tensor([0, 1])]
@@ -601,14 +596,10 @@ def test_backbone_weights_of_the_wrong_kind_are_refused(tmp_path, content, match
         build_detector(3, image_size=64, fpn_width=32, backbone_weights=path)
 
 
-@pytest.mark.xfail(
-    reason="the FCOS head's GroupNorm(32, 32) has 1 channel per group: a 1x1 P7 map at batch 1 "
-    "(image_size <= 128 with det.fpn_width=32) raises in F.group_norm, so count_macs at the "
-    "end of `detect train` and every `detect predict` crash with a traceback",
-    strict=True,
-)
-def test_fpn_width_32_at_128_px_predicts_one_image():
-    model = build_detector(3, image_size=128, fpn_width=32, head_convs=1).eval()
+@pytest.mark.parametrize("width", [16, 32])
+def test_narrow_fpn_at_128_px_predicts_one_image(width):
+    """torchvision's GroupNorm(32) on a 1x1 P7 map with 1 channel per group would raise."""
+    model = build_detector(3, image_size=128, fpn_width=width, head_convs=1).eval()
     with torch.no_grad():
         model([torch.rand(3, 128, 128)])
 
@@ -720,16 +711,11 @@ def test_predict_and_make_data_bad_numbers(trained, coco_dir, tmp_path, capsys):
     assert "cannot read image" in line and "bad.png" in line
 
 
-@pytest.mark.xfail(
-    reason="FCOS's head GroupNorm needs det.fpn_width divisible by 32; the error names "
-    "'recipe section model' and num_channels, not the key det.fpn_width to fix",
-    strict=True,
-)
-def test_fpn_width_not_a_multiple_of_32_names_the_key(coco_dir, tmp_path, capsys):
+def test_an_impossible_fpn_width_names_the_key(coco_dir, tmp_path, capsys):
     line = usage_error(
-        capsys, *tiny(f"coco:{coco_dir}", tmp_path / "r", "--set", "det.fpn_width=16")
+        capsys, *tiny(f"coco:{coco_dir}", tmp_path / "r", "--set", "det.fpn_width=1")
     )
-    assert "det.fpn_width" in line
+    assert "det.fpn_width must be >= 2" in line
 
 
 # --------------------------------------------------------------------------------------------

@@ -188,7 +188,8 @@ def _train(args: argparse.Namespace) -> None:
         return
     recipe = args.recipe or ("detect" if args.command == "detect" else "default")
     cfg = config.load(recipe, overrides)
-    for note in config.advice(cfg):
+    notes = task.ignored_settings(cfg) if args.command == "detect" else config.advice(cfg)
+    for note in notes:
         print(f"freebies: warning: {note}", file=sys.stderr)
     out = args.out or Path("runs") / f"{Path(recipe).stem}-{cfg.model.name}-seed{cfg.train.seed}"
     summary = task.run(cfg, out, recipe=Path(recipe).stem, overwrite=args.overwrite)

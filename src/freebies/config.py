@@ -378,10 +378,8 @@ def validate(cfg: Config) -> Config:
         (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
         (0 <= cfg.ema.decay < 1, "ema.decay must be in [0, 1) (0 = off)"),
         (0 <= cfg.data.test_split < 1, "data.test_split must be in [0, 1)"),
-        (
-            cfg.det.fpn_width > 0 and cfg.det.detections > 0,
-            "det.fpn_width and det.detections must be > 0",
-        ),
+        (cfg.det.fpn_width >= 2, "det.fpn_width must be >= 2 (channels)"),
+        (cfg.det.detections > 0, "det.detections must be > 0"),
         (cfg.det.head_convs >= 0, "det.head_convs must be >= 0"),
         (0 <= cfg.det.score_thresh < 1, "det.score_thresh must be in [0, 1)"),
         *_aug_checks(cfg),

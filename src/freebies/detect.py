@@ -39,6 +39,28 @@ from freebies.runtime import autocast_for
 from freebies.tricks import ema_model
 
 MODELS = tuple(f"fcos_{b}" for b in BACKBONES)
+# Classification settings a detection run does not use (yet), at their "off" values.
+CLASSIFICATION_ONLY = {
+    "aug.crop_padding": 0,
+    "aug.vflip": False,
+    "aug.flip_mode": "random",
+    "aug.rotate": 0.0,
+    "aug.color_jitter": 0.0,
+    "aug.pca_lighting": 0.0,
+    "aug.autoaugment": "none",
+    "aug.cutout": 0,
+    "aug.random_erasing": 0.0,
+    "aug.mixup": 0.0,
+    "aug.cutmix": 0.0,
+    "aug.ricap": 0.0,
+    "model.acnet": False,
+    "model.dropout": 0.0,
+    "model.zero_init_residual": False,
+    "model.init": "kaiming",
+    "loss.label_smoothing": 0.0,
+    "distill.teacher": None,
+    "train.tta": False,
+}
 IMAGE_SIZE = 416  # letterbox size when the recipe sets no data.image_size
 
 
@@ -84,6 +106,17 @@ def detect_step(s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: i
     if s.ema is not None:
         s.ema.update_parameters(s.net)
     return loss.detach()
+
+
+def ignored_settings(cfg: Config) -> list[str]:
+    """The classification-only settings that are on: detection would silently ignore them."""
+    from freebies import config
+
+    flat = config.flatten(config.to_dict(cfg))
+    on = [k for k, off in CLASSIFICATION_ONLY.items() if flat[k] != off]
+    if not on:
+        return []
+    return [f"{', '.join(on)}: classification settings that detection does not use; unset them"]
 
 
 def make_detector(cfg: Config, data_info: dict[str, Any]) -> nn.Module:
@@ -236,8 +269,10 @@ def predict(
             dets = model(list((xb.to(dev).float() / 255).unbind(0)))
         for i, det in zip(ib.tolist(), dets, strict=True):
             boxes = to_original(det["boxes"].float().cpu(), split.scales[i], split.sizes[i])
-            scores, labels = det["scores"].float().cpu(), det["labels"].cpu()
-            out.append({"index": i, "boxes": boxes, "scores": scores, "labels": labels})
+            # a box that lay in the letterbox padding has no area left in the image
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            scores, labels = det["scores"].float().cpu()[keep], det["labels"].cpu()[keep]
+            out.append({"index": i, "boxes": boxes[keep], "scores": scores, "labels": labels})
     model.train(was_training)
     return out
 

@@ -62,8 +62,8 @@ def coco_metrics(
     # precision: (IoU thresholds, recall points, classes, area ranges, max dets); -1 = no data
     prec = ev.eval["precision"][:, :, :, 0, -1]
     per_class = {}
-    for k, name in enumerate(classes):
-        p = prec[:, :, k]
+    for k, name in enumerate(classes):  # the evaluator orders classes by category id
+        p = prec[:, :, ev.params.catIds.index(category_ids[k])]
         per_class[name] = 100 * float(p[p > -1].mean()) if (p > -1).any() else None
     return {**dict(zip(KEYS, stats, strict=True)), "ap_per_class": per_class}
 

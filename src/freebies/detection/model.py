@@ -13,6 +13,7 @@ FPN starts at stride 8, where small objects are found. Nothing here downloads we
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 
@@ -20,9 +21,14 @@ import torch
 from torch import nn
 from torchvision.models import mobilenet_v3_large, mobilenet_v3_small, resnet18
 from torchvision.models.detection import FCOS
+from torchvision.models.detection._utils import BoxLinearCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.fcos import (
+    FCOSClassificationHead,
+    FCOSHead,
+    FCOSRegressionHead,
+)
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from freebies.distributed import all_sum
@@ -55,7 +61,26 @@ def _layers(*indices: int) -> dict[str, str]:
 class Head(FCOSHead):
     """torchvision's FCOS head whose losses are normalised by the foreground count of the
     whole global batch (all-reduced under DDP), so 2 processes equal 1 with twice the batch.
-    torchvision divides by each process's own count."""
+    torchvision divides by each process's own count. Its GroupNorm keeps at least 2 channels
+    per group (torchvision's fixed 32 groups fail on a narrow FPN's 1x1 top level)."""
+
+    def __init__(
+        self, in_channels: int, num_anchors: int, num_classes: int, num_convs: int
+    ) -> None:
+        # FCOSHead.__init__ would build GroupNorm(32, in_channels) first, which fails on a
+        # width not divisible by 32; set up what it sets, with our norm.
+        nn.Module.__init__(self)
+        self.box_coder = BoxLinearCoder(normalize_by_size=True)
+        groups = math.gcd(in_channels, 32)
+        while groups > 1 and in_channels // groups < 2:
+            groups //= 2
+        norm = partial(nn.GroupNorm, groups)
+        self.classification_head = FCOSClassificationHead(
+            in_channels, num_anchors, num_classes, num_convs, norm_layer=norm
+        )
+        self.regression_head = FCOSRegressionHead(
+            in_channels, num_anchors, num_convs, norm_layer=norm
+        )
 
     def compute_loss(
         self,
@@ -124,9 +149,9 @@ def build_detector(
     `detections_per_img` boxes above `score_thresh` (COCO evaluates at about 0.05, not FCOS's
     0.2 default).
     """
-    if num_classes < 1 or image_size < 32 or fpn_width < 1:
+    if num_classes < 1 or image_size < 32 or fpn_width < 2:
         raise ValueError(
-            "build_detector: num_classes >= 1, image_size >= 32 and fpn_width >= 1 needed, got "
+            "build_detector: num_classes >= 1, image_size >= 32 and fpn_width >= 2 needed, got "
             f"{num_classes}, {image_size}, {fpn_width}"
         )
     trunk, layers, channels = _trunk(backbone)
