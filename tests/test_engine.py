@@ -56,7 +56,8 @@ def test_a_checkpoint_from_before_the_schema_loads_as_format_1_and_resumes(
     assert summary["epochs_run"] == 2 and summary["recipe"] == "baseline"
     rc, out, err = run_cli(capsys, "eval", str(PRE_SCHEMA))
     assert rc == 0, err
-    assert json.loads(out)["test_acc"] == pytest.approx(ckpt.metrics[0]["test_acc"], abs=1e-9)
+    # The same weights on another CPU may sum in another order: allow one of 128 images to flip.
+    assert json.loads(out)["test_acc"] == pytest.approx(ckpt.metrics[0]["test_acc"], abs=0.79)
 
 
 def test_unknown_format_and_foreign_keys_are_one_line(tmp_path, capsys):
