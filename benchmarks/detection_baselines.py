@@ -62,8 +62,8 @@ def main() -> None:
         ]
         result[recipe] = {
             "commands": [
-                f"freebies detect train --recipe {recipe} --seed {s} --out {args.runs}/{recipe}-s{s}"
-                for s in args.seeds
+                f"freebies detect train --recipe {recipe} --seed {s} --out {folder}"
+                for s, folder in ((s, args.runs / f"{recipe}-s{s}") for s in args.seeds)
             ],
             "seeds": args.seeds,
             "epochs": runs[0]["epochs"],
