@@ -31,16 +31,17 @@ def plot_curves(
     for key, label in (("test_loss", "test"), ("val_loss", "val")):
         if any(key in r for r in metrics):
             ax_loss.plot(*series(key), "o-", label=label)
-    ax_loss.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
+    nll = any("test_loss" in r for r in metrics)  # classification; detection sums its losses
+    ax_loss.set(title="loss", xlabel="epoch", ylabel="cross-entropy" if nll else "loss")
     for key in keys:
         if any(key in r for r in metrics):
             xs, ys = series(key)
-            ax_acc.plot(xs, ys, "o-", label=key.split("_")[0])
+            ax_acc.plot(xs, ys, "o-", label="val" if key.startswith("val_") else "test")
             value = f"{ys[-1]:.2f}%" if key.endswith("_acc") else f"{ys[-1]:.3g}"
             ax_acc.annotate(value, (xs[-1], ys[-1]), textcoords="offset points", xytext=(-30, -14))
     acc = all(k.endswith("_acc") for k in keys)
-    name = "top-1 accuracy" if acc else keys[0].split("_", 1)[-1]
-    ax_acc.set(title=name, xlabel="epoch", ylabel="%" if acc else name)
+    name = "top-1 accuracy" if acc else keys[0].removeprefix("test_")
+    ax_acc.set(title=name, xlabel="epoch", ylabel="%")
     ax_lr.plot(epochs, [r["lr"] for r in metrics], "o-")
     ax_lr.set(title="learning rate (end of epoch)", xlabel="epoch")
     for ax in (ax_loss, ax_acc):
