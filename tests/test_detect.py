@@ -682,7 +682,7 @@ def test_detect_eval_refuses_a_classification_checkpoint(tmp_path, capsys):
     line = usage_error(capsys, "detect", "eval", str(path))
     assert "classify checkpoint" in line and "freebies eval" in line
     line = usage_error(capsys, "detect", "predict", str(path), str(path), "-o", str(tmp_path))
-    assert "not a detector" in line
+    assert "is a classify checkpoint, not a detect one" in line
 
 
 def test_unknown_detector_names_the_nearest(coco_dir, tmp_path, capsys):
@@ -780,3 +780,23 @@ def test_bccd_two_step_training_smoke_run(tmp_path, capsys):
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["optim"]["name"] == "adamw" and cfg["train"]["epochs"] == 2
     assert cfg["data"]["limit_train"] == 16  # 16 images at batch 16: one step per epoch
+
+
+def test_classification_settings_are_refused_for_detection(coco_dir, tmp_path, capsys):
+    line = usage_error(
+        capsys,
+        *tiny(
+            f"coco:{coco_dir}", tmp_path / "r", "--set", "aug.mixup=0.2", "--set", "train.tta=true"
+        ),
+    )
+    assert "aug.mixup, train.tta: classification settings" in line
+    assert "aug.mixup=0.0 train.tta=False" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_detection_run_resumes_only_as_detection(trained, capsys):
+    line = usage_error(capsys, "train", "--resume", str(trained))
+    assert "is a detect checkpoint, not a classify one" in line
+    assert "freebies detect eval" in line
+    line = usage_error(capsys, "eval", str(trained / "last.pt"))
+    assert "is a detect checkpoint" in line

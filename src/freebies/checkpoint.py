@@ -58,14 +58,20 @@ FIELDS = {f.name for f in dataclasses.fields(Checkpoint)}
 
 def save(ckpt: Checkpoint, path: Path) -> None:
     """Write `ckpt` to `path` so that a crash never leaves a half-written file behind."""
-    plain = {k: v for k, v in dataclasses.asdict(ckpt).items() if v is not None}
+    # Fields, not dataclasses.asdict: that would deep-copy every tensor on each save.
+    plain = {k: getattr(ckpt, k) for k in FIELDS if getattr(ckpt, k) is not None}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(plain, tmp)
     os.replace(tmp, path)
 
 
-def load(path: Path) -> Checkpoint:
-    """Read a freebies checkpoint on the CPU, refusing anything but tensors and plain data."""
+COMMANDS = {"classify": "freebies train", "detect": "freebies detect train"}  # train, resume
+EVAL = {"classify": "freebies eval", "detect": "freebies detect eval"}
+
+
+def load(path: Path, task: str | None = None) -> Checkpoint:
+    """Read a freebies checkpoint on the CPU, refusing anything but tensors and plain data,
+    and, when `task` is given, a checkpoint of another task."""
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     try:
@@ -88,7 +94,13 @@ def load(path: Path) -> Checkpoint:
         raise UsageError(f"{path} has keys this format does not define: {', '.join(unknown)}")
     if not isinstance(raw["data"], dict) or not isinstance(raw["data"].get("classes"), list):
         raise UsageError(f"{path} does not say which classes it predicts (data.classes)")
-    return Checkpoint(**raw)
+    ckpt = Checkpoint(**raw)
+    if task is not None and ckpt.task != task:
+        raise UsageError(
+            f"{path} is a {ckpt.task} checkpoint, not a {task} one; evaluate it with "
+            f"`{EVAL.get(ckpt.task, ckpt.task)}`"
+        )
+    return ckpt
 
 
 def write_text(path: Path, text: str) -> None:

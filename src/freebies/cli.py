@@ -179,29 +179,30 @@ def _train(args: argparse.Namespace) -> None:
         from freebies import detect as task
     else:
         from freebies import train as task
+    name = "detect" if args.command == "detect" else "classify"
     overrides = _overrides(args)
     if args.resume is not None:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
             raise UsageError("--resume continues the run in its own folder; drop --out")
-        cfg = engine.resumed_config(args.resume, args.recipe, overrides)
-        task.run(cfg, args.resume, resume=True)
+        cfg = engine.resumed_config(args.resume, args.recipe, overrides, name)
+        engine.run(cfg, args.resume, task.build, resume=True)
         return
     recipe = args.recipe or ("detect" if args.command == "detect" else "default")
     cfg = config.load(recipe, overrides)
-    notes = task.ignored_settings(cfg) if args.command == "detect" else config.advice(cfg)
-    for note in notes:
+    for note in config.advice(cfg) if args.command == "train" else []:
         print(f"freebies: warning: {note}", file=sys.stderr)
     out = args.out or Path("runs") / f"{Path(recipe).stem}-{cfg.model.name}-seed{cfg.train.seed}"
-    summary = task.run(cfg, out, recipe=Path(recipe).stem, overwrite=args.overwrite)
-    final = (
-        f"test map {summary['map']:.2f}"
-        if args.command == "detect"
-        else f"test accuracy {summary['test_acc']:.2f}%"
-    )
-    print(
-        f"final {final} after {summary['epochs_run']} epochs ({summary['wall_s']:.0f} s); "
-        f"run folder {out}"
-    )
+    summary = engine.run(cfg, out, task.build, recipe=Path(recipe).stem, overwrite=args.overwrite)
+    line = f"{_headline(summary)} after {summary['epochs_run']} epochs"
+    print(f"final {line} ({summary['wall_s']:.0f} s); run folder {out}")
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    """The final figure of a run, for its last line."""
+    if "test_acc" in summary:
+        return f"test accuracy {summary['test_acc']:.2f}%"
+    m = summary["map"]  # None when the test set has no boxes
+    return f"test map {m:.2f}" if m is not None else "test map n/a (no boxes in the test set)"
 
 
 def _test_data(ckpt: Any, spec: str | None, limit: int | None) -> Any:
@@ -232,7 +233,7 @@ def _eval(args: argparse.Namespace) -> None:
     from freebies.evaluate import evaluate
     from freebies.runtime import autocast_for
 
-    ckpt = checkpoint.load(args.checkpoint)
+    ckpt = checkpoint.load(args.checkpoint, "classify")
     cfg = config.from_dict(ckpt.config)
     data = _test_data(ckpt, args.data, args.limit_test)
     device = pick_device(args.device)
@@ -271,7 +272,7 @@ def _fuse(args: argparse.Namespace) -> None:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
     if args.output.exists() and not args.overwrite:
         raise UsageError(f"{args.output} already exists; pass --overwrite or choose another -o")
-    ckpt = checkpoint.load(args.checkpoint)
+    ckpt = checkpoint.load(args.checkpoint, "classify")
     if ckpt.deploy:
         raise UsageError(f"{args.checkpoint} is already a fused deploy checkpoint")
     cfg = config.from_dict(ckpt.config)
@@ -429,8 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif isinstance(e, Interrupted):
             print(
-                f"freebies: interrupted, checkpoint saved; continue with: freebies train "
-                f"--resume {e.out}",
+                f"freebies: interrupted, checkpoint saved; continue with: {e.resume_command}",
                 file=sys.stderr,
             )
         else:

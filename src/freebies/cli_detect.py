@@ -52,9 +52,7 @@ def _eval(args: argparse.Namespace) -> None:
     from freebies import checkpoint, config, detect
     from freebies.distributed import pick_device
 
-    ckpt = checkpoint.load(args.checkpoint)
-    if ckpt.task != "detect":
-        raise UsageError(f"{args.checkpoint} is a {ckpt.task} checkpoint; use `freebies eval`")
+    ckpt = checkpoint.load(args.checkpoint, "detect")
     cfg = config.from_dict(ckpt.config)
     cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, args.limit_test
     cfg.data.image_size = ckpt.data["image_size"]
@@ -79,9 +77,7 @@ def _predict(args: argparse.Namespace) -> None:
 
     if not 0 <= args.score_thr < 1:
         raise UsageError(f"--score-thr must be in [0, 1), got {args.score_thr}")
-    ckpt = checkpoint.load(args.checkpoint)
-    if ckpt.task != "detect":
-        raise UsageError(f"{args.checkpoint} is a {ckpt.task} checkpoint, not a detector")
+    ckpt = checkpoint.load(args.checkpoint, "detect")
     model = detect.load_detector(ckpt).to(pick_device(args.device))
     args.out.mkdir(parents=True, exist_ok=True)
     for path in args.images:

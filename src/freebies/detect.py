@@ -9,6 +9,7 @@ run folder, checkpoints, resume and Ctrl-C belong to `freebies.engine`, as for c
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from freebies import engine
+from freebies import config, engine
 from freebies.build import base_lr, make_optimizer, make_scheduler, recipe_errors
 from freebies.config import Config
 from freebies.data.loader import eval_batches, train_batches
@@ -60,6 +61,8 @@ CLASSIFICATION_ONLY = {
     "loss.label_smoothing": 0.0,
     "distill.teacher": None,
     "train.tta": False,
+    "train.precision": ("auto", "fp32", "bf16"),  # fp64 is classification's exactness check
+    "model.norm": "bn",
 }
 IMAGE_SIZE = 416  # letterbox size when the recipe sets no data.image_size
 
@@ -108,15 +111,21 @@ def detect_step(s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: i
     return loss.detach()
 
 
-def ignored_settings(cfg: Config) -> list[str]:
-    """The classification-only settings that are on: detection would silently ignore them."""
-    from freebies import config
-
+def check_settings(cfg: Config) -> None:
+    """Refuse classification-only settings: detection would train without them, and an
+    ablation of one would compare the baseline with itself."""
     flat = config.flatten(config.to_dict(cfg))
-    on = [k for k, off in CLASSIFICATION_ONLY.items() if flat[k] != off]
-    if not on:
-        return []
-    return [f"{', '.join(on)}: classification settings that detection does not use; unset them"]
+    on = [
+        k
+        for k, off in CLASSIFICATION_ONLY.items()
+        if (flat[k] not in off if isinstance(off, tuple) else flat[k] != off)
+    ]
+    if on:
+        fix = " ".join(f"{k}={CLASSIFICATION_ONLY[k]}" for k in on if k != "train.precision")
+        raise UsageError(
+            f"{', '.join(on)}: classification settings that detection does not use; set "
+            + (fix or "train.precision=auto")
+        )
 
 
 def make_detector(cfg: Config, data_info: dict[str, Any]) -> nn.Module:
@@ -165,7 +174,7 @@ def load_data(cfg: Config) -> DetData:
         limit_test=cfg.data.limit_test,
     )
     for note in data.notes:
-        print(f"freebies: warning: {note}", flush=True)
+        print(f"freebies: warning: {note}", file=sys.stderr, flush=True)
     if cfg.train.batch_size > len(data.train):
         raise UsageError(
             f"train.batch_size={cfg.train.batch_size} is larger than the training set "
@@ -190,10 +199,13 @@ def data_info(data: DetData, image_size: int) -> dict[str, Any]:
 
 def build(cfg: Config, d: Dist) -> engine.Task:
     """The detection task for the engine."""
+    check_settings(cfg)
     data, dev = load_data(cfg), d.device
     info = data_info(data, cfg.data.image_size or IMAGE_SIZE)
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     net = make_detector(cfg, info).to(dev)
+    if cfg.train.sync_bn:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     batch, steps_per_epoch, lr = (
         cfg.train.batch_size,
         len(data.train) // cfg.train.batch_size,
@@ -311,8 +323,6 @@ def eval_row(s: DetStep, data: DetData, d: Dist) -> dict[str, Any]:
 
 def load_detector(ckpt: Any) -> nn.Module:
     """The detector of a detection checkpoint, its EMA weights when it has them, eval mode."""
-    from freebies import config
-
     cfg = config.from_dict(ckpt.config)
     cfg.model.backbone_weights = None  # the checkpoint holds every weight
     model = make_detector(cfg, ckpt.data)
@@ -374,18 +384,3 @@ def summary_keys(final: dict[str, Any]) -> dict[str, Any]:
         **{k: final[k] for k in keys},
         **{k: final[k] for k in ("val_map", "val_map_50") if k in final},
     }
-
-
-def run(
-    cfg: Config,
-    out: Path,
-    *,
-    recipe: str = "custom",
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool | None = None,
-) -> dict[str, Any]:
-    """Train the detector `cfg` into run folder `out`; returns the summary."""
-    return engine.run(
-        cfg, out, build, recipe=recipe, resume=resume, overwrite=overwrite, progress=progress
-    )

@@ -1,10 +1,10 @@
 """The run engine every task shares: run folder, checkpoint, resume, Ctrl-C / SIGTERM, progress
 bar, metrics.jsonl, summary.json and curves.png.
 
-A task (classification in `freebies.train`; detection next) builds a `Task`: its network,
-optimizer, schedule, batches, one training step and one evaluation. `run` does the rest, the
-same way for every task, in plain code: no events, no hidden callbacks. docs/run-folder.md
-writes the contract down (files, summary keys, checkpoint schema).
+A task (classification in `freebies.train`, detection in `freebies.detect`) builds a `Task`:
+its network, optimizer, schedule, batches, one training step and one evaluation. `run` does
+the rest, the same way for every task, in plain code: no events, no hidden callbacks.
+docs/run-folder.md writes the contract down (files, summary keys, checkpoint schema).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Task:
     batch_size: int  # global images per step
     batches: Callable[[int, int], Iterable[Any]]  # (epoch, first step) -> this rank's batches
     step: Callable[[Any, int, int], torch.Tensor]  # (batch, epoch, step) -> detached loss
-    evaluate: Callable[[bool], dict[str, float]]  # (final epoch?) -> test_* / val_* columns
+    evaluate: Callable[[bool], dict[str, Any]]  # (final epoch?) -> the metrics row's columns
     summary: Callable[[dict[str, Any]], dict[str, Any]]  # last metrics row -> headline keys
     infer_macs: Callable[[], int]  # per image, of the model as deployed
     data: dict[str, Any]  # the checkpoint's "data": fingerprint, classes, the task's own keys
@@ -77,9 +77,13 @@ _EMPTY = {"loss_sum": 0.0, "steps": 0, "train_s": 0.0}
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM was honoured: a checkpoint of the run in `out` was saved first."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, task: str = "classify") -> None:
         super().__init__(str(out))
-        self.out = out
+        self.out, self.task = out, task
+
+    @property
+    def resume_command(self) -> str:
+        return f"{checkpoint.COMMANDS[self.task]} --resume {self.out}"
 
 
 class StopFlag:
@@ -120,11 +124,13 @@ def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
         )
 
 
-def resumed_config(out: Path, recipe: str | None, overrides: dict[str, Any]) -> Config:
-    """The config of the run in `out`; refuses a recipe or a key that differs from it (the
-    device may change: the run continues where it is resumed)."""
+def resumed_config(
+    out: Path, recipe: str | None, overrides: dict[str, Any], task: str = "classify"
+) -> Config:
+    """The config of the `task` run in `out`; refuses a recipe or a key that differs from it
+    (the device may change: the run continues where it is resumed)."""
     check_out_dir(out, resume=True, overwrite=False)
-    saved = checkpoint.load(out / "last.pt")
+    saved = checkpoint.load(out / "last.pt", task)
     if recipe is not None and recipe != saved.recipe:
         raise UsageError(
             f"--resume {out}: that run used recipe {saved.recipe!r}, not {recipe!r}; drop "
@@ -236,7 +242,8 @@ def run(
             if overwrite and out.exists() and not resume:
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(cfg), sort_keys=False))
+            text = yaml.safe_dump(config.to_dict(cfg), sort_keys=False)
+            checkpoint.write_text(out / "config.yaml", text)
         if d.world > 1:
             dist.barrier()
         run_ = _Run(cfg, out, task, d, recipe, state, t_start - state.times["wall_s"], progress)
@@ -286,7 +293,7 @@ class _Run:
                 if stop_reason:
                     break
                 if any_rank(stop.set, self.d.device) and not last:
-                    raise Interrupted(self.out)
+                    raise Interrupted(self.out, self.task.name)
         bar.close()
         return self.finish(stop_reason)
 
@@ -314,7 +321,7 @@ class _Run:
             if check and done < steps and any_rank(stop.set, self.d.device):
                 self.add(self.check_finite(losses, first, done, epoch), t_seg)
                 self.save(epoch, done)
-                raise Interrupted(self.out)
+                raise Interrupted(self.out, self.task.name)
         self.add(self.check_finite(losses, first, step + 1, epoch), t_seg)
 
     def end_epoch(self, epoch: int, last: bool, bar: tqdm) -> None:

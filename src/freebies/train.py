@@ -155,7 +155,7 @@ def load_teacher(
     normalised inputs to the teacher's: x_teacher = x * scale + shift, per channel."""
     if cfg.distill.teacher is None:
         return None, 1.0, 0.0
-    ckpt = checkpoint.load(Path(cfg.distill.teacher))
+    ckpt = checkpoint.load(Path(cfg.distill.teacher), "classify")
     t_classes, t_shape = ckpt.data["classes"], ckpt.data["shape"]
     if len(t_classes) != len(classes):
         raise UsageError(
@@ -183,7 +183,7 @@ def infer_macs(cfg: Config, num_classes: int, shape: tuple[int, ...]) -> int:
     return count_macs(model, torch.zeros(1, *shape)) * views
 
 
-def load_data(cfg: Config, d: Dist) -> Splits:
+def load_data(cfg: Config) -> Splits:
     """The splits, checked against the batch size and TTA shift."""
     data = prepare(cfg.data)
     n_train, batch = len(data.train_x), cfg.train.batch_size
@@ -203,7 +203,7 @@ def load_data(cfg: Config, d: Dist) -> Splits:
 def build(cfg: Config, d: Dist) -> engine.Task:
     """The classification task for the engine: data on the device, model, optimizer, schedule,
     the step's tricks, and evaluation."""
-    data, dev, dtype = load_data(cfg, d), d.device, param_dtype(cfg.train.precision)
+    data, dev, dtype = load_data(cfg), d.device, param_dtype(cfg.train.precision)
     fingerprint, shape = data.fingerprint, list(data.train_x.shape[1:])
     mean, std = channel_stats(data.train_x)  # pixel units, from the training images
     mean, std = mean.to(dev, dtype), std.to(dev, dtype)

@@ -101,7 +101,10 @@ class Head(FCOSHead):
 def load_backbone(trunk: nn.Module, path: Path) -> None:
     """Load a local state dict into the trunk: its own keys, or a whole torchvision
     classifier's (a `features.` prefix is dropped; the classifier head is ignored)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a missing, truncated or foreign file: torch raises several types
+        raise ValueError(f"backbone_weights: cannot read {path} ({type(e).__name__})") from None
     if not isinstance(state, dict):
         raise ValueError(f"backbone_weights: {path} does not hold a state dict")
     state = {k.removeprefix("features."): v for k, v in state.items()}
