@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,8 @@ def train(recipe: str, seed: int, folder: Path) -> None:
         args = ["--resume", str(folder)]
     else:
         args = ["--recipe", recipe, "--seed", str(seed), "--out", str(folder), "--overwrite"]
+        if recipe == "detect-bccd" and os.environ.get("FREEBIES_BCCD"):  # BCCD elsewhere
+            args += ["--data", f"voc:{os.environ['FREEBIES_BCCD']}"]
     cmd = [sys.executable, "-m", "freebies", "detect", "train", *args]
     print("+", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)

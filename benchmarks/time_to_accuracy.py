@@ -106,7 +106,6 @@ def dataloader_baseline(epochs: int, seed: int, runs: Path, workers: int, extra:
     fmt = torch.channels_last
     model = build_model(cfg, 10, 1).to(memory_format=fmt)
     opt = make_optimizer(model, cfg, cfg.optim.lr)
-    cfg.train.epochs = epochs
     sched = make_scheduler(opt, cfg, cfg.optim.lr, len(train))
     for _ in range(epochs):
         model.train()

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from freebies.checkpoint import write_text
 from freebies.data.datasets import FASHION_MNIST_CLASSES, load_dataset
 from freebies.errors import UsageError
 
@@ -260,10 +261,7 @@ def _clear_previous(out: Path) -> None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    # Through a temporary file, so an interrupted run never leaves a half-written JSON.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(obj, separators=(",", ":")) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
