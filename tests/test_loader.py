@@ -71,8 +71,9 @@ def test_normalize_matches_formula_and_layout():
 def test_channel_stats():
     x = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
     mean, std = channel_stats(x)
-    torch.testing.assert_close(mean, x.float().mean((0, 2, 3)))
-    torch.testing.assert_close(std, x.float().transpose(0, 1).reshape(3, -1).std(1))
+    assert mean.dtype == std.dtype == torch.float64
+    torch.testing.assert_close(mean, x.double().mean((0, 2, 3)))
+    torch.testing.assert_close(std, x.double().transpose(0, 1).reshape(3, -1).std(1))
 
 
 def test_epoch_order_is_seeded_per_epoch():

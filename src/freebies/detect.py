@@ -22,7 +22,7 @@ from torch import nn
 from freebies import config, engine
 from freebies.build import base_lr, make_optimizer, make_scheduler, recipe_errors
 from freebies.config import Config
-from freebies.data.loader import eval_batches, train_batches
+from freebies.data.loader import channel_stats, eval_batches, train_batches
 from freebies.deploy import count_macs
 from freebies.detection.coco import coco_metrics
 from freebies.detection.data import (
@@ -185,14 +185,14 @@ def load_data(cfg: Config) -> DetData:
 
 def data_info(data: DetData, image_size: int) -> dict[str, Any]:
     """What a detection checkpoint records about its data."""
-    x = data.train.images[: min(len(data.train), 512)].double() / 255
+    mean, std = channel_stats(data.train.images[:512])  # float64, pixel units
     return {
         "fingerprint": data.fingerprint,
         "classes": data.classes,
         "category_ids": data.category_ids,
         "image_size": image_size,
-        "mean": x.mean((0, 2, 3)).tolist(),
-        "std": x.std((0, 2, 3)).clamp(min=1e-3).tolist(),
+        "mean": (mean / 255).tolist(),
+        "std": (std / 255).clamp(min=1e-3).tolist(),
         "split_rule": data.split_rule,
     }
 

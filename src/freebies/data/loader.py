@@ -89,7 +89,7 @@ def sample_images(x: torch.Tensor | FolderImages, n: int) -> torch.Tensor:
 
 
 def channel_stats(x: torch.Tensor | FolderImages) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of uint8 (N, C, H, W) images, in pixel units.
+    """Per-channel mean and std (float64) of uint8 (N, C, H, W) images, in pixel units.
 
     Streamed folders are estimated from 1024 images spread evenly over the set.
     """
@@ -103,7 +103,7 @@ def channel_stats(x: torch.Tensor | FolderImages) -> tuple[torch.Tensor, torch.T
     n = x.numel() // x.shape[1]
     mean = total[0] / n
     var = (total[1] - n * mean * mean) / (n - 1)
-    return mean.float(), var.clamp(min=0).sqrt().float()
+    return mean, var.clamp(min=0).sqrt()
 
 
 def to_device(x: torch.Tensor | FolderImages, device: torch.device) -> torch.Tensor | FolderImages:
