@@ -512,7 +512,7 @@ def _images_under(folder: Path) -> list[Path]:
 def _read_coco(arg: str) -> _Read:
     if "," in arg or arg.lower().endswith(".json"):
         paths = [Path(p.strip()).expanduser() for p in arg.split(",") if p.strip()]
-        if len(paths) > 3:
+        if not 1 <= len(paths) <= 3:
             raise UsageError(
                 f"coco:{arg} names {len(paths)} files; give TRAIN,TEST or TRAIN,VAL,TEST"
             )
