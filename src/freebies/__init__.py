@@ -1,4 +1,4 @@
-"""freebies: the "bag of freebies" for image classifiers (detection is planned).
+"""freebies: the "bag of freebies" for image classifiers and object detectors.
 
 Training tricks that raise accuracy and cost nothing at inference time.
 """
