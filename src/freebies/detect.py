@@ -175,12 +175,17 @@ def load_data(cfg: Config) -> DetData:
     )
     for note in data.notes:
         print(f"freebies: warning: {note}", file=sys.stderr, flush=True)
+    return data
+
+
+def check_training(cfg: Config, data: DetData) -> None:
+    """What training needs of the data: a full batch, and a validation set to stop early on."""
     if cfg.train.batch_size > len(data.train):
         raise UsageError(
             f"train.batch_size={cfg.train.batch_size} is larger than the training set "
             f"({len(data.train)} images); lower --batch-size"
         )
-    return data
+    engine.check_early_stop(cfg.train.early_stop_patience, data.val is not None)
 
 
 def data_info(data: DetData, image_size: int) -> dict[str, Any]:
@@ -201,6 +206,7 @@ def build(cfg: Config, d: Dist) -> engine.Task:
     """The detection task for the engine."""
     check_settings(cfg)
     data, dev = load_data(cfg), d.device
+    check_training(cfg, data)
     info = data_info(data, cfg.data.image_size or IMAGE_SIZE)
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     net = make_detector(cfg, info).to(dev)

@@ -432,7 +432,7 @@ class _Run:
 def early_stop_reason(metrics: list[dict], patience: int, key: str = "val_acc") -> str | None:
     """Why to stop early, or None: `key` (a validation metric, higher is better) has not
     improved for `patience` evaluations. Never looks at the test set."""
-    vals = [(r["epoch"], r[key]) for r in metrics if key in r]
+    vals = [(r["epoch"], r[key]) for r in metrics if r.get(key) is not None]
     if patience <= 0 or not vals:
         return None
     best = max(range(len(vals)), key=lambda i: (vals[i][1], -i))  # the first best
@@ -442,6 +442,15 @@ def early_stop_reason(metrics: list[dict], patience: int, key: str = "val_acc") 
         f"early stop: {key} has not improved for {patience} evaluations "
         f"(best {_fmt(key, vals[best][1])} at epoch {vals[best][0]})"
     )
+
+
+def check_early_stop(patience: int, has_val: bool) -> None:
+    """Early stopping watches a validation set; refuse it when there is none."""
+    if patience and not has_val:
+        raise UsageError(
+            "train.early_stop_patience needs a validation split (e.g. data.val_split=0.1); "
+            "early stopping never looks at the test set"
+        )
 
 
 def gather_states(gen: torch.Generator, d: Dist) -> list[torch.Tensor]:

@@ -197,6 +197,7 @@ def load_data(cfg: Config) -> Splits:
             f"train.tta_shift={cfg.train.tta_shift} must be smaller than the images "
             f"({'x'.join(map(str, data.train_x.shape[2:]))}); use 1 or 2"
         )
+    engine.check_early_stop(cfg.train.early_stop_patience, data.val_x is not None)
     return data
 
 
