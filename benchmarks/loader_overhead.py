@@ -7,9 +7,12 @@ Runs, in one process and interleaved (this machine is shared and noisy):
     LR schedule; its img/s excludes evaluation.
 Both start from a freshly built model. Prints img/s for each and the ratio full / bare, and
 writes the figures with the machine, torch version and seeds to docs/results/.
+`--task detect` does the same for a detector: bare is the FCOS forward (with its target
+matching and losses), backward and step on one fixed batch; full is `freebies detect train`'s
+engine run (index the letterboxed images, box-aware flips, the step).
 
     python benchmarks/loader_overhead.py [--recipe baseline] [--steps 30] [--repeats 5]
-        [--batch 256]
+        [--batch 256] [--task classify|detect]
 """
 
 from __future__ import annotations
@@ -45,8 +48,36 @@ def bare_img_per_s(cfg: config.Config, steps: int, x: torch.Tensor, y: torch.Ten
     return steps * len(x) / (time.perf_counter() - t0)
 
 
-def full_img_per_s(cfg: config.Config, out: Path) -> float:
-    summary = run(cfg, out, recipe="bench", overwrite=True, progress=False)
+def bare_detect_img_per_s(cfg: config.Config, steps: int, data: object) -> float:
+    """The detector's step alone on the first training batch, already on the device."""
+    from freebies import detect
+
+    torch.manual_seed(cfg.train.seed)
+    info = detect.data_info(data, cfg.data.image_size)
+    model = detect.make_detector(cfg, info).train()
+    opt = make_optimizer(model, cfg, cfg.optim.lr)
+    n = cfg.train.batch_size
+    images = list((data.train.images[:n].float() / 255).unbind(0))
+    targets = [
+        {"boxes": b, "labels": c}
+        for b, c in zip(data.train.boxes[:n], data.train.labels[:n], strict=True)
+    ]
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = sum(model(images, targets).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * n / (time.perf_counter() - t0)
+
+
+def full_img_per_s(cfg: config.Config, out: Path, task: str = "classify") -> float:
+    from freebies import detect, engine
+
+    if task == "detect":
+        summary = engine.run(cfg, out, detect.build, recipe="bench", overwrite=True, progress=False)
+    else:
+        summary = run(cfg, out, recipe="bench", overwrite=True, progress=False)
     return summary["train_img_per_s"]
 
 
@@ -55,9 +86,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--recipe", default="baseline")
+    p.add_argument("--recipe", default=None, help="default: baseline, or detect with --task detect")
+    p.add_argument("--task", choices=["classify", "detect"], default="classify")
     p.add_argument("--out", type=Path, default=Path("docs/results/loader_overhead.json"))
     args = p.parse_args()
+    args.recipe = args.recipe or ("detect" if args.task == "detect" else "baseline")
 
     cfg = config.load(
         args.recipe,
@@ -67,17 +100,30 @@ def main() -> None:
             "data.limit_train": args.steps * args.batch,
             "data.limit_test": 256,
             "train.eval_every": 1,
+            # detection recipes warm up for an epoch; this one-epoch run measures steps only
+            **({"sched.warmup_epochs": 0.0} if args.task == "detect" else {}),
         },
     )
-    data = prepare(cfg.data)
-    x = (data.train_x[: args.batch].float() - 72.9) / 90.0
-    y = data.train_y[: args.batch]
+    if args.task == "detect":
+        from freebies import detect
+
+        data = detect.load_data(cfg)
+
+        def bare_once() -> float:
+            return bare_detect_img_per_s(cfg, args.steps, data)
+    else:
+        data = prepare(cfg.data)
+        x = (data.train_x[: args.batch].float() - 72.9) / 90.0
+        y = data.train_y[: args.batch]
+
+        def bare_once() -> float:
+            return bare_img_per_s(cfg, args.steps, x, y)
 
     bare, full = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
-            bare.append(bare_img_per_s(cfg, args.steps, x, y))
-            full.append(full_img_per_s(cfg, Path(tmp) / f"run{i}"))
+            bare.append(bare_once())
+            full.append(full_img_per_s(cfg, Path(tmp) / f"run{i}", args.task))
             print(
                 f"repeat {i + 1}: bare {bare[-1]:.0f} img/s, full {full[-1]:.0f} img/s", flush=True
             )
@@ -85,6 +131,7 @@ def main() -> None:
         "benchmark": "loader_overhead",
         "command": f"python benchmarks/loader_overhead.py --recipe {args.recipe} "
         f"--steps {args.steps} --repeats {args.repeats} --batch {args.batch}"
+        + (f" --task {args.task}" if args.task != "classify" else "")
         + (f" --out {args.out}" if args.recipe != "baseline" else ""),
         "recipe": args.recipe,
         "model": cfg.model.name,
