@@ -37,6 +37,16 @@ class Scene:
     labels: np.ndarray  # int64 (n,) class index
 
 
+def cycled_scenes(n: int, prefix: str, classes: int, seed: int = 0) -> list[Scene]:
+    """n scenes whose labels cycle through all `classes`, so every split sees each class."""
+    out = make_scenes(n, seed=seed, prefix=prefix)
+    k = 0
+    for s in out:
+        s.labels = (np.arange(len(s.labels)) + k) % classes
+        k += len(s.labels)
+    return out
+
+
 def make_scenes(
     n: int,
     *,

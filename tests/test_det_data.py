@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from detfake import Scene, make_scenes, save_image, voc_xml, write_coco, write_voc, write_yolo
+from detfake import (
+    Scene,
+    cycled_scenes,
+    make_scenes,
+    save_image,
+    voc_xml,
+    write_coco,
+    write_voc,
+    write_yolo,
+)
 from freebies.detection.data import (
     DetSplit,
     letterbox,
@@ -32,13 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def scenes(n: int, prefix: str, seed: int = 0) -> list[Scene]:
-    """n scenes whose labels cycle through every class, so each split sees all of them."""
-    out = make_scenes(n, seed=seed, prefix=prefix)
-    k = 0
-    for s in out:
-        s.labels = (np.arange(len(s.labels)) + k) % len(CLASSES)
-        k += len(s.labels)
-    return out
+    return cycled_scenes(n, prefix, len(CLASSES), seed)
 
 
 def three_splits() -> dict[str, list[Scene]]:

@@ -25,7 +25,7 @@ from PIL import Image
 from torch import nn
 from torchvision.models.detection.fcos import FCOSHead
 
-from detfake import Scene, make_scenes, save_image, write_coco
+from detfake import Scene, cycled_scenes, save_image, write_coco
 from freebies import checkpoint, config, detect, engine
 from freebies.checkpoint import Checkpoint
 from freebies.cli import main
@@ -52,13 +52,7 @@ def one_thread():
 
 
 def scenes(n: int, prefix: str, seed: int = 0) -> list[Scene]:
-    """n scenes whose labels cycle through every class."""
-    out = make_scenes(n, seed=seed, prefix=prefix)
-    k = 0
-    for s in out:
-        s.labels = (np.arange(len(s.labels)) + k) % len(CLASSES)
-        k += len(s.labels)
-    return out
+    return cycled_scenes(n, prefix, len(CLASSES), seed)
 
 
 def coco_set(root: Path) -> Path:

@@ -102,12 +102,7 @@ def detect_step(s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: i
         losses = s.model(images, targets)
     loss = sum(v.float() for v in losses.values())
     # 3. backward, optimizer step, LR schedule step, EMA
-    s.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    s.opt.step()
-    s.sched.step()
-    if s.ema is not None:
-        s.ema.update_parameters(s.net)
+    engine.update(loss, s.opt, s.sched, s.ema, s.net)
     return loss.detach()
 
 

@@ -444,6 +444,23 @@ def early_stop_reason(metrics: list[dict], patience: int, key: str = "val_acc") 
     )
 
 
+def update(
+    loss: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    ema: AveragedModel | None,
+    net: nn.Module,
+) -> None:
+    """The end of every task's step: backward, optimizer step, LR schedule step, EMA update
+    (of the weights the optimizer just wrote)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    if ema is not None:
+        ema.update_parameters(net)
+
+
 def check_early_stop(patience: int, has_val: bool) -> None:
     """Early stopping watches a validation set; refuse it when there is none."""
     if patience and not has_val:

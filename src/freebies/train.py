@@ -139,12 +139,7 @@ def train_step(s: Step, batch: tuple[torch.Tensor, ...], epoch: int, step: int) 
             logits.to(s.loss_dtype), t_logits.to(s.loss_dtype), target, d.alpha, d.temperature
         )
     # 5. backward, optimizer step, LR schedule step, EMA
-    s.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    s.opt.step()
-    s.sched.step()
-    if s.ema is not None:
-        s.ema.update_parameters(s.net)
+    engine.update(loss, s.opt, s.sched, s.ema, s.net)
     return loss.detach()
 
 
