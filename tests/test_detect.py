@@ -794,3 +794,30 @@ def test_a_detection_run_resumes_only_as_detection(trained, capsys):
     assert "freebies detect eval" in line
     line = usage_error(capsys, "eval", str(trained / "last.pt"))
     assert "is a detect checkpoint" in line
+
+
+def test_torchrun_two_processes_train_and_gather_every_test_image(coco_dir, tmp_path):
+    """Two processes under torchrun: the ranks keep one set of weights, and the test AP in
+    summary.json (predictions gathered from both ranks, 7 images over 2 shards, so one rank
+    gets a padded shard) equals a one-process `detect eval` of the same checkpoint."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    args = tiny(f"coco:{coco_dir}", out, "--epochs", "1", "--limit-test", "7", batch=4)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [*torchrun, "-m", "freebies", *args], env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    res = subprocess.run(
+        [sys.executable, "-m", "freebies", "detect", "eval", str(out / "last.pt"), "--limit-test", "7"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    for key in ("map", "map_50", "map_75", "map_small"):
+        assert result[key] == pytest.approx(summary[key], abs=1e-9), key

@@ -68,3 +68,17 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def broadcast_buffers(*modules: torch.nn.Module | None) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running stats).
+
+    DDP broadcasts buffers at the start of each forward, so after the last training step each
+    rank holds the statistics of its own last batch; without this, evaluation shards would run
+    slightly different models and the gathered metrics would not be the checkpoint's.
+    """
+    if not dist.is_initialized():
+        return
+    for module in modules:
+        for buf in module.buffers() if module is not None else ():
+            dist.broadcast(buf, 0)

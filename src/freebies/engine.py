@@ -30,7 +30,7 @@ from tqdm import tqdm
 from freebies import checkpoint, config
 from freebies.checkpoint import Checkpoint
 from freebies.config import Config
-from freebies.distributed import Dist, all_sum, any_rank, setup, teardown
+from freebies.distributed import Dist, all_sum, any_rank, broadcast_buffers, setup, teardown
 from freebies.errors import UsageError
 from freebies.report.plots import plot_curves
 from freebies.runtime import git_commit, machine, peak_mem_mb
@@ -334,6 +334,7 @@ class _Run:
             "train_loss": st.partial["loss_sum"] / max(st.partial["steps"], 1),
             "img_per_s": task.steps_per_epoch * task.batch_size / max(st.partial["train_s"], 1e-9),
         }
+        broadcast_buffers(task.net, task.ema)
         if last or (epoch + 1) % cfg.train.eval_every == 0:
             row.update(task.evaluate(last))
         row["wall_s"] = time.perf_counter() - self.t0
