@@ -813,10 +813,10 @@ def test_torchrun_two_processes_train_and_gather_every_test_image(coco_dir, tmp_
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
+    evaluate = ["detect", "eval", str(out / "last.pt"), "--limit-test", "7"]
     res = subprocess.run(
-        [sys.executable, "-m", "freebies", "detect", "eval", str(out / "last.pt"), "--limit-test", "7"],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "freebies", *evaluate], env=env, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("map", "map_50", "map_75", "map_small"):
