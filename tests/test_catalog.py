@@ -13,7 +13,9 @@ def test_every_trick_names_real_keys_and_a_valid_on_setting(trick):
     assert set(trick.keys) <= keys, set(trick.keys) - keys
     assert set(trick.on) <= keys
     # With a validation split, as in an ablation: early stopping needs one, the others ignore it.
-    cfg = config.load("baseline", {"data.val_split": 0.1, **trick.on})
+    assert trick.tasks and set(trick.tasks) <= {"classify", "detect"}
+    recipe = "baseline" if "classify" in trick.tasks else "detect"
+    cfg = config.load(recipe, {"data.val_split": 0.1, **trick.on})
     flat = config.flatten(config.to_dict(cfg))
     for key, value in trick.on.items():
         assert flat[key] == value

@@ -69,7 +69,13 @@ def _add_train(
 def _add_ablate(sub: Any) -> None:
     """`freebies ablate`."""
     a = sub.add_parser("ablate", help="train the baseline and each trick on the same seeds")
-    a.add_argument("--recipe", default="baseline", help="the baseline recipe (default: baseline)")
+    a.add_argument(
+        "--task",
+        choices=["classify", "detect"],
+        default="classify",
+        help="detect: the detection trainer, recipe `detect` and --metric map by default",
+    )
+    a.add_argument("--recipe", default=None, help="the baseline recipe (default: the task's)")
     a.add_argument(
         "--tricks",
         required=True,
@@ -86,16 +92,18 @@ def _add_ablate(sub: Any) -> None:
     )
     a.add_argument(
         "--metric",
-        default="test_acc",
+        default=None,
         metavar="KEY[:min|:max]",
-        help="the summary.json key to compare on (default test_acc); keys ending in nll, ece, "
+        help="the summary.json key to compare on (default test_acc, map for detect); keys "
+        "ending in nll, ece, "
         "loss, _s, mem_mb or macs are lower-is-better unless :max says otherwise",
     )
     a.add_argument(
         "--trainer",
-        default="freebies train",
+        default=None,
         metavar="CMD",
-        help="the command that trains one run (default 'freebies train'); any command that "
+        help="the command that trains one run (default 'freebies train', or 'freebies detect "
+        "train' for --task detect); any command that "
         "honours the run-folder contract (see freebies.experiments.ablate)",
     )
     a.add_argument("--out", type=Path, required=True, help="grid folder (rerun to resume)")
@@ -311,6 +319,9 @@ def _ablate(args: argparse.Namespace) -> None:
 
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    recipe, trainer, metric = ablate.TASKS[args.task]
+    args.recipe, args.trainer = args.recipe or recipe, args.trainer or trainer
+    args.metric = args.metric or metric
     overrides = _overrides(args)
     seeds = ablate.grid_seeds(args.recipe, overrides, args.trainer, args.seeds)
     entries = ablate.run_grid(
@@ -346,8 +357,9 @@ def _tricks(args: argparse.Namespace) -> None:
     for t in TRICKS:
         on = " ".join(f"--set {k}={v}" for k, v in t.on.items()) or "(see keys)"
         print(
-            f"{t.name:16s} {t.what}\n{'':16s} keys: {', '.join(t.keys)}\n"
-            f"{'':16s} on:   {on}\n{'':16s} {t.paper} {t.link}".rstrip()
+            f"{t.name:20s} {t.what}\n{'':20s} keys: {', '.join(t.keys)}\n"
+            f"{'':20s} on:   {on}\n{'':20s} for:  {', '.join(t.tasks)}\n"
+            f"{'':20s} {t.paper} {t.link}".rstrip()
         )
 
 

@@ -79,6 +79,19 @@ class DetCfg:
     head_convs: int = 4  # conv layers in each FCOS head branch
     score_thresh: float = 0.05  # detections kept above this score (COCO evaluates at ~0.05)
     detections: int = 100  # detections per image at most (COCO's maximum)
+    # The bag of freebies for detection (Zhang et al. 2019), each off by default.
+    mixup: float = 0.0  # visually coherent mixup: lambda ~ Beta(a, a), 1.5 in the paper; 0 = off
+    mixup_off_epochs: int = 0  # train the last N epochs without mixup
+    label_smoothing: float = 0.0  # epsilon for the classification head's foreground targets
+    hflip: bool = False  # random horizontal flip, boxes flipped with the image
+    expand: bool = False  # SSD zoom out onto a mean-filled canvas
+    expand_ratio: float = 4.0  # the largest zoom-out ratio (SSD: 4)
+    crop: bool = False  # SSD random IoU-constrained crop
+    crop_min_scale: float = 0.3  # the smallest crop side, as a fraction of the image's (SSD: 0.3)
+    color_jitter: bool = False  # per-image brightness, contrast and saturation
+    jitter_strength: float = 0.5  # factors in [1 - s, 1 + s] (SSD's contrast range: 0.5)
+    random_shapes: list[int] | None = None  # training sizes, multiples of 32; null = off
+    random_shapes_every: int = 10  # draw a new size every k iterations (GluonCV: 10)
 
 
 @dataclass
@@ -377,12 +390,36 @@ def validate(cfg: Config) -> Config:
         (cfg.det.detections > 0, "det.detections must be > 0"),
         (cfg.det.head_convs >= 0, "det.head_convs must be >= 0"),
         (0 <= cfg.det.score_thresh < 1, "det.score_thresh must be in [0, 1)"),
+        *_det_checks(cfg.det),
         *_aug_checks(cfg),
     ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
     return cfg
+
+
+def _det_checks(det: DetCfg) -> list[tuple[bool, str]]:
+    """(ok, message) for every det.* trick rule."""
+    shapes = det.random_shapes
+    return [
+        (det.mixup >= 0, "det.mixup is the Beta alpha: must be >= 0 (1.5 in the paper; 0 = off)"),
+        (det.mixup_off_epochs >= 0, "det.mixup_off_epochs must be >= 0"),
+        (0 <= det.label_smoothing < 1, "det.label_smoothing must be in [0, 1)"),
+        (det.expand_ratio >= 1, "det.expand_ratio must be >= 1 (SSD: 4)"),
+        (0 < det.crop_min_scale <= 1, "det.crop_min_scale must be in (0, 1] (SSD: 0.3)"),
+        (0 <= det.jitter_strength < 1, "det.jitter_strength must be in [0, 1)"),
+        (
+            shapes is None or len(shapes) > 0,
+            "det.random_shapes is empty; list sizes such as [192,224,256], or null for off",
+        ),
+        (
+            shapes is None or all(s > 0 and s % 32 == 0 for s in shapes),
+            f"det.random_shapes={shapes}: every size must be a positive multiple of 32 "
+            "(the backbone's stride)",
+        ),
+        (det.random_shapes_every > 0, "det.random_shapes_every must be > 0 (iterations)"),
+    ]
 
 
 def _aug_checks(cfg: Config) -> list[tuple[bool, str]]:

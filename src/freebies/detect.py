@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 
 from freebies import config, engine
 from freebies.build import base_lr, make_optimizer, make_scheduler, recipe_errors
-from freebies.config import Config
+from freebies.config import Config, DetCfg
 from freebies.data.loader import channel_stats, eval_batches, train_batches
 from freebies.deploy import count_macs
 from freebies.detection.coco import coco_metrics
@@ -32,17 +33,20 @@ from freebies.detection.data import (
     load_detection,
     to_original,
 )
+from freebies.detection.mixup import mix_detection
 from freebies.detection.model import BACKBONES, build_detector
-from freebies.detection.transforms import hflip_boxes
+from freebies.detection.transforms import crop_boxes, expand_boxes, hflip_boxes, resize_boxes
 from freebies.distributed import Dist
 from freebies.errors import UsageError, nearest
 from freebies.runtime import autocast_for
 from freebies.tricks import ema_model
+from freebies.tricks.photometric import color_jitter
 
 MODELS = tuple(f"fcos_{b}" for b in BACKBONES)
 # Classification settings a detection run does not use (yet), at their "off" values.
 CLASSIFICATION_ONLY = {
     "aug.crop_padding": 0,
+    "aug.hflip": False,  # detection flips with det.hflip, boxes and all
     "aug.vflip": False,
     "aug.flip_mode": "random",
     "aug.rotate": 0.0,
@@ -79,6 +83,8 @@ class DetStep:
     gen: torch.Generator  # this rank's augmentation stream
     boxes: list[torch.Tensor]  # training boxes per image, xyxy letterboxed pixels, on device
     labels: list[torch.Tensor]  # training labels per image, on device
+    steps_per_epoch: int
+    fill: list[float]  # the expand canvas: the training set's channel means, pixel units
     ema: Any = None
     autocast: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
 
@@ -87,23 +93,76 @@ def detect_step(s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: i
     """One training step on batch (indices (N,), uint8 images (N, 3, S, S), indices (N,)).
 
     Returns the detached loss: classification (sigmoid focal) + box (GIoU) + centre-ness, each
-    normalised by the global batch's foreground locations.
+    normalised by the global batch's foreground locations (their weights under mixup).
     """
     idx, xb, _ = batch
     ids = idx.tolist()
     boxes, labels = [s.boxes[i] for i in ids], [s.labels[i] for i in ids]
-    # 1. box-aware augmentation (uint8, batched, each image its own draw)
-    if s.cfg.aug.hflip:
-        xb, boxes = hflip_boxes(xb, boxes, s.gen)
+    # 1. box-aware augmentation and random shapes (float pixels, batched, per-image draws)
+    x, targets = augment(s, xb.float(), boxes, labels, epoch)
+    size = random_shape(s.cfg.det, s.cfg.train.seed, epoch * s.steps_per_epoch + step)
+    if size is not None:
+        x, scaled = resize_boxes(x, [t["boxes"] for t in targets], size)
+        targets = [{**t, "boxes": b} for t, b in zip(targets, scaled, strict=True)]
     # 2. forward and loss: the detector normalises, batches and matches locations to boxes
-    images = list((xb.float() / 255).unbind(0))
-    targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels, strict=True)]
-    with s.autocast:
+    images = list((x / 255).unbind(0))
+    with s.autocast, input_size(s.net, size):
         losses = s.model(images, targets)
     loss = sum(v.float() for v in losses.values())
     # 3. backward, optimizer step, LR schedule step, EMA
     engine.update(loss, s.opt, s.sched, s.ema, s.net)
     return loss.detach()
+
+
+def augment(
+    s: DetStep, x: torch.Tensor, boxes: list[torch.Tensor], labels: list[torch.Tensor], epoch: int
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """The recipe's detection tricks in GluonCV's order (Zhang et al. 2019): mixup, colour
+    jitter, expand, crop, flip. x: float pixels (N, C, S, S). Returns the images and the
+    detector's targets; "weights" (per box) only under mixup."""
+    det, g = s.cfg.det, s.gen
+    weights = None
+    if det.mixup > 0 and epoch < s.cfg.train.epochs - det.mixup_off_epochs:
+        x, boxes, labels, weights = mix_detection(x, boxes, labels, det.mixup, g)
+    if det.color_jitter:
+        x = color_jitter(x, det.jitter_strength, g)
+    if det.expand:
+        x, boxes = expand_boxes(x, boxes, g, max_ratio=det.expand_ratio, fill=s.fill)
+    if det.crop:
+        x, boxes, keeps = crop_boxes(x, boxes, g, min_scale=det.crop_min_scale)
+        labels = [lab[k] for lab, k in zip(labels, keeps, strict=True)]
+        if weights is not None:
+            weights = [w[k] for w, k in zip(weights, keeps, strict=True)]
+    if det.hflip:
+        x, boxes = hflip_boxes(x, boxes, g)
+    targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels, strict=True)]
+    if weights is not None:
+        for t, w in zip(targets, weights, strict=True):
+            t["weights"] = w
+    return x, targets
+
+
+def random_shape(det: DetCfg, seed: int, step: int) -> int | None:
+    """Random shapes (YOLOv3; Zhang et al. 2019, section 3.5): the training size for global
+    `step`, drawn from det.random_shapes every det.random_shapes_every steps. Every rank and a
+    resumed run draw the same size: it depends only on the seed and the step."""
+    if not det.random_shapes:
+        return None
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step // det.random_shapes_every)
+    return det.random_shapes[int(torch.randint(len(det.random_shapes), (), generator=g))]
+
+
+@contextlib.contextmanager
+def input_size(net: nn.Module, size: int | None) -> Iterator[None]:
+    """Set the detector's internal transform to `size` for one forward (None: leave it)."""
+    t = net.transform
+    before = t.min_size, t.max_size
+    if size is not None:
+        t.min_size, t.max_size = (size,), size
+    try:
+        yield
+    finally:
+        t.min_size, t.max_size = before
 
 
 def check_settings(cfg: Config) -> None:
@@ -143,6 +202,7 @@ def make_detector(cfg: Config, data_info: dict[str, Any]) -> nn.Module:
             score_thresh=cfg.det.score_thresh,
             detections_per_img=cfg.det.detections,
             backbone_weights=cfg.model.backbone_weights,
+            label_smoothing=cfg.det.label_smoothing,
         )
 
 
@@ -223,6 +283,8 @@ def build(cfg: Config, d: Dist) -> engine.Task:
         gen=torch.Generator(dev).manual_seed(cfg.train.seed + 1_000_003 * d.rank),
         boxes=[b.to(dev) for b in data.train.boxes],
         labels=[lab.to(dev) for lab in data.train.labels],
+        steps_per_epoch=steps_per_epoch,
+        fill=[255 * m for m in info["mean"]],
         autocast=autocast_for(cfg.train.precision, dev),
     )
     torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank + 1)

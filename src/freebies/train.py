@@ -20,7 +20,7 @@ from torch import nn
 
 from freebies import checkpoint, engine
 from freebies.build import base_lr, build_model, make_optimizer, make_scheduler
-from freebies.config import Config, mixers
+from freebies.config import Config, DetCfg, mixers
 from freebies.data.loader import (
     alternating_flip,
     channel_stats,
@@ -56,6 +56,17 @@ from freebies.tricks import (
 )
 
 MIXERS: dict[str, Callable] = {"mixup": mixup, "cutmix": cutmix, "ricap": ricap}
+
+# The detection tricks (det.*), which only `freebies detect train` reads.
+DETECTION_ONLY = (
+    "mixup",
+    "label_smoothing",
+    "hflip",
+    "expand",
+    "crop",
+    "color_jitter",
+    "random_shapes",
+)
 
 
 @dataclass
@@ -196,9 +207,23 @@ def load_data(cfg: Config) -> Splits:
     return data
 
 
+def check_no_detection_tricks(cfg: Config) -> None:
+    """Refuse det.* tricks: a classifier would train without them (`freebies detect train`
+    reads them)."""
+    default = DetCfg()
+    on = [f"det.{k}" for k in DETECTION_ONLY if getattr(cfg.det, k) != getattr(default, k)]
+    if on:
+        fix = " ".join(f"{k}={getattr(default, k.removeprefix('det.'))}" for k in on)
+        raise UsageError(
+            f"{', '.join(on)}: detection tricks that classification does not use; train a "
+            f"detector with `freebies detect train`, or set {fix}"
+        )
+
+
 def build(cfg: Config, d: Dist) -> engine.Task:
     """The classification task for the engine: data on the device, model, optimizer, schedule,
     the step's tricks, and evaluation."""
+    check_no_detection_tricks(cfg)
     data, dev, dtype = load_data(cfg), d.device, param_dtype(cfg.train.precision)
     fingerprint, shape = data.fingerprint, list(data.train_x.shape[1:])
     mean, std = channel_stats(data.train_x)  # pixel units, from the training images

@@ -1,12 +1,32 @@
 """Box-aware augmentation on batched tensors: images move, and their boxes move with them.
 
 Boxes are xyxy in pixels, one (n_i, 4) tensor per image, because images hold different
-numbers of boxes.
+numbers of boxes. Every image draws its own parameters from the optional ``generator``, on
+x's device; the output batch keeps its shape (N, C, H, W), as a fixed-size batch needs.
+
+- SSD's zoom out and IoU-constrained crop: Liu et al. 2016, "SSD: Single Shot MultiBox
+  Detector", https://arxiv.org/abs/1512.02325 (section 2.2, data augmentation); both are in
+  Zhang et al. 2019, "Bag of Freebies for Training Object Detection Neural Networks",
+  https://arxiv.org/abs/1902.04103 (section 3.3).
+- Random shapes (a new input size every few steps, from YOLOv3): Zhang et al. 2019, section 3.5.
+
+Written by hand: torchvision's v2 ``RandomZoomOut`` / ``RandomIoUCrop`` transform one sample
+at a time from the global random state (no ``torch.Generator``) and change its size, so a
+batch would need a Python loop over them and a resize after each.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
+from torch.nn import functional as F
+
+from freebies.tricks.checks import check_generator, check_images
+
+# SSD's crop modes: the minimum IoU between the crop and a box; inf is "keep the whole image".
+_MIN_IOUS = (math.inf, 0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def hflip_boxes(
@@ -34,3 +54,241 @@ def hflip_boxes(
     for b, f in zip(boxes, flip.tolist(), strict=True):
         out.append(torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1) if f else b)
     return x, out
+
+
+def _check_batch(
+    x: torch.Tensor, boxes: list[torch.Tensor], generator: torch.Generator | None, fn: str
+) -> None:
+    """`x` a float batch, `boxes` one float (n_i, 4) tensor per image, `generator` on x's device."""
+    check_images(x, fn)
+    if len(boxes) != x.shape[0]:
+        raise ValueError(
+            f"{fn}: boxes must hold one tensor per image of x, got {len(boxes)} for "
+            f"{x.shape[0]} images"
+        )
+    bad = [
+        f"{tuple(b.shape)} {b.dtype}"
+        for b in boxes
+        if b.dim() != 2 or b.shape[1] != 4 or not b.is_floating_point()
+    ]
+    if bad:
+        raise ValueError(f"{fn}: boxes must be float (n_i, 4) tensors, got {bad}")
+    check_generator(x, generator, fn)
+
+
+def _resize(x: torch.Tensor, h: int, w: int, antialias: bool = True) -> torch.Tensor:
+    """Bilinear resize of (N, C, h0, w0) to (N, C, h, w), pixel centres aligned as in PIL."""
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=antialias)
+
+
+def _per_box(b: torch.Tensor, values: Sequence[float]) -> torch.Tensor:
+    """(v0, v1, v2, v3) as a tensor in the boxes' dtype and device, to scale or shift xyxy.
+
+    Scaling multiplies by the new size, then divides by the old one: each step is correctly
+    rounded, so a box edge on the old border lands exactly on the new one (old * new / old is
+    new), where a precomputed ratio new / old can overshoot the image by one ulp.
+    """
+    return torch.tensor(values, dtype=b.dtype, device=b.device)
+
+
+def expand_boxes(
+    x: torch.Tensor,
+    boxes: list[torch.Tensor],
+    generator: torch.Generator | None = None,
+    *,
+    max_ratio: float = 4.0,
+    fill: Sequence[float] | None = None,
+    p: float = 0.5,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """SSD's "zoom out" (Liu et al. 2016; Zhang et al. 2019, section 3.3): shrink each image with
+    probability p and paste it at a random place on a canvas of its own size.
+
+    An image draws r ~ U[1, max_ratio], is resized to (h', w') = (round(H / r), round(W / r))
+    (bilinear, antialiased) and pasted at a uniform integer offset ox in [0, W - w'],
+    oy in [0, H - h'] on an H x W canvas filled with `fill`. This is SSD's expansion onto an
+    r x larger canvas, resized back to the input size so that the batch keeps its shape.
+
+    Args:
+        x: images (N, C, H, W), float, pixel values in 0..255.
+        boxes: N float tensors (n_i, 4), xyxy pixels in x's frame.
+        generator: optional source of randomness, on x's device.
+        max_ratio: the largest zoom-out factor, >= 1.
+        fill: C per-channel canvas values in pixel units; None: each image's channel means.
+        p: the probability that an image is zoomed out, in [0, 1].
+
+    Returns:
+        The images and boxes; a moved box is b * (w', h', w', h') / (W, H, W, H)
+        + (ox, oy, ox, oy), i.e. scaled by (w'/W, h'/H) and shifted by (ox, oy).
+    """
+    _check_batch(x, boxes, generator, "expand_boxes")
+    if not 1 <= max_ratio < math.inf:
+        raise ValueError(f"expand_boxes: max_ratio must be a finite number >= 1, got {max_ratio}")
+    if not 0 <= p <= 1:
+        raise ValueError(f"expand_boxes: p must be in [0, 1], got {p}")
+    n, c, h, w = x.shape
+    if fill is None:
+        fills = x.mean((2, 3))
+    else:
+        fills = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+        if fills.shape != (c,):
+            raise ValueError(
+                f"expand_boxes: fill must hold {c} values (one per channel), got {fill!r}"
+            )
+        fills = fills.expand(n, c)
+    u = torch.rand(n, 4, generator=generator, device=x.device, dtype=torch.float64)
+    hw = torch.tensor([h, w], device=x.device)
+    size = (hw / (1 + (max_ratio - 1) * u[:, 1:2])).round().clamp(min=1).long()  # (N, 2)
+    room = hw - size
+    offset = torch.minimum((u[:, 2:] * (room + 1)).long(), room)  # (N, 2): oy, ox
+    params = torch.cat([(u[:, :1] < p).long(), size, offset], 1).tolist()  # one device sync
+    out, out_boxes = x.clone(), list(boxes)
+    for i, (zoom, nh, nw, oy, ox) in enumerate(params):
+        if not zoom:
+            continue
+        out[i] = fills[i, :, None, None]
+        out[i, :, oy : oy + nh, ox : ox + nw] = _resize(x[i : i + 1], nh, nw)[0]
+        b = boxes[i]
+        scaled = b * _per_box(b, [nw, nh] * 2) / _per_box(b, [w, h] * 2)
+        out_boxes[i] = scaled + _per_box(b, [ox, oy] * 2)
+    return out, out_boxes
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of xyxy boxes a (..., 4) and b (..., 4), broadcast against each other."""
+    inter = torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])
+    inter = inter.clamp(min=0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).prod(-1)
+    return inter / (area_a + area_b - inter)
+
+
+def _search_crops(
+    x: torch.Tensor,
+    boxes: list[torch.Tensor],
+    generator: torch.Generator | None,
+    min_scale: float,
+    trials: int,
+) -> tuple[list[list[int] | None], torch.Tensor]:
+    """SSD's crop search, all images and trials at once: each image's first accepted crop
+    [left, top, right, bottom] (None: keep the image whole), and (N, max n_i) whether each
+    box's centre lies strictly inside that crop."""
+    n, _, h, w = x.shape
+    dev = x.device
+    draw = {"generator": generator, "device": dev}
+    mode = torch.randint(len(_MIN_IOUS), (n,), **draw)
+    # round() first: 0.3 * 10 is 3.0000000000000004, whose ceiling would leave out width 3
+    cw = torch.randint(math.ceil(round(min_scale * w, 9)), w + 1, (n, trials), **draw)
+    ch = torch.randint(math.ceil(round(min_scale * h, 9)), h + 1, (n, trials), **draw)
+    u = torch.rand(2, n, trials, dtype=torch.float64, **draw)
+    left = torch.minimum((u[0] * (w - cw + 1)).long(), w - cw)
+    top = torch.minimum((u[1] * (h - ch + 1)).long(), h - ch)
+    crops = torch.stack([left, top, left + cw, top + ch], -1)  # (N, T, 4)
+    # Boxes padded to (N, M, 4); a padding box's centre (-1, -1) is outside every crop.
+    pad = torch.full(
+        (n, max(1, *(len(b) for b in boxes)), 4), -1.0, dtype=torch.float64, device=dev
+    )
+    for i, b in enumerate(boxes):
+        pad[i, : len(b)] = b
+    centre = ((pad[:, :, :2] + pad[:, :, 2:]) / 2)[:, None]  # (N, 1, M, 2)
+    c = crops[:, :, None].double()  # (N, T, 1, 4)
+    inside = ((c[..., :2] < centre) & (centre < c[..., 2:])).all(-1)  # (N, T, M)
+    best = _iou(c, pad[:, None]).masked_fill(~inside, -1.0).amax(-1)  # (N, T)
+    aspect = (cw * h) / (ch * w)  # the crop's w / h relative to the image's
+    valid = (aspect >= 0.5) & (aspect <= 2.0) & inside.any(-1)
+    valid &= best >= torch.tensor(_MIN_IOUS, dtype=torch.float64, device=dev)[mode][:, None]
+    first = valid.int().argmax(1)  # the first accepted trial (0 when none is)
+    rows = torch.arange(n, device=dev)
+    accepted, chosen = valid.any(1).tolist(), crops[rows, first].tolist()
+    centred = inside[rows, first]
+    return [cr if ok else None for ok, cr in zip(accepted, chosen, strict=True)], centred
+
+
+def crop_boxes(
+    x: torch.Tensor,
+    boxes: list[torch.Tensor],
+    generator: torch.Generator | None = None,
+    *,
+    min_scale: float = 0.3,
+    trials: int = 50,
+    min_size: float = 2.0,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """SSD's random IoU-constrained crop (Liu et al. 2016; Zhang et al. 2019, section 3.3),
+    resized back to the input size.
+
+    Each image draws a mode from (whole image, 0.1, 0.3, 0.5, 0.7, 0.9). For the whole image, or
+    an image without boxes, nothing changes. Otherwise up to `trials` crops are drawn: integer
+    width in [min_scale * W, W] and height in [min_scale * H, H], at a uniform integer position
+    inside the image; a crop is rejected when its w / h relative to W / H is outside [0.5, 2],
+    when no box has its centre strictly inside it, or when the largest IoU between the crop and
+    those boxes is below the mode's (the rule of torchvision's v2 RandomIoUCrop). The first
+    accepted crop is used; when none is, the image is kept whole.
+
+    On a crop [l, t, r, b] of size (cw, ch): the boxes whose centre lies strictly inside are
+    kept, the others dropped; a kept box is clipped to the crop, shifted by (l, t) and scaled by
+    (W / cw, H / ch), i.e. (clamp(box, (l, t, l, t), (r, b, r, b)) - (l, t, l, t))
+    * (W, H, W, H) / (cw, ch, cw, ch); then boxes narrower or shorter than `min_size` pixels
+    (in the output) are dropped. The crop's pixels are resized to H x W (bilinear, antialiased);
+    an image kept whole keeps all its boxes as they are.
+
+    Args:
+        x: images (N, C, H, W), float, pixel values in 0..255.
+        boxes: N float tensors (n_i, 4), xyxy pixels in x's frame.
+        generator: optional source of randomness, on x's device.
+        min_scale: the smallest crop side as a fraction of the image's, in (0, 1].
+        trials: crops drawn per image before it is kept whole, >= 1.
+        min_size: the smallest width and height (output pixels) of a kept box, >= 0.
+
+    Returns:
+        The images, the boxes, and keeps: N bool tensors (n_i,) over each image's original boxes
+        saying which survive (to filter labels or per-box weights the same way).
+    """
+    _check_batch(x, boxes, generator, "crop_boxes")
+    if not 0 < min_scale <= 1:
+        raise ValueError(f"crop_boxes: min_scale must be in (0, 1], got {min_scale}")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"crop_boxes: trials must be an int >= 1, got {trials!r}")
+    if not min_size >= 0:
+        raise ValueError(f"crop_boxes: min_size must be >= 0, got {min_size}")
+    _, _, h, w = x.shape
+    crops, inside = _search_crops(x, boxes, generator, min_scale, trials)
+    out, out_boxes, keeps = x.clone(), [], []
+    for i, (b, crop) in enumerate(zip(boxes, crops, strict=True)):
+        if crop is None:
+            out_boxes.append(b)
+            keeps.append(torch.ones(len(b), dtype=torch.bool, device=b.device))
+            continue
+        left, top, right, bottom = crop
+        out[i] = _resize(x[i : i + 1, :, top:bottom, left:right], h, w)[0]
+        centred = inside[i, : len(b)].to(b.device)
+        lo, hi = _per_box(b, [left, top] * 2), _per_box(b, [right, bottom] * 2)
+        clipped = torch.minimum(torch.maximum(b[centred], lo), hi) - lo
+        moved = clipped * _per_box(b, [w, h] * 2) / (hi - lo)
+        big = ((moved[:, 2:] - moved[:, :2]) >= min_size).all(1)
+        keep = centred.clone()
+        keep[centred] = big
+        out_boxes.append(moved[big])
+        keeps.append(keep)
+    return out, out_boxes, keeps
+
+
+def resize_boxes(
+    x: torch.Tensor, boxes: list[torch.Tensor], size: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Resize the whole batch to size x size, and its boxes: the input size of "random shapes"
+    training (Zhang et al. 2019, section 3.5, from YOLOv3).
+
+    Args:
+        x: images (N, C, H, W), float, pixel values in 0..255.
+        boxes: N float tensors (n_i, 4), xyxy pixels in x's frame.
+        size: the new height and width, a positive int.
+
+    Returns:
+        The images (N, C, size, size), bilinear (antialiased when shrinking), and the boxes
+        scaled by (size / W, size / H), as b * size / (W, H, W, H).
+    """
+    _check_batch(x, boxes, None, "resize_boxes")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"resize_boxes: size must be a positive int, got {size!r}")
+    _, _, h, w = x.shape
+    x = _resize(x, size, size, antialias=size < h or size < w)
+    return x, [b * size / _per_box(b, [w, h] * 2) for b in boxes]

@@ -21,8 +21,9 @@ train`; its exact command is recorded). The grid relies only on this run-folder 
 
 docs/run-folder.md lists every file, summary key and unit that `freebies train` writes.
 A run folder with summary.json is done and one with last.pt resumes, so a killed grid
-finishes when started again. Only the default trainer's variants are checked against the
-classification recipe (`freebies.config`) before anything runs.
+finishes when started again. The variants of freebies' own trainers (`freebies train`,
+`freebies detect train`) are checked against the recipe (`freebies.config`) before anything
+runs. `--task detect` picks the detection trainer, the `detect` recipe and `--metric map`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ from freebies.tricks.catalog import TRICKS
 MODES = ("single", "cumulative", "both")
 TEACHER = "@baseline"  # distillation without a teacher: the grid's own baseline teaches
 DEFAULT_TRAINER = "freebies train"
+DETECT_TRAINER = "freebies detect train"
+# --task -> (default recipe, trainer, metric)
+TASKS = {
+    "classify": ("baseline", DEFAULT_TRAINER, "test_acc"),
+    "detect": ("detect", DETECT_TRAINER, "map"),
+}
 # What grid.json files written before --metric and --trainer meant.
 LEGACY = {"metric": "test_acc", "better": "higher", "trainer": DEFAULT_TRAINER}
 
@@ -177,6 +184,8 @@ class Grid:
         self.trainer, self.metric = trainer, metric
         self.words = trainer_words(trainer)
         self.classification = self.words == DEFAULT_TRAINER.split()
+        # freebies' own trainers read the recipe through freebies.config: check it up front
+        self.own = self.classification or self.words == DETECT_TRAINER.split()
 
     def executable(self) -> list[str]:
         """The trainer as a process to start: `freebies ...` runs in this interpreter."""
@@ -201,7 +210,7 @@ class Grid:
         return ov
 
     def cfg(self, v: Variant, seed: int) -> config.Config:
-        """The classification config of a run (default trainer only)."""
+        """The resolved config of a run (freebies' own trainers only)."""
         try:
             return config.load(self.recipe, self.run_overrides(v, seed))
         except UsageError as e:
@@ -218,9 +227,9 @@ class Grid:
         return [*self.words, *self.train_args(v, seed)]
 
     def settings(self, v: Variant, seed: int) -> dict[str, Any]:
-        """A run's settings, flat: the resolved classification config for the default
-        trainer, else just the overrides the grid passes."""
-        if self.classification:
+        """A run's settings, flat: the resolved config for freebies' own trainers, else just
+        the overrides the grid passes."""
+        if self.own:
             return config.flatten(config.to_dict(self.cfg(v, seed)))
         return self.run_overrides(v, seed)
 
@@ -411,9 +420,9 @@ def choose_bag(grid: Grid, rows: list[dict], tricks: list[tuple[str, dict]]) -> 
 
 
 def grid_seeds(recipe: str, overrides: dict[str, Any], trainer: str, count: int) -> list[int]:
-    """`count` seeds from the run's own train.seed: the recipe's for the default trainer,
+    """`count` seeds from the run's own train.seed: the recipe's for freebies' own trainers,
     else `--set train.seed` (0 when unset), since another trainer's recipe is its own."""
-    if trainer_words(trainer) == DEFAULT_TRAINER.split():
+    if trainer_words(trainer) in (DEFAULT_TRAINER.split(), DETECT_TRAINER.split()):
         first = config.load(recipe, overrides).train.seed
     else:
         first = overrides.get("train.seed", 0)
@@ -454,7 +463,7 @@ def run_grid(
         },
     )
     # The default trainer's epochs are known now; another's are learnt from its first run.
-    epochs = grid.cfg(variants[0], seeds[0]).train.epochs if grid.classification else None
+    epochs = grid.cfg(variants[0], seeds[0]).train.epochs if grid.own else None
     rows: dict[tuple[str, int], dict] = {}
     bar = tqdm(
         total=len(variants) * len(seeds) * epochs if epochs else None,

@@ -16,6 +16,7 @@ class Trick:
     paper: str = ""
     link: str = ""
     what: str = ""
+    tasks: tuple[str, ...] = ("classify",)  # `freebies train` and/or `freebies detect train`
 
 
 TRICKS = (
@@ -26,6 +27,7 @@ TRICKS = (
         "Goyal et al. 2017 (gradual); He et al. 2016 (constant)",
         "https://arxiv.org/abs/1706.02677",
         "start from a small LR and raise it per iteration (linear) or hold it (constant)",
+        ("classify", "detect"),
     ),
     Trick(
         "cosine",
@@ -34,6 +36,7 @@ TRICKS = (
         "Loshchilov & Hutter 2017; He et al. 2019",
         "https://arxiv.org/abs/1608.03983",
         "LR follows 1/2 (1 + cos(pi t / T)) over the post-warmup iterations",
+        ("classify", "detect"),
     ),
     Trick(
         "linear_scaling",
@@ -243,5 +246,80 @@ TRICKS = (
         "Ding et al. 2019",
         "https://arxiv.org/abs/1908.03930",
         "train k x k + 1 x k + k x 1 branches; `freebies fuse` folds them into one conv",
+    ),
+    Trick(
+        "det_mixup",
+        ("det.mixup", "det.mixup_off_epochs"),
+        {"det.mixup": 1.5},
+        "Zhang et al. 2019 (detection bag of freebies)",
+        "https://arxiv.org/abs/1902.04103",
+        "visually coherent mixup: blend two images, keep both images' boxes, each box's loss "
+        "weighted by its image's share",
+        ("detect",),
+    ),
+    Trick(
+        "det_label_smoothing",
+        ("det.label_smoothing",),
+        {"det.label_smoothing": 0.1},
+        "Zhang et al. 2019 (detection bag of freebies)",
+        "https://arxiv.org/abs/1902.04103",
+        "smooth the classification head's foreground targets: true class 1 - eps, others "
+        "eps / (K - 1); background stays 0",
+        ("detect",),
+    ),
+    Trick(
+        "det_hflip",
+        ("det.hflip",),
+        {"det.hflip": True},
+        "Zhang et al. 2019 (detection bag of freebies)" + "; Liu et al. 2016 (SSD)",
+        "https://arxiv.org/abs/1902.04103",
+        "random horizontal flip, boxes flipped with the image (on in the detection recipes)",
+        ("detect",),
+    ),
+    Trick(
+        "det_expand",
+        ("det.expand", "det.expand_ratio"),
+        {"det.expand": True},
+        "Zhang et al. 2019 (detection bag of freebies)" + "; Liu et al. 2016 (SSD)",
+        "https://arxiv.org/abs/1512.02325",
+        "zoom out: shrink the image by up to expand_ratio onto a mean-filled canvas",
+        ("detect",),
+    ),
+    Trick(
+        "det_crop",
+        ("det.crop", "det.crop_min_scale"),
+        {"det.crop": True},
+        "Zhang et al. 2019 (detection bag of freebies)" + "; Liu et al. 2016 (SSD)",
+        "https://arxiv.org/abs/1512.02325",
+        "random crop with a minimum IoU to some box, boxes clipped, tiny ones dropped",
+        ("detect",),
+    ),
+    Trick(
+        "det_color_jitter",
+        ("det.color_jitter", "det.jitter_strength"),
+        {"det.color_jitter": True},
+        "Zhang et al. 2019 (detection bag of freebies)" + "; Liu et al. 2016 (SSD)",
+        "https://arxiv.org/abs/1902.04103",
+        "per-image brightness, contrast and saturation (boxes unchanged)",
+        ("detect",),
+    ),
+    Trick(
+        "det_random_shapes",
+        ("det.random_shapes", "det.random_shapes_every"),
+        {"det.random_shapes": [192, 224, 256, 288, 320]},
+        "Zhang et al. 2019 (detection bag of freebies)" + "; Redmon & Farhadi 2018 (YOLOv3)",
+        "https://arxiv.org/abs/1902.04103",
+        "every k iterations the whole batch trains at a size drawn from the list; evaluation "
+        "stays at data.image_size",
+        ("detect",),
+    ),
+    Trick(
+        "sync_bn",
+        ("train.sync_bn",),
+        {"train.sync_bn": True},
+        "Zhang et al. 2019 (detection bag of freebies)",
+        "https://arxiv.org/abs/1902.04103",
+        "BatchNorm statistics over the global batch under torchrun (CUDA only)",
+        ("classify", "detect"),
     ),
 )
