@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from freebies.detection.data import (
 )
 from freebies.detection.mixup import mix_detection
 from freebies.detection.model import BACKBONES, build_detector
+from freebies.detection.multiscale import small_box_side
 from freebies.detection.transforms import crop_boxes, expand_boxes, hflip_boxes, resize_boxes
 from freebies.distributed import Dist
 from freebies.errors import UsageError, nearest
@@ -254,6 +255,7 @@ def data_info(data: DetData, image_size: int) -> dict[str, Any]:
         "mean": (mean / 255).tolist(),
         "std": (std / 255).clamp(min=1e-3).tolist(),
         "split_rule": data.split_rule,
+        "small_box_side": small_box_side(data.train.boxes),  # for --auto-tiles
     }
 
 
@@ -329,9 +331,12 @@ def predict(
     autocast: contextlib.AbstractContextManager | None = None,
     rank: int = 0,
     world: int = 1,
+    infer: Callable[[torch.Tensor], list[dict[str, torch.Tensor]]] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Detections on this rank's shard of `split`, in each image's original pixels (CPU).
 
+    `infer` maps a float batch (N, 3, S, S) in [0, 1] to the detections in its pixels
+    (e.g. `freebies.detection.multiscale.multiscale_detect`); default: one plain pass.
     Returns one {"index", "boxes" (n, 4) xyxy, "scores", "labels"} per image of the shard.
     """
     was_training = model.training
@@ -340,8 +345,9 @@ def predict(
     idx = torch.arange(len(split))
     out = []
     for xb, ib in eval_batches(split.images, idx, batch_size, rank=rank, world=world):
+        x = xb.to(dev).float() / 255
         with autocast or contextlib.nullcontext():
-            dets = model(list((xb.to(dev).float() / 255).unbind(0)))
+            dets = infer(x) if infer is not None else model(list(x.unbind(0)))
         for i, det in zip(ib.tolist(), dets, strict=True):
             boxes = to_original(det["boxes"].float().cpu(), split.scales[i], split.sizes[i])
             # a box that lay in the letterbox padding has no area left in the image
@@ -397,7 +403,7 @@ def load_detector(ckpt: Any) -> nn.Module:
 
 
 def predict_image(
-    model: nn.Module, path: Path, info: dict[str, Any], score_thr: float
+    model: nn.Module, path: Path, info: dict[str, Any], score_thr: float, **kw: Any
 ) -> list[dict[str, Any]]:
     """Detections above `score_thr` on one image file, in its own pixels, with class names."""
     from PIL import Image, UnidentifiedImageError
@@ -409,7 +415,7 @@ def predict_image(
     except (OSError, UnidentifiedImageError) as e:
         raise UsageError(f"cannot read image {path} ({type(e).__name__}); check the file") from None
     split = letterboxed_split(image, info["image_size"])
-    det = predict(model, split, batch_size=1)[0]
+    det = predict(model, split, batch_size=1, **kw)[0]
     keep = det["scores"] >= score_thr
     return [
         {

@@ -1,0 +1,276 @@
+"""Small objects at inference: an image pyramid and batched tiled ("sliced") inference.
+
+The seed notes' section 8.1: look at the image at several scales (an image pyramid, as in
+MTCNN or SNIP, Singh & Davis 2018, https://arxiv.org/abs/1711.08189) and through overlapping
+windows (SAHI, Akyon et al. 2022, https://arxiv.org/abs/2202.06934), so that a small object
+covers enough input pixels to be found.
+
+Every function takes any torchvision-style detector: `model(list of (C, H, W) float images)`
+returns one {"boxes", "scores", "labels"} per image, and `model.transform` has torchvision's
+`min_size` / `max_size`. That transform resizes every input to its size, which would shrink an
+enlarged image or tile straight back; `native_size` pins it to the tensor actually given, so
+the backbone sees those pixels.
+
+Merging (`merge_detections`): "nms" is class-wise IoU non-maximum suppression; "ios" greedily
+groups boxes of one class whose intersection over the smaller box's area reaches the threshold
+with the group's best box, and replaces the group with its enclosing box at the best score.
+IoU-NMS cannot join the two halves of an object cut by a tile border (they barely overlap);
+IoS can, and it folds a half into the whole box that another tile or the full pass found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, box_area
+
+MERGES = ("ios", "nms")
+Dets = list[dict[str, torch.Tensor]]
+
+
+@contextlib.contextmanager
+def native_size(model: nn.Module, h: int, w: int) -> Iterator[None]:
+    """Let a torchvision detector's transform keep an (h, w) input at its size.
+
+    GeneralizedRCNNTransform scales by min(min_size / min(h, w), max_size / max(h, w)); with
+    min_size = min(h, w) and max_size = max(h, w) that factor is exactly 1.
+    """
+    t = model.transform
+    before = t.min_size, t.max_size
+    t.min_size, t.max_size = (min(h, w),), max(h, w)
+    try:
+        yield
+    finally:
+        t.min_size, t.max_size = before
+
+
+def _detect(model: nn.Module, x: torch.Tensor, batch_size: int) -> Dets:
+    """The detector on a batch of same-sized images (N, C, h, w), `batch_size` at a time."""
+    out: Dets = []
+    with torch.no_grad(), native_size(model, x.shape[-2], x.shape[-1]):
+        for chunk in x.split(batch_size):
+            out += model(list(chunk.unbind(0)))
+    return out
+
+
+def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    if (h, w) == tuple(x.shape[-2:]):
+        return x
+    shrink = h < x.shape[-2] or w < x.shape[-1]
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def _moved(boxes: torch.Tensor, sx: float, sy: float, dx: float = 0, dy: float = 0) -> torch.Tensor:
+    """xyxy boxes scaled by (sx, sy), then shifted by (dx, dy); float64 arithmetic."""
+    scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float64, device=boxes.device)
+    shift = torch.tensor([dx, dy, dx, dy], dtype=torch.float64, device=boxes.device)
+    return (boxes.double() * scale + shift).to(boxes.dtype)
+
+
+def check_scales(scales: Sequence[float]) -> None:
+    if not all(s > 0 and math.isfinite(s) for s in scales):
+        raise ValueError(f"pyramid: every scale must be a number > 0, got {list(scales)}")
+
+
+def _pyramid_parts(
+    model: nn.Module, images: torch.Tensor, scales: Sequence[float], snip: float | None, bs: int
+) -> list[Dets]:
+    """Each image's detections at every scale, in its own pixels (unmerged)."""
+    n, _, h, w = images.shape
+    parts: list[Dets] = [[] for _ in range(n)]
+    for f in scales:
+        sh, sw = max(1, round(h * f)), max(1, round(w * f))
+        for i, det in enumerate(_detect(model, _resize(images, sh, sw), bs)):
+            boxes = _moved(det["boxes"], w / sw, h / sh)
+            keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+            if snip is not None and f != 1:
+                side = box_area(boxes).clamp(min=0).sqrt()
+                keep = side < snip if f > 1 else side >= snip
+            parts[i].append({k: v[keep] for k, v in {**det, "boxes": boxes}.items()})
+    return parts
+
+
+def tile_windows(
+    h: int,
+    w: int,
+    *,
+    grid: tuple[int, int] | None = None,
+    tile_size: int | None = None,
+    overlap: float = 0.2,
+) -> list[tuple[int, int, int, int]]:
+    """Overlapping windows (x0, y0, x1, y1) of one size that cover an h x w image.
+
+    Either `grid` = (rows, cols), each tile h / (rows - (rows - 1) * overlap) high (rounded up),
+    or `tile_size`: square tiles of that side (at most the image's), as many per axis as an
+    `overlap` share between neighbours needs. Tiles are spaced evenly with the first at 0 and
+    the last ending at the image's edge, so edge tiles have the full size too.
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"tiles: overlap must be in [0, 1), got {overlap}")
+    if (grid is None) == (tile_size is None):
+        raise ValueError("tiles: give exactly one of grid and tile_size")
+    if grid is not None:
+        rows, cols = grid
+        if rows < 1 or cols < 1 or rows > h or cols > w:
+            raise ValueError(f"tiles: a {rows}x{cols} grid does not fit a {h}x{w} image")
+        th = math.ceil(h / (rows - (rows - 1) * overlap))
+        tw = math.ceil(w / (cols - (cols - 1) * overlap))
+    else:
+        if tile_size < 1:
+            raise ValueError(f"tiles: tile_size must be >= 1, got {tile_size}")
+        th, tw = min(tile_size, h), min(tile_size, w)
+        rows = max(1, math.ceil((h - th * overlap) / (th * (1 - overlap))))
+        cols = max(1, math.ceil((w - tw * overlap) / (tw * (1 - overlap))))
+    ys = [round(k * (h - th) / (rows - 1)) if rows > 1 else 0 for k in range(rows)]
+    xs = [round(k * (w - tw) / (cols - 1)) if cols > 1 else 0 for k in range(cols)]
+    return [(x, y, x + tw, y + th) for y in ys for x in xs]
+
+
+def _tile_parts(
+    model: nn.Module,
+    images: torch.Tensor,
+    windows: list[tuple[int, int, int, int]],
+    input_size: int,
+    bs: int,
+) -> list[Dets]:
+    """Each image's detections in every window, upsampled to `input_size` (unmerged)."""
+    n = images.shape[0]
+    x0, y0, x1, y1 = windows[0]
+    th, tw = y1 - y0, x1 - x0
+    if any((b - t, r - le) != (th, tw) for le, t, r, b in windows):
+        raise ValueError("tiles: every window must have the same size")
+    f = input_size / max(th, tw)
+    sh, sw = max(1, round(th * f)), max(1, round(tw * f))
+    crops = torch.stack([images[:, :, t:b, le:r] for le, t, r, b in windows], 1)  # (N, T, ...)
+    found = _detect(model, _resize(crops.flatten(0, 1), sh, sw), bs)
+    parts: list[Dets] = [[] for _ in range(n)]
+    for k, det in enumerate(found):
+        i, (le, t, _, _) = k // len(windows), windows[k % len(windows)]
+        parts[i].append({**det, "boxes": _moved(det["boxes"], tw / sw, th / sh, le, t)})
+    return parts
+
+
+def multiscale_detect(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    scales: Sequence[float] = (1.0,),
+    windows: list[tuple[int, int, int, int]] | None = None,
+    input_size: int | None = None,
+    snip: float | None = None,
+    merge: str | None = None,
+    threshold: float = 0.5,
+    batch_size: int = 8,
+    detections: int = 100,
+) -> Dets:
+    """Detect on an image pyramid and/or tiles of each image, map back, merge.
+
+    Args:
+        model: a torchvision-style detector in eval mode.
+        images: (N, C, H, W) float images in the model's input range.
+        scales: the pyramid: each pass sees the image at round(H * f) x round(W * f); the
+            default (1,) is the plain full-image pass that tiling adds to its windows; ()
+            with windows runs the tiles alone.
+        windows: tiles from `tile_windows(H, W, ...)`, all of one size, or None. Each is
+            upsampled so its longer side is `input_size` (a crop at its own resolution would
+            show the model the same pixels); the windows of all images run in batches.
+        input_size: the side the model was trained at (needed with `windows`).
+        snip: SNIP-style ranges, in original pixels: a pass with f > 1 keeps only boxes whose
+            side sqrt(w * h) is below `snip` (it exists for small objects), one with f < 1 only
+            boxes at least that large; f = 1 and tiles keep all. None keeps every box.
+        merge: "ios" or "nms" (see `merge_detections`); default "ios" with tiles, else "nms".
+        threshold: the merge's IoS or IoU threshold.
+        batch_size: images (or tiles) per forward pass.
+        detections: the most boxes kept per image, by score.
+
+    Returns:
+        One {"boxes" (xyxy, the input's pixels), "scores", "labels"} per image.
+    """
+    check_scales(scales)
+    if not scales and not windows:
+        raise ValueError("multiscale_detect: give scales, windows or both")
+    parts = _pyramid_parts(model, images, scales, snip, batch_size)
+    if windows:
+        if input_size is None:
+            raise ValueError("multiscale_detect: tiles need input_size (the training size)")
+        for mine, more in zip(parts, _tile_parts(model, images, windows, input_size, batch_size),
+                              strict=True):  # fmt: skip
+            mine += more
+    mode = merge or ("ios" if windows else "nms")
+    return [_merged(p, mode, threshold, detections) for p in parts]
+
+
+def _merged(parts: Dets, merge: str, threshold: float, detections: int) -> dict[str, torch.Tensor]:
+    """One image's passes merged, boxes without area dropped first, the best `detections`."""
+    boxes, scores, labels = (
+        torch.cat([p[k] for p in parts]) for k in ("boxes", "scores", "labels")
+    )
+    real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores, labels = merge_detections(
+        boxes[real], scores[real], labels[real], merge, threshold
+    )
+    top = scores.argsort(descending=True)[:detections]
+    return {"boxes": boxes[top], "scores": scores[top], "labels": labels[top]}
+
+
+def merge_detections(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, mode: str, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge overlapping boxes of one class (see the module docstring for both rules)."""
+    if mode not in MERGES:
+        raise ValueError(f"merge_detections: mode must be one of {', '.join(MERGES)}, got {mode!r}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"merge_detections: threshold must be in (0, 1], got {threshold}")
+    if mode == "nms" or len(boxes) == 0:
+        keep = batched_nms(boxes.float(), scores.float(), labels, threshold)
+        return boxes[keep], scores[keep], labels[keep]
+    order = scores.argsort(descending=True)
+    boxes, scores, labels = boxes[order], scores[order], labels[order]
+    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = box_area(boxes)
+    ios = inter / torch.minimum(area[:, None], area[None, :]).clamp(min=1e-9)
+    joins = ((ios >= threshold) & (labels[:, None] == labels[None, :])).tolist()
+    free, out = [True] * len(boxes), []
+    for i in range(len(boxes)):
+        if not free[i]:
+            continue
+        group = [i] + [j for j in range(i + 1, len(boxes)) if free[j] and joins[i][j]]
+        for j in group:
+            free[j] = False
+        g = boxes[group]
+        out.append((torch.cat([g[:, :2].min(0)[0], g[:, 2:].max(0)[0]]), i))
+    kept = torch.tensor([i for _, i in out], dtype=torch.long, device=boxes.device)
+    return torch.stack([b for b, _ in out]), scores[kept], labels[kept]
+
+
+def small_box_side(boxes: list[torch.Tensor]) -> float | None:
+    """The median side sqrt(w * h) of the boxes under 32 px (COCO's small), or None."""
+    sides = torch.cat([box_area(b.double()).clamp(min=0).sqrt() for b in boxes] or [torch.zeros(0)])
+    small = sides[sides < 32]
+    return float(small.median()) if len(small) else None
+
+
+def auto_tile_size(
+    small_side: float | None, input_size: int, image_size: int, target: float = 32.0
+) -> int | None:
+    """The tile side at which the median small training object reaches `target` input pixels.
+
+    The rule: with m = `small_side` (`small_box_side` of the training boxes, in the model's
+    input pixels), a tile of side t is shown to the model at `input_size`, so an object grows
+    by input_size / t; t = input_size * m / target, rounded down to a multiple of 8 and at
+    least input_size / 4. None (no tiling) without small boxes or when t is at least the
+    image's side. target = 32 is the smallest medium object: our detectors' AP-medium is far
+    above their AP-small.
+    """
+    if small_side is None:
+        return None
+    t = input_size * small_side / target
+    t = max(int(t) // 8 * 8, input_size // 4)
+    return None if t >= image_size else t

@@ -1,0 +1,276 @@
+"""Small-object inference: the image pyramid and batched tiles on a stub detector that finds
+only objects of at least N input pixels (no training), on a real tiny FCOS for what its
+backbone receives, and the merge rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy import ndimage
+from torch import nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from freebies.detection.model import build_detector
+from freebies.detection.multiscale import (
+    _pyramid_parts,
+    _tile_parts,
+    auto_tile_size,
+    merge_detections,
+    multiscale_detect,
+    small_box_side,
+    tile_windows,
+)
+
+
+class Stub(nn.Module):
+    """A torchvision-style detector: its transform resizes each input to `size` as
+    torchvision's does; it finds the bright blobs at least `min_px` a side in what it sees
+    (or, with frame=True, returns one box covering its whole input), and maps them back."""
+
+    def __init__(self, size: int, min_px: int = 1, frame: bool = False) -> None:
+        super().__init__()
+        self.transform = GeneralizedRCNNTransform(size, size, [0.0] * 3, [1.0] * 3)
+        self.min_px, self.frame, self.seen, self.calls = min_px, frame, [], 0
+        self.eval()
+
+    def forward(self, images):
+        self.calls += 1
+        original = [tuple(im.shape[-2:]) for im in images]
+        batch, _ = self.transform(images)
+        dets = []
+        for x, (h, w) in zip(batch.tensors, batch.image_sizes, strict=True):
+            self.seen.append((h, w))
+            if self.frame:
+                boxes = [[0.0, 0.0, float(w), float(h)]]
+            else:
+                blobs, _ = ndimage.label((x[0, :h, :w] > 0.5).numpy())
+                boxes = [
+                    [sx.start, sy.start, sx.stop, sy.stop]
+                    for sy, sx in ndimage.find_objects(blobs)
+                    if min(sy.stop - sy.start, sx.stop - sx.start) >= self.min_px
+                ]
+            b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+            dets.append(
+                {"boxes": b, "scores": torch.ones(len(b)), "labels": torch.zeros(len(b)).long()}
+            )
+        return self.transform.postprocess(dets, batch.image_sizes, original)
+
+
+def image_with(*boxes, size=(128, 128)):
+    x = torch.zeros(1, 3, *size)
+    for x0, y0, x1, y1 in boxes:
+        x[0, :, y0:y1, x0:x1] = 1.0
+    return x
+
+
+def test_the_pyramid_and_the_tiles_find_a_small_object_the_single_pass_misses():
+    obj = (40, 50, 48, 58)  # 8 px; the stub needs 12
+    x = image_with(obj)
+    stub = Stub(128, min_px=12)
+    assert len(multiscale_detect(stub, x)[0]["boxes"]) == 0
+    for kw in (
+        {"scales": (1, 2)},
+        {"windows": tile_windows(128, 128, grid=(2, 2), overlap=0.2), "input_size": 128},
+    ):
+        found = multiscale_detect(stub, x, **kw)[0]["boxes"]
+        assert len(found) == 1, kw
+        torch.testing.assert_close(found[0], torch.tensor(obj, dtype=torch.float32), atol=1, rtol=0)
+
+
+def test_an_object_cut_by_a_tile_border_comes_out_as_one_box():
+    obj = (50, 20, 80, 40)  # across the seam of the 2x2 grid's tiles x in [0, 72] and [56, 128]
+    x = image_with(obj)
+    stub = Stub(128, min_px=4)
+    windows = tile_windows(128, 128, grid=(2, 2), overlap=0.2)
+    assert windows[0] == (0, 0, 72, 72) and windows[1] == (56, 0, 128, 72)
+    whole = torch.tensor(obj, dtype=torch.float32)
+    for scales in ((), (1.0,)):  # the tiles' halves alone, and with the full pass
+        found = multiscale_detect(stub, x, scales=scales, windows=windows, input_size=128)[0]
+        assert len(found["boxes"]) == 1, scales
+        torch.testing.assert_close(found["boxes"][0], whole, atol=1, rtol=0)
+    halves = multiscale_detect(stub, x, scales=(), windows=windows, input_size=128, merge="nms")
+    assert not torch.allclose(halves[0]["boxes"][0], whole, atol=1)  # IoU-NMS keeps a half
+
+
+def test_boxes_map_back_exactly_for_every_scale_and_every_tile_of_a_ragged_image():
+    h, w = 100, 130  # not a multiple of the tile
+    x = torch.rand(2, 3, h, w)
+    stub = Stub(64, frame=True)
+    for per_image in _pyramid_parts(stub, x, (0.5, 1.0, 1.5, 2.0), None, 8):
+        for det in per_image:
+            assert det["boxes"].tolist() == [[0.0, 0.0, float(w), float(h)]]
+    windows = tile_windows(h, w, tile_size=48, overlap=0.25)
+    assert {(x1 - x0, y1 - y0) for x0, y0, x1, y1 in windows} == {(48, 48)}
+    assert max(x1 for *_, x1, _ in windows) == w and max(y1 for *_, y1 in windows) == h
+    for per_image in _tile_parts(stub, x, windows, 64, 8):
+        got = [tuple(d["boxes"][0].tolist()) for d in per_image]
+        assert got == [tuple(float(v) for v in win) for win in windows]
+
+
+def test_each_tile_is_upsampled_to_the_input_size_and_batched():
+    x = image_with((10, 10, 20, 20), size=(100, 100)).repeat(3, 1, 1, 1)
+    windows = tile_windows(100, 100, grid=(2, 3), overlap=0.2)
+    loop, batched = Stub(64, min_px=4), Stub(64, min_px=4)
+    one = multiscale_detect(loop, x, scales=(), windows=windows, input_size=64, batch_size=1)
+    many = multiscale_detect(batched, x, scales=(), windows=windows, input_size=64, batch_size=32)
+    for a, b in zip(one, many, strict=True):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+    assert loop.calls == 3 * 6 and batched.calls == 1
+    assert max(batched.seen[0]) == 64  # a tile's longer side reaches the input size
+
+
+@pytest.fixture
+def fcos():
+    torch.manual_seed(0)
+    return build_detector(3, image_size=64, fpn_width=16, head_convs=1, score_thresh=0.0).eval()
+
+
+def test_the_backbone_receives_the_enlarged_tensor(fcos):
+    seen = []
+    fcos.backbone.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    x = torch.rand(1, 3, 64, 64)
+    multiscale_detect(fcos, x, scales=(1.0, 2.0))
+    assert seen == [(1, 3, 64, 64), (1, 3, 128, 128)]
+    seen.clear()
+    windows = tile_windows(64, 64, grid=(2, 2), overlap=0.25)  # 37-px tiles, upsampled to 64
+    multiscale_detect(fcos, x, scales=(), windows=windows, input_size=64)
+    assert seen == [(4, 3, 64, 64)]
+    assert fcos.transform.min_size == (64,) and fcos.transform.max_size == 64  # restored
+
+
+def test_pyramid_on_a_real_detector_keeps_its_limits(fcos):
+    out = multiscale_detect(fcos, torch.rand(2, 3, 64, 64), scales=(1.0, 1.5), detections=30)
+    assert len(out) == 2 and all(len(o["boxes"]) <= 30 for o in out)
+    assert all((o["boxes"][:, 2:] <= 64.001).all() for o in out)
+
+
+def test_snip_keeps_only_small_boxes_from_enlarged_passes():
+    x = image_with((10, 10, 18, 18), (60, 60, 110, 110))  # 8 px and 50 px
+    stub = Stub(128, min_px=1)
+    parts = _pyramid_parts(stub, x, (1.0, 2.0), 32.0, 8)[0]
+    sides = [sorted(((d["boxes"][:, 2] - d["boxes"][:, 0]).round()).tolist()) for d in parts]
+    assert sides == [[8.0, 50.0], [8.0]]
+
+
+def test_ios_merges_a_half_into_the_whole_and_keeps_other_classes_apart():
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 5, 10], [0, 0, 5, 10], [50, 50, 60, 60]]).float()
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    labels = torch.tensor([0, 0, 1, 0])
+    b, s, lab = merge_detections(boxes, scores, labels, "ios", 0.5)
+    assert b.tolist() == [[0, 0, 10, 10], [0, 0, 5, 10], [50, 50, 60, 60]]
+    assert s.tolist() == pytest.approx([0.9, 0.7, 0.6]) and lab.tolist() == [0, 1, 0]
+
+
+def test_auto_tile_size_rule():
+    boxes = [torch.tensor([[0, 0, 10, 10], [0, 0, 12, 12]]).float(),
+             torch.tensor([[0, 0, 14, 14], [0, 0, 40, 40], [5, 5, 85, 85]]).float()]  # fmt: skip
+    assert small_box_side(boxes) == pytest.approx(12.0)  # the median of the small ones
+    assert small_box_side([torch.tensor([[0.0, 0.0, 40.0, 50.0]]), torch.zeros(0, 4)]) is None
+    assert auto_tile_size(12.0, 256, 256) == 96  # 256 * 12 / 32
+    assert auto_tile_size(None, 256, 256) is None  # nothing small
+    assert auto_tile_size(31.0, 256, 240) is None  # 248 px: the whole image
+    assert auto_tile_size(2.0, 256, 256) == 64  # at least a quarter
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: tile_windows(64, 64, grid=(80, 2)), "does not fit"),
+        (lambda: tile_windows(64, 64, grid=(2, 2), overlap=1.0), "overlap must be in"),
+        (lambda: tile_windows(64, 64), "exactly one"),
+        (lambda: multiscale_detect(Stub(8), torch.rand(1, 3, 8, 8), scales=(0.0,)), "scale"),
+        (lambda: multiscale_detect(Stub(8), torch.rand(1, 3, 8, 8), scales=()), "give scales"),
+        (lambda: merge_detections(*[torch.zeros(0)] * 3, "wbf", 0.5), "mode must be one of"),
+    ],
+)
+def test_bad_options_raise_value_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# --------------------------------------------------------------------------------------------
+# `freebies detect eval | predict` options
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny detection run (128 px, 1 epoch, 1 thread) on a written COCO set."""
+    from detfake import cycled_scenes, write_coco
+    from freebies.cli import main
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ms")
+    splits = {"train": cycled_scenes(16, "tr", 3, 0), "test": cycled_scenes(4, "te", 3, 2)}
+    write_coco(root / "coco", splits, ["cat", "dog", "fox"])
+    out = root / "run"
+    argv = ["detect", "train", "--data", f"coco:{root / 'coco'}", "--out", str(out),
+            "--epochs", "1", "--batch-size", "8",
+            *("--set", "data.image_size=128", "--set", "det.fpn_width=16"),
+            *("--set", "det.head_convs=1", "--set", "sched.warmup_epochs=0.5"),
+            *("--set", "det.score_thresh=0.0")]  # fmt: skip
+    assert main(argv) == 0
+    yield out, root / "coco"
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--pyramid", "1,2"],
+        ["--tiles", "2x2"],
+        ["--auto-tiles"],
+        ["--pyramid", "1,1.5", "--tile-size", "80", "--snip", "32"],
+    ],
+)
+def test_detect_eval_reports_the_multiscale_result_and_its_cost(trained, capsys, options):
+    import json
+
+    from helpers import run_cli
+
+    rc, out, err = run_cli(capsys, "detect", "eval", str(trained[0] / "last.pt"), *options)
+    assert rc == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert {"map", "map_small", "img_per_s"} <= result.keys()
+    if result.get("inference"):  # --auto-tiles may find that no tiling pays
+        assert result["cost_vs_single"] > 0 and {"map", "map_small"} <= result["single"].keys()
+    else:
+        assert options == ["--auto-tiles"] and "no tiling pays" in out
+
+
+def test_detect_predict_with_tiles_writes_boxes_in_the_images_pixels(trained, tmp_path, capsys):
+    import json
+
+    from helpers import run_cli
+
+    image = trained[1] / "te000.png"
+    rc, _, err = run_cli(
+        capsys, "detect", "predict", str(trained[0] / "last.pt"), str(image), "-o",
+        str(tmp_path), "--tile-size", "64", "--score-thr", "0",
+    )  # fmt: skip
+    assert rc == 0, err
+    found = json.loads((tmp_path / "te000.json").read_text())["detections"]
+    from PIL import Image
+
+    with Image.open(image) as im:
+        w, h = im.size
+    assert found and all(0 <= b["box_xyxy"][2] <= w and 0 <= b["box_xyxy"][3] <= h for b in found)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (["--pyramid", "0,1"], "scale must be a number > 0"),
+        (["--pyramid", "one"], "--pyramid takes factors"),
+        (["--tiles", "2x2", "--overlap", "1"], "overlap must be in"),
+        (["--tiles", "200x2"], "does not fit"),
+        (["--tiles", "2by2"], "--tiles takes ROWSxCOLS"),
+        (["--snip", "32"], "give --pyramid too"),
+        (["--pyramid", "1,2", "--merge-thr", "0"], "--merge-thr"),
+    ],
+)
+def test_bad_multiscale_options_are_one_line_errors(trained, capsys, options, match):
+    from helpers import usage_error
+
+    line = usage_error(capsys, "detect", "eval", str(trained[0] / "last.pt"), *options)
+    assert match in line
