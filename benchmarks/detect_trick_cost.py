@@ -24,7 +24,7 @@ import torch
 
 from freebies import config, detect
 from freebies.distributed import Dist
-from freebies.runtime import machine
+from freebies.runtime import provenance
 from freebies.tricks.catalog import TRICKS
 
 
@@ -95,9 +95,7 @@ def main() -> None:
         "batch": args.batch,
         "ms_per_step_by_repeat": ms,
         "rows": rows,
-        "machine": machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **provenance(),
         "seed": 0,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import torch
 
 from freebies.detection.model import build_detector
 from freebies.detection.multiscale import multiscale_detect, tile_windows
-from freebies.runtime import machine
+from freebies.runtime import provenance
 
 SIZE = 256
 
@@ -72,9 +72,7 @@ def main() -> None:
         f"{' '.join(args.grids)} --batch {args.batch} --repeats {args.repeats}",
         "model": "fcos_mobilenet_v3_small, FPN 64, 256 px, random init",
         "rows": rows,
-        "machine": machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **provenance(),
         "seed": 0,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

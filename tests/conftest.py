@@ -18,3 +18,14 @@ def idx_dir(tmp_path: Path) -> Path:
     d = tmp_path / "fmnist"
     write_idx(d, n_train=256, n_test=128)
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on 2 shared cores, 2 spinning OpenMP threads run ~100x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

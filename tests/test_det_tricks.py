@@ -20,14 +20,7 @@ from freebies.detection.mixup import mix_detection
 from freebies.detection.model import build_detector
 from helpers import usage_error
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on 2 shared cores, 2 spinning OpenMP threads run ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def head_inputs(weights=None, smoothing=0.0):

@@ -42,13 +42,7 @@ CAT_IDS = [3, 7, 12]  # the file's own ids, not 1..K: they must survive the roun
 SUMMARY_KEYS = {"map", "map_50", "map_75", "map_small", "map_medium", "map_large", "ap_per_class"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on 2 shared cores, 2 spinning OpenMP threads run ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def scenes(n: int, prefix: str, seed: int = 0) -> list[Scene]:

@@ -193,13 +193,11 @@ def test_bad_options_raise_value_errors(call, match):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, one_thread):
     """A tiny detection run (128 px, 1 epoch, 1 thread) on a written COCO set."""
     from detfake import cycled_scenes, write_coco
     from freebies.cli import main
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ms")
     splits = {"train": cycled_scenes(16, "tr", 3, 0), "test": cycled_scenes(4, "te", 3, 2)}
     write_coco(root / "coco", splits, ["cat", "dog", "fox"])
@@ -210,8 +208,7 @@ def trained(tmp_path_factory):
             *("--set", "det.head_convs=1", "--set", "sched.warmup_epochs=0.5"),
             *("--set", "det.score_thresh=0.0")]  # fmt: skip
     assert main(argv) == 0
-    yield out, root / "coco"
-    torch.set_num_threads(before)
+    return out, root / "coco"
 
 
 @pytest.mark.parametrize(

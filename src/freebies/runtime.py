@@ -38,6 +38,11 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def provenance() -> dict[str, object]:
+    """Where a benchmark figure was taken: the machine, intra-op threads and torch version."""
+    return {"machine": machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
 def peak_mem_mb(device: torch.device) -> float:
     """Peak CUDA allocations of this run on a GPU; on a CPU the process's peak RSS (per run
     when each run is its own process, as under `freebies ablate`)."""
