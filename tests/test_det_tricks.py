@@ -237,15 +237,6 @@ def test_random_shape_is_drawn_every_k_steps_from_the_list_and_reproducible():
     assert detect.random_shape(config.DetCfg(), 0, 7) is None
 
 
-def test_input_size_sets_the_transform_for_one_forward_and_restores_it():
-    model = build_detector(2, image_size=64, fpn_width=16, head_convs=1)
-    with detect.input_size(model, 96):
-        assert model.transform.min_size == (96,) and model.transform.max_size == 96
-    assert model.transform.min_size == (64,) and model.transform.max_size == 64
-    with detect.input_size(model, None):
-        assert model.transform.min_size == (64,)
-
-
 # --------------------------------------------------------------------------------------------
 # The CLI
 

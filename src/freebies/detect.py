@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from freebies.detection.data import (
 )
 from freebies.detection.mixup import mix_detection
 from freebies.detection.model import BACKBONES, build_detector
-from freebies.detection.multiscale import small_box_side
+from freebies.detection.multiscale import native_size, small_box_side
 from freebies.detection.transforms import crop_boxes, expand_boxes, hflip_boxes, resize_boxes
 from freebies.distributed import Dist
 from freebies.errors import UsageError, nearest
@@ -107,7 +107,7 @@ def detect_step(s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: i
         targets = [{**t, "boxes": b} for t, b in zip(targets, scaled, strict=True)]
     # 2. forward and loss: the detector normalises, batches and matches locations to boxes
     images = list((x / 255).unbind(0))
-    with s.autocast, input_size(s.net, size):
+    with s.autocast, native_size(s.net, size, size) if size else contextlib.nullcontext():
         losses = s.model(images, targets)
     loss = sum(v.float() for v in losses.values())
     # 3. backward, optimizer step, LR schedule step, EMA
@@ -151,19 +151,6 @@ def random_shape(det: DetCfg, seed: int, step: int) -> int | None:
         return None
     g = torch.Generator().manual_seed(seed * 1_000_003 + step // det.random_shapes_every)
     return det.random_shapes[int(torch.randint(len(det.random_shapes), (), generator=g))]
-
-
-@contextlib.contextmanager
-def input_size(net: nn.Module, size: int | None) -> Iterator[None]:
-    """Set the detector's internal transform to `size` for one forward (None: leave it)."""
-    t = net.transform
-    before = t.min_size, t.max_size
-    if size is not None:
-        t.min_size, t.max_size = (size,), size
-    try:
-        yield
-    finally:
-        t.min_size, t.max_size = before
 
 
 def check_settings(cfg: Config) -> None:
