@@ -466,6 +466,11 @@ def test_fake_trainer_grid_on_a_lower_is_better_metric(tmp_path, capsys):
     (out / "report.md").unlink()
     assert run_cli(capsys, "report", str(out))[0] == 0
     assert (out / "report.md").read_text() == report
+    # ... and on another key, beside it, leaving the grid's own report alone.
+    rc, printed, _ = run_cli(capsys, "report", str(out), "--metric", "test_acc")
+    assert rc == 0 and "Top-1 accuracy in %, mean ± std over seeds" in printed
+    assert (out / "report-test_acc.md").read_text() == printed
+    assert (out / "delta-test_acc.png").is_file() and (out / "report.md").read_text() == report
     # Once a bag was chosen on test_nll, another metric is another grid.
     argv = _fake_grid(tmp_path, out, "--metric", "test_acc", "--bag")
     assert "holds another grid (its metric was 'test_nll')" in usage_error(capsys, *argv)

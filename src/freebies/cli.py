@@ -142,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="rebuild an ablation's report.md and plots")
     r.add_argument("dir", type=Path, help="the folder `freebies ablate --out` wrote")
+    r.add_argument(
+        "--metric",
+        metavar="KEY[:min|:max]",
+        help="report the same runs on another summary key (writes report-KEY.md beside)",
+    )
 
     k = sub.add_parser("tricks", help="list every trick: keys, the setting that turns it on, paper")
     k.add_argument("--json", action="store_true", help="one JSON document, for machines")
@@ -340,10 +345,11 @@ def _ablate(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from freebies.report.table import write_report
+    from freebies.report.table import Metric, write_report
 
-    write_report(args.dir)
-    print((args.dir / "report.md").read_text(), end="")
+    metric = Metric.parse(args.metric) if args.metric else None
+    write_report(args.dir, metric)
+    print((args.dir / f"report{f'-{metric.key}' if metric else ''}.md").read_text(), end="")
 
 
 def _tricks(args: argparse.Namespace) -> None:

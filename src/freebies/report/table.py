@@ -393,15 +393,17 @@ def plot_curves(rows: list[dict], path: Path, metric: Metric = DEFAULT_METRIC) -
     plt.close(fig)
 
 
-def write_report(out: Path) -> list[dict]:
+def write_report(out: Path, metric: Metric | None = None) -> list[dict]:
     """Rebuild report.md, delta.png and curves.png in `out` from its results.jsonl, on the
-    metric its grid.json records."""
+    metric its grid.json records; or, with another `metric`, write report-KEY.md and
+    delta-KEY.png / curves-KEY.png beside them (the grid's own report is left alone)."""
     from freebies import checkpoint
 
-    metric = read_metric(out)
+    suffix = "" if metric is None else f"-{metric.key}"
+    metric = metric or read_metric(out)
     rows = read_results(out / "results.jsonl")
     entries = summarize(rows, metric)
-    checkpoint.write_text(out / "report.md", markdown(rows, entries, metric))
-    plot_delta(entries, out / "delta.png", metric)
-    plot_curves(rows, out / "curves.png", metric)
+    checkpoint.write_text(out / f"report{suffix}.md", markdown(rows, entries, metric))
+    plot_delta(entries, out / f"delta{suffix}.png", metric)
+    plot_curves(rows, out / f"curves{suffix}.png", metric)
     return entries
