@@ -51,8 +51,8 @@ def main() -> None:
         "data.limit_test": 16,
         "train.epochs": 2,
     }
-    tasks, batches = {}, None
-    for name, on in variants().items():
+    tasks, batches, settings = {}, None, variants()
+    for name, on in settings.items():
         cfg = config.load("detect", {**base, **on})
         tasks[name] = detect.build(cfg, Dist(0, 1, torch.device("cpu")))
         if batches is None:
@@ -73,7 +73,7 @@ def main() -> None:
         rows.append(
             {
                 "trick": name,
-                "setting": {k: v for k, v in variants()[name].items() if k != "det.hflip"}
+                "setting": {k: v for k, v in settings[name].items() if k != "det.hflip"}
                 or {"det.hflip": False},
                 "ms_per_step": med,
                 "ratio_to_bare": med / bare,

@@ -115,11 +115,10 @@ class Head(FCOSHead):
         classes, boxes, weights = _matched(targets, matched_idxs)  # (N, HWA), (.., 4), (N, HWA)
         fg = classes >= 0
         w = weights[fg]
-        local = w.sum().double()
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         # the global mean of the per-rank normalisers: DDP's gradient averaging then gives the
         # gradient of (global loss sum) / (global foreground weight)
-        norm = (all_sum(local.clone()).clamp(min=1) / world).float()
+        norm = (all_sum(w.sum().double()).clamp(min=1) / world).float()
 
         k = cls_logits.shape[-1]
         target = torch.zeros_like(cls_logits)

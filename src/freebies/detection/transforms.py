@@ -84,9 +84,9 @@ def _resize(x: torch.Tensor, h: int, w: int, antialias: bool = True) -> torch.Te
 def _per_box(b: torch.Tensor, values: Sequence[float]) -> torch.Tensor:
     """(v0, v1, v2, v3) as a tensor in the boxes' dtype and device, to scale or shift xyxy.
 
-    Scaling multiplies by the new size, then divides by the old one: each step is correctly
-    rounded, so a box edge on the old border lands exactly on the new one (old * new / old is
-    new), where a precomputed ratio new / old can overshoot the image by one ulp.
+    Callers scale by multiplying by the new size, then dividing by the old one: each step is
+    correctly rounded, so a box edge on the old border lands exactly on the new one, where a
+    precomputed ratio new / old can overshoot the image by one ulp.
     """
     return torch.tensor(values, dtype=b.dtype, device=b.device)
 
