@@ -1,14 +1,19 @@
 """What the image pyramid and tiles buy on small objects, and what they cost.
 
 For each set and seed: train the baseline detector (skipped when its run folder is finished,
-resumed when interrupted), then evaluate its checkpoint with `freebies detect eval` four ways:
-a single pass, a 1,1.5,2 pyramid, tiles (`--auto-tiles`, or `--tiles 2x2` where auto finds
-that no tiling pays) and both. Each variant's COCO AP by size, img/s and cost against the
-single pass (measured inside the same `detect eval` call) go to the result file, with the
-paired Δ against the single pass (mean and 95% interval over seeds).
+resumed when interrupted). Then, on its test split, run each pass of
+`freebies.detection.multiscale` once, timed: the single full pass, the pyramid's extra scales
+1.5 and 2, and the tiles (`auto_tile_size`, or a 2x2 grid where auto finds that no tiling
+pays), with and without the SNIP filter (`--snip 32`: enlarged passes and tiles keep only boxes
+under 32 px, COCO's small). Every variant (single, pyramid, tiles, both, each with and without
+SNIP) is those passes merged as `multiscale_detect` merges them (nms for the pyramid alone,
+ios with tiles), so its cost is the sum of its passes' times plus its merge time, over the
+single pass's. COCO AP by size per variant and seed go to the result file, with the paired Δ
+against the single pass (mean and 95% t-interval over seeds).
 
 Sets:
-  scenes  Fashion scenes, the `detect` recipe (as in benchmarks/detection_baselines.py).
+  scenes  Fashion scenes, the `detect` recipe (as in benchmarks/detection_baselines.py, whose
+          run folders can be linked in as RUNS/scenes-sN).
   bccd4   BCCD downscaled 4x on disk (160x120 images; boxes measured in the reduced pixels,
           so platelets and many red cells become small), the `detect-bccd` recipe at
           data.image_size=160. The copy is written once under RUNS/bccd4-data.
@@ -20,25 +25,35 @@ Sets:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from PIL import Image
 from scipy import stats
 
+from freebies import checkpoint, config, detect
+from freebies.detection import multiscale as ms
+from freebies.runtime import provenance
+
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {
-    "single": [],
-    "pyramid": ["--pyramid", "1,1.5,2"],
-    "tiles": ["--auto-tiles"],
-    "both": ["--pyramid", "1,1.5,2", "--auto-tiles"],
+PYRAMID, SNIP = (1.5, 2.0), 32.0
+VARIANTS = {  # name: (passes, merge)
+    "single": (["single"], "nms"),
+    "pyramid": (["single", "pyramid"], "nms"),
+    "tiles": (["single", "tiles"], "ios"),
+    "both": (["single", "pyramid", "tiles"], "ios"),
+    "pyramid+snip": (["single", "pyramid_snip"], "nms"),
+    "tiles+snip": (["single", "tiles_snip"], "ios"),
+    "both+snip": (["single", "pyramid_snip", "tiles_snip"], "ios"),
 }
-KEYS = ("map", "map_50", "map_small", "map_medium", "map_large", "img_per_s", "cost_vs_single")
+KEYS = ("map", "map_50", "map_small", "map_medium", "map_large", "cost_vs_single")
 
 
 def bccd_dir() -> Path:
@@ -88,13 +103,59 @@ def train(folder: Path, seed: int, recipe: str, extra: list[str]) -> None:
                  str(folder), "--overwrite", *extra)  # fmt: skip
 
 
-def evaluate(ckpt: Path, options: list[str]) -> dict:
-    out = freebies("detect", "eval", str(ckpt), *options)
-    result = json.loads(out.strip().splitlines()[-1])
-    if options and "inference" not in result and "--auto-tiles" in options:  # no tiling paid
-        return evaluate(ckpt, [o if o != "--auto-tiles" else "--tiles=2x2" for o in options])
-    result["options"] = " ".join(options) or "single pass"
-    return result
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def evaluate(ckpt_path: Path) -> dict[str, dict]:
+    """Every variant's COCO metrics and cost on the checkpoint's test split."""
+    ckpt = checkpoint.load(ckpt_path, "detect")
+    cfg = config.from_dict(ckpt.config)
+    cfg.data.val_split, cfg.data.limit_train = 0.0, None
+    cfg.data.image_size = size = ckpt.data["image_size"]
+    data = detect.load_data(cfg)
+    model = detect.load_detector(ckpt)
+    x = data.test.images.float() / 255
+    side = ms.auto_tile_size(ms.small_box_side(data.train.boxes), size, size)
+    kw = {"tile_size": side} if side else {"grid": (2, 2)}
+    windows = ms.tile_windows(size, size, **kw)
+    bs = cfg.train.eval_batch_size
+    passes, seconds = {}, {}
+    for name, run in {
+        "single": lambda: ms.pyramid_parts(model, x, (1.0,), None, bs),
+        "pyramid": lambda: ms.pyramid_parts(model, x, PYRAMID, None, bs),
+        "pyramid_snip": lambda: ms.pyramid_parts(model, x, PYRAMID, SNIP, bs),
+        "tiles": lambda: ms.tile_parts(model, x, windows, size, bs),
+        "tiles_snip": lambda: ms.tile_parts(model, x, windows, size, bs, SNIP),
+    }.items():
+        passes[name], seconds[name] = timed(run)
+    out = {}
+    for variant, (names, merge) in VARIANTS.items():
+        per_image = [
+            list(itertools.chain(*p)) for p in zip(*(passes[n] for n in names), strict=True)
+        ]
+        t0 = time.perf_counter()
+        dets = [ms.merge_parts(p, merge, 0.5, 100) for p in per_image]
+        merge_s = time.perf_counter() - t0
+        preds = [prediction(i, d, data.test) for i, d in enumerate(dets)]
+        m = detect.coco_metrics(preds, data.test.orig_boxes, data.test.labels, data.test.sizes,
+                                data.classes, data.category_ids)  # fmt: skip
+        cost = (sum(seconds[n] for n in names) + merge_s) / seconds["single"]
+        out[variant] = {k: m[k] for k in KEYS if k in m} | {"cost_vs_single": cost}
+    out["single"]["img_per_s"] = len(x) / seconds["single"]
+    out["tiles"]["windows"] = f"{len(windows)} tiles of {windows[0][2] - windows[0][0]} px"
+    return out
+
+
+def prediction(i: int, det: dict, split) -> dict:
+    """Image i's merged boxes in its own pixels, those left without area dropped (as
+    `detect.predict` does)."""
+    boxes = detect.to_original(det["boxes"].float(), split.scales[i], split.sizes[i])
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return {"index": i, "boxes": boxes[keep], "scores": det["scores"][keep],
+            "labels": det["labels"][keep]}  # fmt: skip
 
 
 def paired(values: list[float], base: list[float]) -> dict:
@@ -107,7 +168,7 @@ def paired(values: list[float], base: list[float]) -> dict:
 def summarize(rows: dict[str, list[dict]]) -> dict:
     out = {}
     for name, results in rows.items():
-        out[name] = {"options": results[0]["options"]}
+        out[name] = {}
         for k in KEYS:
             v = [r.get(k) for r in results]
             if any(x is None for x in v):
@@ -140,20 +201,23 @@ def main() -> None:
         for seed in args.seeds:
             folder = args.runs / f"{name}-s{seed}"
             train(folder, seed, recipe, extra)
-            for v, options in VARIANTS.items():
-                rows[v].append(evaluate(folder / "last.pt", options))
-        summary = json.loads((args.runs / f"{name}-s{args.seeds[0]}" / "summary.json").read_text())
+            trained = json.loads((folder / "summary.json").read_text())
+            print(f"+ evaluate {folder}: {', '.join(VARIANTS)}", flush=True)
+            for v, r in evaluate(folder / "last.pt").items():
+                rows[v].append(r | {"trained_at_commit": trained.get("git_commit")})
         result[name] = {
             "train": f"freebies detect train --recipe {recipe} {' '.join(extra)}".strip(),
             "seeds": args.seeds,
-            "machine": summary["machine"],
-            "torch": summary["torch"],
+            "pyramid": list(PYRAMID),
+            "snip": SNIP,
+            "tiles": rows["tiles"][0]["windows"],
             "variants": summarize(rows),
             "per_seed": rows,
+            **provenance(),
         }
         for v, s in result[name]["variants"].items():
-            print(f"{name} {v:8s} map {s['map']['mean']:.2f} small {s['map_small']['mean']:.2f} "
-                  f"cost {s.get('cost_vs_single', {}).get('mean', 1.0):.2f}x")  # fmt: skip
+            print(f"{name} {v:12s} map {s['map']['mean']:.2f} small {s['map_small']['mean']:.2f} "
+                  f"cost {s['cost_vs_single']['mean']:.2f}x", flush=True)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

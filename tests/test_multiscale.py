@@ -12,12 +12,12 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from freebies.detection.model import build_detector
 from freebies.detection.multiscale import (
-    _pyramid_parts,
-    _tile_parts,
     auto_tile_size,
     merge_detections,
     multiscale_detect,
+    pyramid_parts,
     small_box_side,
+    tile_parts,
     tile_windows,
 )
 
@@ -96,13 +96,13 @@ def test_boxes_map_back_exactly_for_every_scale_and_every_tile_of_a_ragged_image
     h, w = 100, 130  # not a multiple of the tile
     x = torch.rand(2, 3, h, w)
     stub = Stub(64, frame=True)
-    for per_image in _pyramid_parts(stub, x, (0.5, 1.0, 1.5, 2.0), None, 8):
+    for per_image in pyramid_parts(stub, x, (0.5, 1.0, 1.5, 2.0), None, 8):
         for det in per_image:
             assert det["boxes"].tolist() == [[0.0, 0.0, float(w), float(h)]]
     windows = tile_windows(h, w, tile_size=48, overlap=0.25)
     assert {(x1 - x0, y1 - y0) for x0, y0, x1, y1 in windows} == {(48, 48)}
     assert max(x1 for *_, x1, _ in windows) == w and max(y1 for *_, y1 in windows) == h
-    for per_image in _tile_parts(stub, x, windows, 64, 8):
+    for per_image in tile_parts(stub, x, windows, 64, 8):
         got = [tuple(d["boxes"][0].tolist()) for d in per_image]
         assert got == [tuple(float(v) for v in win) for win in windows]
 
@@ -144,21 +144,57 @@ def test_pyramid_on_a_real_detector_keeps_its_limits(fcos):
     assert all((o["boxes"][:, 2:] <= 64.001).all() for o in out)
 
 
-def test_snip_keeps_only_small_boxes_from_enlarged_passes():
+def test_snip_keeps_only_small_boxes_from_enlarged_passes_and_tiles():
     x = image_with((10, 10, 18, 18), (60, 60, 110, 110))  # 8 px and 50 px
     stub = Stub(128, min_px=1)
-    parts = _pyramid_parts(stub, x, (1.0, 2.0), 32.0, 8)[0]
+    parts = pyramid_parts(stub, x, (1.0, 2.0), 32.0, 8)[0]
     sides = [sorted(((d["boxes"][:, 2] - d["boxes"][:, 0]).round()).tolist()) for d in parts]
     assert sides == [[8.0, 50.0], [8.0]]
+    tiles = tile_parts(stub, x, [(0, 0, 128, 128)], 128, 8, snip=32.0)[0]  # tiles: enlarged too
+    assert tiles[0]["boxes"].tolist() == [[10.0, 10.0, 18.0, 18.0]] and len(tiles[0]["cut"]) == 1
 
 
-def test_ios_merges_a_half_into_the_whole_and_keeps_other_classes_apart():
+def test_ios_drops_a_piece_inside_a_whole_box_and_keeps_other_classes_apart():
     boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 5, 10], [0, 0, 5, 10], [50, 50, 60, 60]]).float()
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
     labels = torch.tensor([0, 0, 1, 0])
-    b, s, lab = merge_detections(boxes, scores, labels, "ios", 0.5)
+    cut = torch.tensor([False, True, True, False])
+    b, s, lab = merge_detections(boxes, scores, labels, "ios", 0.5, cut=cut)
     assert b.tolist() == [[0, 0, 10, 10], [0, 0, 5, 10], [50, 50, 60, 60]]
     assert s.tolist() == pytest.approx([0.9, 0.7, 0.6]) and lab.tolist() == [0, 1, 0]
+    b, _, _ = merge_detections(boxes, scores, labels, "nms", 0.5, cut=cut)
+    assert len(b) == 4  # IoU 0.5 is not above 0.5: NMS keeps the half beside the whole
+
+
+def test_ios_never_swells_a_good_box_into_a_large_low_score_one():
+    # a whole box inside a large weak box of its class (IoS 1): neither is a tile piece,
+    # so they stay apart; joining by IoS, as greedy NMM does, would return the large box
+    boxes = torch.tensor([[10, 10, 20, 20], [0, 0, 100, 100]]).float()
+    scores, labels = torch.tensor([0.9, 0.06]), torch.tensor([0, 0])
+    b, s, _ = merge_detections(boxes, scores, labels, "ios", 0.5, cut=torch.tensor([False] * 2))
+    assert b.tolist() == boxes.tolist() and s.tolist() == pytest.approx([0.9, 0.06])
+
+
+def test_pieces_no_pass_saw_whole_join_into_their_enclosing_box():
+    pieces = torch.tensor([[50, 20, 72, 40], [56, 20, 80, 40], [0, 0, 9, 9]]).float()
+    scores, labels = torch.tensor([0.5, 0.8, 0.7]), torch.tensor([0, 0, 0])
+    b, s, _ = merge_detections(pieces, scores, labels, "ios", 0.5, cut=torch.ones(3).bool())
+    assert b.tolist() == [[50, 20, 80, 40], [0, 0, 9, 9]] and s.tolist() == pytest.approx(
+        [0.8, 0.7]
+    )
+
+
+def test_tile_boxes_at_an_inner_edge_are_marked_cut():
+    x = image_with((50, 20, 80, 40), (0, 90, 10, 100))  # across the seam; at the image's edge
+    windows = tile_windows(128, 128, grid=(2, 2), overlap=0.2)
+    parts = tile_parts(Stub(128, min_px=1), x, windows, 128, 8)[0]
+    cut = {
+        tuple(b.round().tolist()): bool(c)
+        for d in parts
+        for b, c in zip(d["boxes"], d["cut"], strict=True)
+    }
+    assert cut[(50.0, 20.0, 72.0, 40.0)] and cut[(56.0, 20.0, 80.0, 40.0)]
+    assert not cut[(0.0, 90.0, 10.0, 100.0)]
 
 
 def test_auto_tile_size_rule():
@@ -262,7 +298,7 @@ def test_detect_predict_with_tiles_writes_boxes_in_the_images_pixels(trained, tm
         (["--tiles", "2x2", "--overlap", "1"], "overlap must be in"),
         (["--tiles", "200x2"], "does not fit"),
         (["--tiles", "2by2"], "--tiles takes ROWSxCOLS"),
-        (["--snip", "32"], "give --pyramid too"),
+        (["--snip", "32"], "give one of them"),
         (["--pyramid", "1,2", "--merge-thr", "0"], "--merge-thr"),
     ],
 )

@@ -58,8 +58,8 @@ def _add_multiscale(p: argparse.ArgumentParser) -> None:
         "--snip",
         type=float,
         metavar="PX",
-        help="passes above scale 1 keep only boxes smaller than PX (original pixels), below 1 "
-        "only larger ones",
+        help="passes above scale 1 and tiles keep only boxes smaller than PX (input pixels), "
+        "passes below 1 only larger ones",
     )
     tiles = g.add_mutually_exclusive_group()
     tiles.add_argument("--tiles", metavar="RxC", help="a grid of tiles, e.g. 2x2, plus a full pass")
@@ -99,8 +99,8 @@ def _multiscale(args: argparse.Namespace, model: Any, info: dict[str, Any]) -> d
         if tile_size is None:
             print("freebies: note: --auto-tiles: no tiling pays here (no small training boxes, "
                   "or tiles as large as the image); one full pass")  # fmt: skip
-    if args.snip is not None and not scales:
-        raise UsageError("--snip filters the passes of --pyramid; give --pyramid too")
+    if args.snip is not None and not (scales or grid or tile_size):
+        raise UsageError("--snip filters the passes of --pyramid and the tiles; give one of them")
     try:
         windows = None
         if grid or tile_size:

@@ -11,11 +11,17 @@ returns one {"boxes", "scores", "labels"} per image, and `model.transform` has t
 enlarged image or tile straight back; `native_size` pins it to the tensor actually given, so
 the backbone sees those pixels.
 
-Merging (`merge_detections`): "nms" is class-wise IoU non-maximum suppression; "ios" greedily
-groups boxes of one class whose intersection over the smaller box's area reaches the threshold
-with the group's best box, and replaces the group with its enclosing box at the best score.
-IoU-NMS cannot join the two halves of an object cut by a tile border (they barely overlap);
-IoS can, and it folds a half into the whole box that another tile or the full pass found.
+Merging (`merge_detections`): "nms" is class-wise IoU non-maximum suppression over every
+pass. "ios" (the default with tiles) first deals with the pieces of cut objects: a tile's box
+that touches one of the tile's inner edges (within 2% of the tile's side) is a piece. A piece
+lying mostly inside (intersection over the piece's area >= the threshold) a same-class box that
+touches no inner edge is dropped, since another pass saw that object whole. The pieces left are
+grouped greedily by score, same class, intersection over the smaller box >= the threshold, and
+each group becomes its enclosing box at its best score: the halves of an object that no pass
+saw whole. Then class-wise IoU-NMS runs over everything. IoU-NMS alone cannot join two halves
+(they barely overlap) and keeps a half beside the whole; joining every box by IoS, as SAHI's
+GREEDYNMM does, lets one low-score box that contains a good one swell it (on Fashion scenes
+that cut map from 60 to 14), so only pieces are ever joined.
 """
 
 from __future__ import annotations
@@ -58,6 +64,11 @@ def _detect(model: nn.Module, x: torch.Tensor, batch_size: int) -> Dets:
     return out
 
 
+def _side(boxes: torch.Tensor) -> torch.Tensor:
+    """sqrt(w * h) of xyxy boxes."""
+    return box_area(boxes).clamp(min=0).sqrt()
+
+
 def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     if (h, w) == tuple(x.shape[-2:]):
         return x
@@ -77,7 +88,7 @@ def check_scales(scales: Sequence[float]) -> None:
         raise ValueError(f"pyramid: every scale must be a number > 0, got {list(scales)}")
 
 
-def _pyramid_parts(
+def pyramid_parts(
     model: nn.Module, images: torch.Tensor, scales: Sequence[float], snip: float | None, bs: int
 ) -> list[Dets]:
     """Each image's detections at every scale, in its own pixels (unmerged)."""
@@ -89,8 +100,7 @@ def _pyramid_parts(
             boxes = _moved(det["boxes"], w / sw, h / sh)
             keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
             if snip is not None and f != 1:
-                side = box_area(boxes).clamp(min=0).sqrt()
-                keep = side < snip if f > 1 else side >= snip
+                keep = _side(boxes) < snip if f > 1 else _side(boxes) >= snip
             parts[i].append({k: v[keep] for k, v in {**det, "boxes": boxes}.items()})
     return parts
 
@@ -131,15 +141,18 @@ def tile_windows(
     return [(x, y, x + tw, y + th) for y in ys for x in xs]
 
 
-def _tile_parts(
+def tile_parts(
     model: nn.Module,
     images: torch.Tensor,
     windows: list[tuple[int, int, int, int]],
     input_size: int,
     bs: int,
+    snip: float | None = None,
 ) -> list[Dets]:
-    """Each image's detections in every window, upsampled to `input_size` (unmerged)."""
-    n = images.shape[0]
+    """Each image's detections in every window, upsampled to `input_size` (unmerged), each
+    box marked "cut" when it touches an inner edge of its window; with `snip`, only the boxes
+    whose side is below it."""
+    n, _, h, w = images.shape
     x0, y0, x1, y1 = windows[0]
     th, tw = y1 - y0, x1 - x0
     if any((b - t, r - le) != (th, tw) for le, t, r, b in windows):
@@ -150,9 +163,31 @@ def _tile_parts(
     found = _detect(model, _resize(crops.flatten(0, 1), sh, sw), bs)
     parts: list[Dets] = [[] for _ in range(n)]
     for k, det in enumerate(found):
-        i, (le, t, _, _) = k // len(windows), windows[k % len(windows)]
-        parts[i].append({**det, "boxes": _moved(det["boxes"], tw / sw, th / sh, le, t)})
+        i, win = k // len(windows), windows[k % len(windows)]
+        det = {**det, "boxes": _moved(det["boxes"], tw / sw, th / sh, win[0], win[1])}
+        det["cut"] = _touches_inner_edge(det["boxes"], win, h, w)
+        if snip is not None:
+            det = {k: v[_side(det["boxes"]) < snip] for k, v in det.items()}
+        parts[i].append(det)
     return parts
+
+
+def _touches_inner_edge(
+    boxes: torch.Tensor, window: tuple[int, int, int, int], h: int, w: int
+) -> torch.Tensor:
+    """Which boxes reach, within 2% of the tile's side, an edge of `window` inside the image."""
+    le, t, r, b = window
+    m = 0.02 * max(r - le, b - t)
+    cut = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    for inner, reaches in (
+        (le > 0, boxes[:, 0] <= le + m),
+        (t > 0, boxes[:, 1] <= t + m),
+        (r < w, boxes[:, 2] >= r - m),
+        (b < h, boxes[:, 3] >= b - m),
+    ):
+        if inner:
+            cut |= reaches
+    return cut
 
 
 def multiscale_detect(
@@ -180,9 +215,10 @@ def multiscale_detect(
             upsampled so its longer side is `input_size` (a crop at its own resolution would
             show the model the same pixels); the windows of all images run in batches.
         input_size: the side the model was trained at (needed with `windows`).
-        snip: SNIP-style ranges, in original pixels: a pass with f > 1 keeps only boxes whose
-            side sqrt(w * h) is below `snip` (it exists for small objects), one with f < 1 only
-            boxes at least that large; f = 1 and tiles keep all. None keeps every box.
+        snip: SNIP-style ranges, in original pixels: a pass with f > 1 and every tile keep
+            only boxes whose side sqrt(w * h) is below `snip` (they exist for small objects),
+            a pass with f < 1 only boxes at least that large; f = 1 keeps all. None keeps
+            every box.
         merge: "ios" or "nms" (see `merge_detections`); default "ios" with tiles, else "nms".
         threshold: the merge's IoS or IoU threshold.
         batch_size: images (or tiles) per forward pass.
@@ -194,50 +230,54 @@ def multiscale_detect(
     check_scales(scales)
     if not scales and not windows:
         raise ValueError("multiscale_detect: give scales, windows or both")
-    parts = _pyramid_parts(model, images, scales, snip, batch_size)
+    parts = pyramid_parts(model, images, scales, snip, batch_size)
     if windows:
         if input_size is None:
             raise ValueError("multiscale_detect: tiles need input_size (the training size)")
-        for mine, more in zip(parts, _tile_parts(model, images, windows, input_size, batch_size),
-                              strict=True):  # fmt: skip
+        tiles = tile_parts(model, images, windows, input_size, batch_size, snip)
+        for mine, more in zip(parts, tiles, strict=True):
             mine += more
     mode = merge or ("ios" if windows else "nms")
-    return [_merged(p, mode, threshold, detections) for p in parts]
+    return [merge_parts(p, mode, threshold, detections) for p in parts]
 
 
-def _merged(parts: Dets, merge: str, threshold: float, detections: int) -> dict[str, torch.Tensor]:
-    """One image's passes merged, boxes without area dropped first, the best `detections`."""
+def merge_parts(
+    parts: Dets, merge: str, threshold: float, detections: int
+) -> dict[str, torch.Tensor]:
+    """One image's passes (from `pyramid_parts` and `tile_parts`) merged by `merge`, boxes
+    without area dropped first, the best `detections` kept."""
     boxes, scores, labels = (
         torch.cat([p[k] for p in parts]) for k in ("boxes", "scores", "labels")
     )
+    cut = torch.cat([p.get("cut", torch.zeros(len(p["boxes"]), dtype=torch.bool)) for p in parts])
     real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, labels = merge_detections(
-        boxes[real], scores[real], labels[real], merge, threshold
+        boxes[real], scores[real], labels[real], merge, threshold, cut=cut[real]
     )
     top = scores.argsort(descending=True)[:detections]
     return {"boxes": boxes[top], "scores": scores[top], "labels": labels[top]}
 
 
-def merge_detections(
-    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, mode: str, threshold: float
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise intersection areas of xyxy boxes a (n, 4) and b (m, 4): (n, m)."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    return (rb - lt).clamp(min=0).prod(-1)
+
+
+def _join(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Merge overlapping boxes of one class (see the module docstring for both rules)."""
-    if mode not in MERGES:
-        raise ValueError(f"merge_detections: mode must be one of {', '.join(MERGES)}, got {mode!r}")
-    if not 0 < threshold <= 1:
-        raise ValueError(f"merge_detections: threshold must be in (0, 1], got {threshold}")
-    if mode == "nms" or len(boxes) == 0:
-        keep = batched_nms(boxes.float(), scores.float(), labels, threshold)
-        return boxes[keep], scores[keep], labels[keep]
+    """Greedy groups by score (same class, IoS with the group's best >= threshold), each
+    replaced by its enclosing box at the best score."""
+    if len(boxes) == 0:
+        return boxes, scores, labels
     order = scores.argsort(descending=True)
     boxes, scores, labels = boxes[order], scores[order], labels[order]
-    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
     area = box_area(boxes)
-    ios = inter / torch.minimum(area[:, None], area[None, :]).clamp(min=1e-9)
+    ios = _overlap(boxes, boxes) / torch.minimum(area[:, None], area[None, :]).clamp(min=1e-9)
     joins = ((ios >= threshold) & (labels[:, None] == labels[None, :])).tolist()
-    free, out = [True] * len(boxes), []
+    free, out, best = [True] * len(boxes), [], []
     for i in range(len(boxes)):
         if not free[i]:
             continue
@@ -245,9 +285,39 @@ def merge_detections(
         for j in group:
             free[j] = False
         g = boxes[group]
-        out.append((torch.cat([g[:, :2].min(0)[0], g[:, 2:].max(0)[0]]), i))
-    kept = torch.tensor([i for _, i in out], dtype=torch.long, device=boxes.device)
-    return torch.stack([b for b, _ in out]), scores[kept], labels[kept]
+        out.append(torch.cat([g[:, :2].min(0)[0], g[:, 2:].max(0)[0]]))
+        best.append(i)
+    kept = torch.tensor(best, dtype=torch.long, device=boxes.device)
+    return torch.stack(out), scores[kept], labels[kept]
+
+
+def merge_detections(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    mode: str,
+    threshold: float,
+    cut: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge the passes' boxes (see the module docstring for both rules); `cut` marks the
+    pieces (tile boxes at an inner tile edge), which only "ios" treats apart."""
+    if mode not in MERGES:
+        raise ValueError(f"merge_detections: mode must be one of {', '.join(MERGES)}, got {mode!r}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"merge_detections: threshold must be in (0, 1], got {threshold}")
+    if mode == "ios" and cut is not None and cut.any():
+        whole, piece = (~cut).nonzero().flatten(), cut.nonzero().flatten()
+        inside = _overlap(boxes[piece], boxes[whole]) / box_area(boxes[piece])[:, None].clamp(
+            min=1e-9
+        )
+        seen = ((inside >= threshold) & (labels[piece, None] == labels[None, whole])).any(1)
+        piece = piece[~seen]
+        joined = _join(boxes[piece], scores[piece], labels[piece], threshold)
+        boxes, scores, labels = (
+            torch.cat([v[whole], j]) for v, j in zip((boxes, scores, labels), joined, strict=True)
+        )
+    keep = batched_nms(boxes.float(), scores.float(), labels, threshold)
+    return boxes[keep], scores[keep], labels[keep]
 
 
 def small_box_side(boxes: list[torch.Tensor]) -> float | None:
