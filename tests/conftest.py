@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# `train.precision=auto` may probe bf16 on a CPU with native bf16: pin it, so that no test's
+# result depends on the CPU (subprocesses inherit it; tests of the choice unset it).
+os.environ["FREEBIES_AUTO_PRECISION"] = "fp32"
 
 from fakedata import write_idx
 

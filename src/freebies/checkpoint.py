@@ -44,6 +44,7 @@ class Checkpoint:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl rows
     partial: dict[str, float] = field(default_factory=dict)  # loss_sum, steps, train_s so far
     times: dict[str, float] = field(default_factory=dict)  # train_s, wall_s so far
+    precision: list[str] | None = None  # [what train.precision trained in, why]
     deploy: bool = False
     fuse_report: dict[str, Any] | None = None
     format: int = FORMAT

@@ -251,10 +251,10 @@ def _eval(args: argparse.Namespace) -> None:
     data = _test_data(ckpt, args.data, args.limit_test)
     device = pick_device(args.device)
     model = load_model(ckpt).to(device)
-    # A deploy checkpoint is evaluated in fp32 so its predictions match the unfused model's.
-    autocast = (
-        contextlib.nullcontext() if ckpt.deploy else autocast_for(cfg.train.precision, device)
-    )
+    # A deploy checkpoint is evaluated in fp32 so its predictions match the unfused model's;
+    # a trained one in the precision it trained in.
+    precision = ckpt.precision[0] if ckpt.precision else cfg.train.precision
+    autocast = contextlib.nullcontext() if ckpt.deploy else autocast_for(precision, device)
     result = evaluate(
         model,
         to_device(data.test_x, device),

@@ -145,7 +145,7 @@ class TrainCfg:
     batch_size: int = 128  # global batch, split across ranks under torchrun
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast) | fp64
+    precision: str = "auto"  # auto (runtime.choose_precision) | fp32 | bf16 (autocast) | fp64
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # nn.SyncBatchNorm across ranks (CUDA only)

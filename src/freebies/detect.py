@@ -246,7 +246,7 @@ def data_info(data: DetData, image_size: int) -> dict[str, Any]:
     }
 
 
-def build(cfg: Config, d: Dist) -> engine.Task:
+def build(cfg: Config, d: Dist, recorded_precision: list[str] | None = None) -> engine.Task:
     """The detection task for the engine."""
     check_settings(cfg)
     data, dev = load_data(cfg), d.device
@@ -263,6 +263,7 @@ def build(cfg: Config, d: Dist) -> engine.Task:
     )
     opt = make_optimizer(net, cfg, lr)
     train_x = data.train.images.to(dev)
+    precision = engine.decide_precision(cfg, d, recorded_precision)
     s = DetStep(
         cfg=cfg,
         net=net,
@@ -274,7 +275,7 @@ def build(cfg: Config, d: Dist) -> engine.Task:
         labels=[lab.to(dev) for lab in data.train.labels],
         steps_per_epoch=steps_per_epoch,
         fill=[255 * m for m in info["mean"]],
-        autocast=autocast_for(cfg.train.precision, dev),
+        autocast=autocast_for(precision[0], dev),
     )
     torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank + 1)
     s.ema = ema_model(net, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.decay else None
@@ -304,6 +305,7 @@ def build(cfg: Config, d: Dist) -> engine.Task:
         summary=summary_keys,
         infer_macs=lambda: count_macs(net.eval(), torch.zeros(1, 3, size, size, device=dev)),
         data=info,
+        precision=precision,
         shown=("map", "val_map"),
         select="val_map",
     )

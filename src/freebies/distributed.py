@@ -70,6 +70,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def from_rank0(obj: object) -> object:
+    """Rank 0's `obj` on every rank (a decision only rank 0 makes, such as the precision)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def broadcast_buffers(*modules: torch.nn.Module | None) -> None:
     """Give every rank rank 0's buffers (BatchNorm running stats).
 

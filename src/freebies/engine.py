@@ -30,17 +30,26 @@ from tqdm import tqdm
 from freebies import checkpoint, config
 from freebies.checkpoint import Checkpoint
 from freebies.config import Config
-from freebies.distributed import Dist, all_sum, any_rank, broadcast_buffers, setup, teardown
+from freebies.distributed import (
+    Dist,
+    all_sum,
+    any_rank,
+    broadcast_buffers,
+    from_rank0,
+    setup,
+    teardown,
+)
 from freebies.errors import UsageError
 from freebies.report.plots import plot_curves
-from freebies.runtime import git_commit, machine, peak_mem_mb
+from freebies.runtime import choose_precision, git_commit, machine, peak_mem_mb
 
 SYNC_EVERY = 20  # steps between host syncs (progress bar, NaN check, Ctrl-C under DDP)
 
 
 @dataclass
 class Task:
-    """What a task hands the engine; `build(cfg, dist) -> Task` makes one per run."""
+    """What a task hands the engine; `build(cfg, dist, recorded_precision) -> Task` makes one
+    per run (see `decide_precision`)."""
 
     name: str  # "classify", "detect": recorded in the checkpoint
     net: nn.Module  # the unwrapped network: saved, restored, counted
@@ -56,6 +65,7 @@ class Task:
     summary: Callable[[dict[str, Any]], dict[str, Any]]  # last metrics row -> headline keys
     infer_macs: Callable[[], int]  # per image, of the model as deployed
     data: dict[str, Any]  # the checkpoint's "data": fingerprint, classes, the task's own keys
+    precision: tuple[str, str]  # what it trains in and why, from `decide_precision`
     shown: tuple[str, ...] = ("test_acc", "val_acc")  # printed each epoch and plotted
     select: str = "val_acc"  # early stopping watches it; higher is better
 
@@ -191,6 +201,22 @@ def restore(ckpt: Checkpoint, task: Task, d: Dist) -> State:
     return State(ckpt.epoch, ckpt.step, ckpt.metrics, ckpt.partial, ckpt.times)
 
 
+def decide_precision(
+    cfg: Config,
+    d: Dist,
+    recorded: list[str] | None,
+    probe: Callable[[], float] | None = None,
+    key: str = "",
+) -> tuple[str, str]:
+    """What the run trains in and why. A resumed `auto` run keeps the choice its checkpoint
+    recorded; otherwise rank 0 decides (`runtime.choose_precision`, which may time `probe`,
+    the bf16 speed-up of the task's own step, cached under `key`) and every rank follows."""
+    if recorded is not None and cfg.train.precision == "auto":
+        return recorded[0], recorded[1]
+    choice = choose_precision(cfg.train.precision, d.device, probe, key) if d.main else None
+    return from_rank0(choice)
+
+
 def wrap(net: nn.Module, d: Dist, compile: bool) -> nn.Module:
     """What trains: `net`, under DDP when there are several processes, compiled if asked."""
     model = net
@@ -233,7 +259,9 @@ def run(
         if d.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(d.device)
         ckpt = checkpoint.load(out / "last.pt") if resume else None
-        task = build(cfg, d)
+        task = build(cfg, d, ckpt.precision if ckpt is not None else None)
+        if d.main:
+            print(f"freebies: precision {task.precision[0]} ({task.precision[1]})", flush=True)
         state = State()
         if ckpt is not None:
             check_resume(ckpt, task, d, out)
@@ -389,6 +417,7 @@ class _Run:
             ema=task.ema.state_dict() if task.ema is not None else None,
             rng={"aug": aug_states, "torch": torch.get_rng_state()},
             device_type=d.device.type,
+            precision=list(task.precision),
             epoch=epoch,
             step=step,
             metrics=st.metrics,
@@ -419,6 +448,8 @@ class _Run:
             "world_size": d.world,
             "torch": torch.__version__,
             "seed": cfg.train.seed,
+            "precision": task.precision[0],
+            "precision_reason": task.precision[1],
             "recipe": self.recipe,
             "git_commit": git_commit(),
         }

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,6 +56,70 @@ def peak_mem_mb(device: torch.device) -> float:
 
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return kib / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # CPU flags of native bf16 arithmetic
+MIN_SPEEDUP = 1.1  # bf16 must beat fp32 by this much to be chosen: fp32 is the safe default
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def bf16_speedup(step: Callable[[bool], object], repeats: int = 3) -> float:
+    """fp32 time over bf16-autocast time of `step(bf16)`: one warm-up each, then `repeats`
+    interleaved pairs, medians compared (so machine noise hits both alike)."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for bf16 in (False, True):
+        step(bf16)
+    for _ in range(repeats):
+        for bf16 in (False, True):
+            t0 = time.perf_counter()
+            step(bf16)
+            times[bf16].append(time.perf_counter() - t0)
+    return statistics.median(times[False]) / statistics.median(times[True])
+
+
+def choose_precision(
+    precision: str, device: torch.device, probe: Callable[[], float] | None, key: str
+) -> tuple[str, str]:
+    """What `train.precision` trains in here, and why: (fp32 | bf16 | fp64, reason).
+
+    Anything but `auto` is kept. `auto` is bf16 autocast on CUDA. On a CPU it is bf16 only
+    when the CPU has native bf16 (avx512_bf16 or amx_bf16) and `probe()`, the bf16 speed-up
+    of this run's own training step, is at least MIN_SPEEDUP; the probe's result is cached
+    per CPU, torch version and `key` (model and batch) in ~/.cache/freebies/precision.json.
+    FREEBIES_AUTO_PRECISION=fp32|bf16 decides `auto` without probing (the test suite pins it).
+    """
+    if precision != "auto":
+        return precision, "set in the recipe"
+    forced = os.environ.get("FREEBIES_AUTO_PRECISION")
+    if forced in ("fp32", "bf16"):
+        return forced, "auto, pinned by FREEBIES_AUTO_PRECISION"
+    if device.type == "cuda":
+        return "bf16", "auto: bf16 autocast on CUDA"
+    if probe is None:
+        return "fp32", "auto: fp32 on the CPU (this task has no bf16 probe)"
+    if not cpu_flags() & BF16_FLAGS:
+        return "fp32", "auto: fp32, this CPU has no native bf16 (avx512_bf16 or amx_bf16)"
+    path = Path.home() / ".cache" / "freebies" / "precision.json"
+    entry = f"{machine()} | torch {torch.__version__} | {key}"
+    cache: dict[str, float] = {}
+    with contextlib.suppress(OSError, ValueError):
+        cache = json.loads(path.read_text())
+    source = "cached probe"
+    if entry not in cache:
+        cache[entry], source = probe(), "probe"
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(cache, indent=1) + "\n")
+    choice = "bf16" if cache[entry] >= MIN_SPEEDUP else "fp32"
+    return choice, f"auto: {choice}, bf16 autocast ran {cache[entry]:.2f}x fp32 ({source}, {key})"
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
