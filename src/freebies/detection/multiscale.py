@@ -21,7 +21,7 @@ each group becomes its enclosing box at its best score: the halves of an object 
 saw whole. Then class-wise IoU-NMS runs over everything. IoU-NMS alone cannot join two halves
 (they barely overlap) and keeps a half beside the whole; joining every box by IoS, as SAHI's
 GREEDYNMM does, lets one low-score box that contains a good one swell it (on Fashion scenes
-that cut map from 60 to 14), so only pieces are ever joined.
+that lost most of the map), so only pieces are ever joined.
 """
 
 from __future__ import annotations
