@@ -249,7 +249,12 @@ def merge_parts(
     boxes, scores, labels = (
         torch.cat([p[k] for p in parts]) for k in ("boxes", "scores", "labels")
     )
-    cut = torch.cat([p.get("cut", torch.zeros(len(p["boxes"]), dtype=torch.bool)) for p in parts])
+    cut = torch.cat(
+        [
+            p.get("cut", torch.zeros(len(p["boxes"]), dtype=torch.bool, device=boxes.device))
+            for p in parts
+        ]
+    )
     real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, labels = merge_detections(
         boxes[real], scores[real], labels[real], merge, threshold, cut=cut[real]
