@@ -139,7 +139,7 @@ def evaluate(ckpt_path: Path) -> dict[str, dict]:
         t0 = time.perf_counter()
         dets = [ms.merge_parts(p, merge, 0.5, 100) for p in per_image]
         merge_s = time.perf_counter() - t0
-        preds = [prediction(i, d, data.test) for i, d in enumerate(dets)]
+        preds = [detect.in_original(d, data.test, i) for i, d in enumerate(dets)]
         m = detect.coco_metrics(preds, data.test.orig_boxes, data.test.labels, data.test.sizes,
                                 data.classes, data.category_ids)  # fmt: skip
         cost = (sum(seconds[n] for n in names) + merge_s) / seconds["single"]
@@ -147,15 +147,6 @@ def evaluate(ckpt_path: Path) -> dict[str, dict]:
     out["single"]["img_per_s"] = len(x) / seconds["single"]
     out["tiles"]["windows"] = f"{len(windows)} tiles of {windows[0][2] - windows[0][0]} px"
     return out
-
-
-def prediction(i: int, det: dict, split) -> dict:
-    """Image i's merged boxes in its own pixels, those left without area dropped (as
-    `detect.predict` does)."""
-    boxes = detect.to_original(det["boxes"].float(), split.scales[i], split.sizes[i])
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return {"index": i, "boxes": boxes[keep], "scores": det["scores"][keep],
-            "labels": det["labels"][keep]}  # fmt: skip
 
 
 def paired(values: list[float], base: list[float]) -> dict:

@@ -337,14 +337,18 @@ def predict(
         x = xb.to(dev).float() / 255
         with autocast or contextlib.nullcontext():
             dets = infer(x) if infer is not None else model(list(x.unbind(0)))
-        for i, det in zip(ib.tolist(), dets, strict=True):
-            boxes = to_original(det["boxes"].float().cpu(), split.scales[i], split.sizes[i])
-            # a box that lay in the letterbox padding has no area left in the image
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            scores, labels = det["scores"].float().cpu()[keep], det["labels"].cpu()[keep]
-            out.append({"index": i, "boxes": boxes[keep], "scores": scores, "labels": labels})
+        out += [in_original(det, split, i) for i, det in zip(ib.tolist(), dets, strict=True)]
     model.train(was_training)
     return out
+
+
+def in_original(det: dict[str, torch.Tensor], split: DetSplit, i: int) -> dict[str, Any]:
+    """Detections on image i's letterboxed input as {"index", "boxes", "scores", "labels"} in
+    its own pixels (CPU); a box that lay in the letterbox padding has no area left: dropped."""
+    boxes = to_original(det["boxes"].float().cpu(), split.scales[i], split.sizes[i])
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    scores, labels = det["scores"].float().cpu()[keep], det["labels"].cpu()[keep]
+    return {"index": i, "boxes": boxes[keep], "scores": scores, "labels": labels}
 
 
 def evaluate_split(
