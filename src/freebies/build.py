@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from torch import nn
 from freebies.config import Config
 from freebies.errors import UsageError
 from freebies.models import acnet, create_model, options
-from freebies.optim import build_optimizer, build_scheduler, scaled_lr
+from freebies.optim import build_optimizer, build_scheduler, lookahead_step, scaled_lr
 
 
 @contextlib.contextmanager
@@ -59,7 +60,7 @@ def base_lr(cfg: Config) -> float:
 def make_optimizer(net: nn.Module, cfg: Config, lr: float) -> torch.optim.Optimizer:
     """The recipe's optimizer over `net` at base LR `lr`."""
     kw = dataclasses.asdict(cfg.optim)
-    for key in ("lr", "lr_scaling", "lr_base_batch"):
+    for key in ("lr", "lr_scaling", "lr_base_batch", "lookahead_every", "lookahead_decay"):
         del kw[key]
     with recipe_errors("optim"):
         return build_optimizer(net, lr=lr, **kw)
@@ -77,3 +78,12 @@ def make_scheduler(
             epochs=cfg.train.epochs,
             **dataclasses.asdict(cfg.sched),
         )
+
+
+def make_lookahead(cfg: Config, steps_per_epoch: int) -> Callable | None:
+    """The recipe's lookahead, `(optimizer, step) -> None`, or None when it is off."""
+    o = cfg.optim
+    if not o.lookahead_every:
+        return None
+    total = cfg.train.epochs * steps_per_epoch
+    return partial(lookahead_step, total_steps=total, every=o.lookahead_every, decay=o.lookahead_decay)

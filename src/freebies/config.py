@@ -96,7 +96,7 @@ class DetCfg:
 
 @dataclass
 class OptimCfg:
-    name: str = "sgd"  # sgd | adamw | adabound | amsbound
+    name: str = "sgd"  # sgd | adamw | adabound | amsbound | muon (conv filters; SGD for the rest)
     lr: float = 0.1  # base LR at `lr_base_batch` images per step
     momentum: float = 0.9
     nesterov: bool = False
@@ -108,6 +108,11 @@ class OptimCfg:
     betas: tuple[float, float] = (0.9, 0.999)  # adamw, adabound
     final_lr: float = 0.1  # adabound: the SGD LR the bounds converge to
     gamma: float = 1e-3  # adabound: convergence speed of the bounds
+    muon_lr: float = 0.24  # muon: LR of the conv filters (the rest use `lr`)
+    muon_momentum: float = 0.6  # muon: Nesterov momentum of the conv filters
+    muon_normalize: bool = True  # muon: hold each filter bank at norm sqrt(out) (airbench)
+    lookahead_every: int = 0  # pull weights to a slow copy every N steps (airbench); 0 = off
+    lookahead_decay: float = 0.95  # per step; the pull is decay^N * (t / T)^3
 
 
 @dataclass
@@ -366,6 +371,14 @@ def validate(cfg: Config) -> Config:
             "train.tta_shift adds shifted views to the flip TTA; set train.tta=true too",
         ),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (
+            cfg.optim.muon_lr > 0 and 0 <= cfg.optim.muon_momentum < 1,
+            "optim.muon_lr must be > 0 and optim.muon_momentum in [0, 1)",
+        ),
+        (
+            cfg.optim.lookahead_every >= 0 and 0 <= cfg.optim.lookahead_decay <= 1,
+            "optim.lookahead_every must be >= 0 (0 = off) and optim.lookahead_decay in [0, 1]",
+        ),
         (0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing must be in [0, 1)"),
         (0 <= cfg.data.val_split < 1, "data.val_split must be in [0, 1)"),
         (cfg.data.workers >= 0, "data.workers must be >= 0"),
@@ -468,7 +481,7 @@ def _aug_checks(cfg: Config) -> list[tuple[bool, str]]:
 def advice(cfg: Config) -> list[str]:
     """One-line warnings about legal but suspicious combinations."""
     notes = []
-    if cfg.optim.name != "sgd" and cfg.optim.lr >= 0.01:
+    if cfg.optim.name not in ("sgd", "muon") and cfg.optim.lr >= 0.01:
         notes.append(
             f"optim.lr={cfg.optim.lr} looks like an SGD learning rate but optim.name="
             f"{cfg.optim.name}; adaptive optimizers usually want about 1e-3"

@@ -21,7 +21,13 @@ import torch.distributed as dist
 from torch import nn
 
 from freebies import config, engine
-from freebies.build import base_lr, make_optimizer, make_scheduler, recipe_errors
+from freebies.build import (
+    base_lr,
+    make_lookahead,
+    make_optimizer,
+    make_scheduler,
+    recipe_errors,
+)
 from freebies.config import Config, DetCfg
 from freebies.data.loader import channel_stats, eval_batches, train_batches
 from freebies.deploy import count_macs
@@ -81,6 +87,7 @@ class DetStep:
     model: nn.Module  # what runs forward: `net`, or its DDP / compiled wrapper
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
+    lookahead: Any  # (optimizer, step) -> None, when optim.lookahead_every > 0
     gen: torch.Generator  # this rank's augmentation stream
     boxes: list[torch.Tensor]  # training boxes per image, xyxy letterboxed pixels, on device
     labels: list[torch.Tensor]  # training labels per image, on device
@@ -111,7 +118,7 @@ def detect_step(s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: i
         losses = s.model(images, targets)
     loss = sum(v.float() for v in losses.values())
     # 3. backward, optimizer step, LR schedule step, EMA
-    engine.update(loss, s.opt, s.sched, s.ema, s.net)
+    engine.update(loss, s.opt, s.sched, s.ema, s.net, s.lookahead)
     return loss.detach()
 
 
@@ -270,6 +277,7 @@ def build(cfg: Config, d: Dist, recorded_precision: list[str] | None = None) -> 
         model=net,
         opt=opt,
         sched=make_scheduler(opt, cfg, lr, steps_per_epoch),
+        lookahead=make_lookahead(cfg, steps_per_epoch),
         gen=torch.Generator(dev).manual_seed(cfg.train.seed + 1_000_003 * d.rank),
         boxes=[b.to(dev) for b in data.train.boxes],
         labels=[lab.to(dev) for lab in data.train.labels],

@@ -482,13 +482,16 @@ def update(
     sched: torch.optim.lr_scheduler.LRScheduler,
     ema: AveragedModel | None,
     net: nn.Module,
+    lookahead: Callable[[torch.optim.Optimizer, int], None] | None = None,
 ) -> None:
-    """The end of every task's step: backward, optimizer step, LR schedule step, EMA update
-    (of the weights the optimizer just wrote)."""
+    """The end of every task's step: backward, optimizer step, LR schedule step, lookahead
+    (`build.make_lookahead`, given the step number), EMA update (of the weights just written)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     sched.step()
+    if lookahead is not None:
+        lookahead(opt, sched.last_epoch)  # LambdaLR counts the steps taken, resumes included
     if ema is not None:
         ema.update_parameters(net)
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from freebies import checkpoint, engine, runtime
-from freebies.build import base_lr, build_model, make_optimizer, make_scheduler
+from freebies.build import base_lr, build_model, make_lookahead, make_optimizer, make_scheduler
 from freebies.config import Config, DetCfg, mixers
 from freebies.data.loader import (
     alternating_flip,
@@ -79,6 +79,7 @@ class Step:
     model: nn.Module  # what runs forward: `net`, or its DDP / compiled wrapper
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
+    lookahead: Any  # (optimizer, step) -> None, when optim.lookahead_every > 0
     gen: torch.Generator  # this rank's augmentation stream
     mean: torch.Tensor  # (C,) per-channel mean of the training images, pixel units
     std: torch.Tensor  # (C,)
@@ -151,7 +152,7 @@ def train_step(s: Step, batch: tuple[torch.Tensor, ...], epoch: int, step: int) 
             logits.to(s.loss_dtype), t_logits.to(s.loss_dtype), target, d.alpha, d.temperature
         )
     # 5. backward, optimizer step, LR schedule step, EMA
-    engine.update(loss, s.opt, s.sched, s.ema, s.net)
+    engine.update(loss, s.opt, s.sched, s.ema, s.net, s.lookahead)
     return loss.detach()
 
 
@@ -254,6 +255,7 @@ def build(cfg: Config, d: Dist, recorded_precision: list[str] | None = None) -> 
         model=net,
         opt=opt,
         sched=make_scheduler(opt, cfg, lr, steps_per_epoch),
+        lookahead=make_lookahead(cfg, steps_per_epoch),
         gen=torch.Generator(dev).manual_seed(cfg.train.seed + 1_000_003 * d.rank),
         mean=mean,
         std=std,

@@ -85,7 +85,8 @@ def parse_tricks(spec: str) -> list[tuple[str, dict[str, Any]]]:
     """`"label_smoothing,mixup=aug.mixup=0.4"` -> [(label, overrides)].
 
     A bare name takes its documented setting (`freebies tricks`); `name=key=value` items
-    replace it (repeat the name for several keys).
+    replace it (repeat the name for several keys). A name outside the catalog is a variant of
+    the user's own and must come with settings (`batch256=train.batch_size=256`).
     """
     known = {t.name: t for t in TRICKS}
     custom: dict[str, dict[str, Any]] = {}
@@ -94,7 +95,7 @@ def parse_tricks(spec: str) -> list[tuple[str, dict[str, Any]]]:
         if not item:
             continue
         name, _, setting = item.partition("=")
-        if name not in known:
+        if name not in known and not setting:
             raise UsageError(
                 f"unknown trick {name!r}{nearest(name, list(known))}; `freebies tricks` lists them"
             )

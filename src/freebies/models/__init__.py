@@ -2,7 +2,8 @@
 
 Fixed names come from factories decorated with `register`; Wide ResNets are named by their
 shape, `wrn-D-K` or `wrnD_K` (Zagoruyko & Komodakis 2016, https://arxiv.org/abs/1605.07146),
-and airbench-style nets by their widths, `airnet-W1-W2-W3` (see `freebies.models.airnet`).
+and airbench-style nets by their widths, `airnet-W1-W2-W3`, with `-kK` for a K x K whitening
+patch instead of 2 x 2 (see `freebies.models.airnet`).
 """
 
 import inspect
@@ -22,10 +23,10 @@ _REGISTRY: dict[str, Factory] = {}
 _WRN_EXAMPLES = ("wrn-16-4", "wrn-16-8", "wrn-28-10", "wrn-40-4")
 _WRN_NAME = re.compile(r"wrn-(\d+)-(\d+)|wrn(\d+)_(\d+)")
 _AIRNET_EXAMPLES = ("airnet-32-128-128", "airnet-64-256-256")
-_AIRNET_NAME = re.compile(r"airnet-(\d+)-(\d+)-(\d+)")
+_AIRNET_NAME = re.compile(r"airnet-(\d+)-(\d+)-(\d+)(?:-k(\d+))?")  # -kK: K x K whitening
 
 # Supplied by create_model itself, never through **kwargs.
-_FIXED_ARGS = ("num_classes", "in_channels", "depth", "width", "widths")
+_FIXED_ARGS = ("num_classes", "in_channels", "depth", "width", "widths", "whiten_kernel")
 
 
 def register(name: str) -> Callable[[Factory], Factory]:
@@ -66,18 +67,21 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: ob
     if air:
         from freebies.models.airnet import airnet
 
-        widths = tuple(int(g) for g in air.groups())
-        if min(widths) < 1:
-            raise ValueError(f"create_model: name {name!r}: every width must be at least 1")
+        *widths, k = (int(g) if g else 2 for g in air.groups())
+        if min(widths) < 1 or not 1 <= k <= 5:
+            raise ValueError(
+                f"create_model: name {name!r}: every width must be at least 1 and the "
+                "whitening patch -kK between 1 and 5"
+            )
         _check_kwargs(name, airnet, kwargs)
-        return airnet(widths, num_classes, in_channels, **kwargs)
+        return airnet(tuple(widths), num_classes, in_channels, whiten_kernel=k, **kwargs)
     factory = _registry().get(name)
     if factory is None:
         names = sorted(_REGISTRY)
         raise ValueError(
             f"create_model: unknown model {name!r}{nearest(name, model_names())}; "
             f"name must be one of: "
-            f"{', '.join(names)}, wrn-D-K with D = 6n+4 (e.g. wrn-28-10), or airnet-W1-W2-W3 "
+            f"{', '.join(names)}, wrn-D-K with D = 6n+4 (e.g. wrn-28-10), or airnet-W1-W2-W3[-kK] "
             "(e.g. airnet-64-256-256)"
         )
     _check_kwargs(name, factory, kwargs)

@@ -9,7 +9,8 @@ itself after David Page's ResNet-9 ("How to train your ResNet", 2018).
 - BatchNorm with a fixed scale of 1 (bias only) and fast running statistics (momentum 0.4);
 - global max pooling and a bias-free linear head whose logits are divided by 9.
 
-For 28 x 28 inputs the 2 x 2 whitening gives 27 x 27, and the pools 13, 6, 3.
+For 28 x 28 inputs the 2 x 2 whitening gives 27 x 27, and the pools 13, 6, 3 (3 x 3: 26, then
+the same). One channel has only k * k patch dimensions to whiten: 4 at 2 x 2, 9 at 3 x 3.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class AirNet(nn.Module):
 
 
 def airnet(
-    widths: tuple[int, int, int], num_classes: int, in_channels: int = 3, norm: str = "bn"
+    widths: tuple[int, int, int],
+    num_classes: int,
+    in_channels: int = 3,
+    norm: str = "bn",
+    whiten_kernel: int = 2,
 ) -> AirNet:
-    return AirNet(num_classes, in_channels, widths, norm)
+    return AirNet(num_classes, in_channels, widths, norm, whiten_kernel)

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from freebies.optim.adabound import AdaBound
+from freebies.optim.muon import Muon
 
-OPTIMIZERS = ("sgd", "adamw", "adabound", "amsbound")
+OPTIMIZERS = ("sgd", "adamw", "adabound", "amsbound", "muon")
 LR_SCALING = ("none", "linear")
 
 
@@ -61,10 +62,14 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     final_lr: float = 0.1,
     gamma: float = 1e-3,
+    muon_lr: float = 0.24,
+    muon_momentum: float = 0.6,
+    muon_normalize: bool = True,
 ) -> torch.optim.Optimizer:
-    """SGD, AdamW, AdaBound or AMSBound over `param_groups(model, ...)`.
+    """SGD, AdamW, AdaBound, AMSBound or Muon over `param_groups(model, ...)`.
 
-    `final_lr` and `gamma` are AdaBound's; `momentum` and `nesterov` are SGD's.
+    `final_lr` and `gamma` are AdaBound's; `momentum` and `nesterov` are SGD's (and Muon's for
+    the parameters it leaves to SGD); `muon_*` are Muon's, for the conv filters.
     """
     if name not in OPTIMIZERS:
         raise ValueError(
@@ -73,6 +78,22 @@ def build_optimizer(
     groups = param_groups(
         model, lr, weight_decay=weight_decay, no_bn_decay=no_bn_decay, bias_lr_scale=bias_lr_scale
     )
+    if name == "muon":
+        filters = [p for g in groups for p in g["params"] if p.ndim == 4]
+        if not filters:
+            raise ValueError("muon: the model has no conv filters; use sgd or adamw")
+        for g in groups:
+            g["params"] = [p for p in g["params"] if p.ndim != 4]
+        groups = [g for g in groups if g["params"]]
+        groups.append({"params": filters, "muon": True, "lr": muon_lr, "momentum": muon_momentum})
+        return Muon(
+            groups,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            normalize=muon_normalize,
+        )
     if name == "sgd":
         return torch.optim.SGD(
             groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
