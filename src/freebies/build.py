@@ -86,4 +86,6 @@ def make_lookahead(cfg: Config, steps_per_epoch: int) -> Callable | None:
     if not o.lookahead_every:
         return None
     total = cfg.train.epochs * steps_per_epoch
-    return partial(lookahead_step, total_steps=total, every=o.lookahead_every, decay=o.lookahead_decay)
+    return partial(
+        lookahead_step, total_steps=total, every=o.lookahead_every, decay=o.lookahead_decay
+    )
