@@ -1,20 +1,21 @@
-"""Time to accuracy on full Fashion-MNIST: the `fast` recipe against the baseline, in one sitting.
+"""Time to accuracy on full Fashion-MNIST: recipes against each other, in one sitting.
 
-Three pipelines, each run at several fixed budgets (epoch counts; the LR schedule scales with
-the budget) and seeds, and scored by its *final* test accuracy against its wall time:
+Each pipeline is a recipe (plus settings) run at several fixed budgets (epoch counts; the LR
+schedule scales with the budget) and seeds, and scored by its *final* test accuracy against its
+wall time:
 
-- `fast`: `freebies train --recipe fast --epochs E` (airbench-style net, data on the device);
-- `baseline`: `freebies train --recipe baseline --epochs E` (ResNet-20, data on the device);
-- `baseline, DataLoader`: the same model, optimizer and schedule through what most people
-  write instead: a `torch.utils.data.DataLoader` over torchvision's FashionMNIST-style dataset
-  with per-sample torchvision transforms (RandomCrop(28, padding=4), RandomHorizontalFlip,
-  ToTensor, Normalize) and 2 workers.
+- `--pipeline LABEL RECIPE E1,E2,... [KEY=VALUE ...]`: `freebies train --recipe RECIPE
+  --epochs E` with the settings (data on the device); repeat it for each pipeline;
+- `--loader-epochs`: the `baseline` recipe through what most people write instead, a
+  `torch.utils.data.DataLoader` over torchvision's FashionMNIST-style dataset with per-sample
+  torchvision transforms (RandomCrop(28, padding=4), RandomHorizontalFlip, ToTensor,
+  Normalize) and 2 workers.
 
 Wall time counts data set-up, training and the final evaluation (TTA included); nothing is
 evaluated along the way. It does not count starting Python and importing torch (~3 s).
 
-    python benchmarks/time_to_accuracy.py --fast-epochs 2 4 6 --baseline-epochs 1 2 \
-        --loader-epochs 1 --seeds 0 1 2
+    python benchmarks/time_to_accuracy.py --seeds 0 1 2 --pipeline fast fast 3,5 \
+        --pipeline baseline baseline 1 --loader-epochs 1
 
 Writes docs/results/speed.{md,json,png} (machine, torch version, seeds). Finished runs are
 kept in runs/speed and skipped when the command is repeated (their times then come from
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -35,10 +38,11 @@ import torch.nn.functional as F
 from freebies import config
 from freebies.build import build_model, make_optimizer, make_scheduler
 from freebies.data.splits import prepare
-from freebies.runtime import machine
+from freebies.runtime import cpu_flags, machine
 from freebies.train import run
 
 TARGETS = (93.0, 94.0, 95.0)
+LOADER = "baseline, DataLoader"
 
 
 def tag(extra: dict) -> str:
@@ -53,7 +57,7 @@ def tag(extra: dict) -> str:
 
 
 def ours(recipe: str, epochs: int, seed: int, runs: Path, extra: dict) -> dict:
-    out = runs / f"{recipe}-e{epochs}-s{seed}{tag(extra)}"
+    out = runs / f"{recipe}-e{epochs}-s{seed}{tag(extra)}"  # same settings, same folder
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text()) | {"reused": True}
     cfg = config.load(
@@ -195,19 +199,23 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
 
 
 def matched(curves: dict[str, list[dict]], runs: dict[str, list[dict]]) -> list[str]:
-    """Sentences comparing the pipelines at (nearly) the same wall time and the same epochs."""
+    """Sentences comparing each pipeline with the first at (nearly) the same wall time, and the
+    DataLoader baseline with our pipeline for the same recipe, epochs and seed."""
     out = []
-    for b in curves.get("baseline", []):
-        f = min(curves["fast"], key=lambda p: abs(p["wall_mean"] - b["wall_mean"]))
-        out.append(
-            f"- At about the same wall time, `fast` ({f['epochs']} epochs, {f['wall_mean']:.0f} s) "
-            f"reaches {f['acc_mean']:.2f}% and `baseline` ({b['epochs']} epoch(s), "
-            f"{b['wall_mean']:.0f} s) {b['acc_mean']:.2f}%."
-        )
-    # Our pipeline against the DataLoader one: the same recipe, epochs and seed, timed back to back.
+    first, *others = [name for name in curves if name != LOADER]
+    for name in others:
+        for b in curves[name]:
+            f = min(curves[first], key=lambda p: abs(p["wall_mean"] - b["wall_mean"]))
+            out.append(
+                f"- At about the same wall time, `{first}` ({f['epochs']} epochs, "
+                f"{f['wall_mean']:.0f} s) reaches {f['acc_mean']:.2f}% and `{name}` "
+                f"({b['epochs']} epochs, {b['wall_mean']:.0f} s) {b['acc_mean']:.2f}%."
+            )
     ours = {(r["epochs"], r["seed"]): r for r in runs.get("baseline", [])}
-    pairs = [(d, ours[d["epochs"], d["seed"]]) for d in runs.get("baseline, DataLoader", [])]
-    for d, o in (p for p in pairs if p[0]["epochs"] == p[1]["epochs"]):
+    for d in runs.get(LOADER, []):
+        o = ours.get((d["epochs"], d["seed"]))
+        if o is None:
+            continue
         out.append(
             f"- The same baseline recipe ({d['epochs']} epoch(s), seed {d['seed']}) takes "
             f"{d['wall_s']:.0f} s through a DataLoader with per-sample torchvision transforms "
@@ -245,30 +253,14 @@ def markdown(result: dict) -> str:
         "",
     ]
     names = list(result["budgets"])
-    lines += [
-        "| target | " + " | ".join(names) + " | baseline / fast |",
-        "|---" * (len(names) + 2) + "|",
-    ]
+    lines += ["| target | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for t in TARGETS:
-        got = result["time_to"]
         cells = []
         for name in names:
-            v = got[name][t]
+            v = result["time_to"][name][t]
             longest = max(p["wall_mean"] for p in result["budgets"][name])
             cells.append(f"{v:.0f} s" if v is not None else f"not reached (> {longest:.0f} s)")
-        fast, base = got["fast"][t], got.get("baseline", {}).get(t)
-        base_longest = max(
-            (p["wall_mean"] for p in result["budgets"].get("baseline", [])), default=0
-        )
-        if fast is None or "baseline" not in result["budgets"]:
-            ratio = "-"
-        elif base is not None:
-            ratio = f"{base / fast:.1f}x"
-        elif base_longest > fast:
-            ratio = f"> {base_longest / fast:.1f}x"
-        else:
-            ratio = "baseline not run that long"
-        lines.append(f"| {t:.0f}% | " + " | ".join(cells) + f" | {ratio} |")
+        lines.append(f"| {t:.0f}% | " + " | ".join(cells) + " |")
     lines += [
         "",
         *matched(result["budgets"], result["runs"]),
@@ -283,12 +275,25 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_pipeline(spec: list[str]) -> tuple[str, str, list[int], dict]:
+    """`[LABEL, RECIPE, "E1,E2", "KEY=VALUE", ...]` -> (label, recipe, epochs, overrides)."""
+    if len(spec) < 3:
+        raise SystemExit("--pipeline needs LABEL RECIPE E1,E2,... [KEY=VALUE ...]")
+    label, recipe, epochs, *sets = spec
+    return label, recipe, [int(e) for e in epochs.split(",")], config.parse_set(sets)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--fast-epochs", type=int, nargs="+", default=[2, 4, 6])
-    p.add_argument("--baseline-epochs", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--loader-epochs", type=int, nargs="+", default=[1])
+    p.add_argument(
+        "--pipeline",
+        nargs="+",
+        action="append",
+        metavar="ARG",
+        help="LABEL RECIPE E1,E2,... [KEY=VALUE ...]; repeat for each pipeline",
+    )
+    p.add_argument("--loader-epochs", type=int, nargs="*", default=[])
     p.add_argument("--loader-seeds", type=int, nargs="+", default=[0])
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (2 cores here)")
     p.add_argument("--runs", type=Path, default=Path("runs/speed"))
@@ -306,32 +311,23 @@ def main() -> None:
         args.out.with_suffix(".md").write_text(markdown(result))
         return
 
-    rows: dict[str, list[dict]] = {"fast": [], "baseline": [], "baseline, DataLoader": []}
+    pipelines = [parse_pipeline(spec) for spec in args.pipeline or [["fast", "fast", "2,4,6"]]]
+    rows: dict[str, list[dict]] = {label: [] for label, *_ in pipelines} | {LOADER: []}
     for seed in args.seeds:  # seed-major: every pipeline meets the machine's moods alike
-        for e in args.fast_epochs:
-            rows["fast"].append(ours("fast", e, seed, args.runs, extra))
-        for e in args.baseline_epochs:
-            rows["baseline"].append(ours("baseline", e, seed, args.runs, extra))
+        for label, recipe, epochs, sets in pipelines:
+            for e in epochs:
+                rows[label].append(ours(recipe, e, seed, args.runs, {**extra, **sets}))
         if seed in args.loader_seeds:
             for e in args.loader_epochs:
-                rows["baseline, DataLoader"].append(
-                    dataloader_baseline(e, seed, args.runs, args.workers, extra)
-                )
+                rows[LOADER].append(dataloader_baseline(e, seed, args.runs, args.workers, extra))
     curves = {name: budgets(rs) for name, rs in rows.items() if rs}
     reach = {name: {t: time_to(pts, t) for t in TARGETS} for name, pts in curves.items()}
-    command = (
-        "python benchmarks/time_to_accuracy.py --seeds "
-        + " ".join(map(str, args.seeds))
-        + " --fast-epochs " + " ".join(map(str, args.fast_epochs))
-        + " --baseline-epochs " + " ".join(map(str, args.baseline_epochs))
-        + " --loader-epochs " + " ".join(map(str, args.loader_epochs))
-        + " --loader-seeds " + " ".join(map(str, args.loader_seeds))
-        + "".join(f" --set {x}" for x in args.set)
-    )  # fmt: skip
+    command = "python " + shlex.join(["benchmarks/time_to_accuracy.py", *sys.argv[1:]])
     reused = sum(r.get("reused", False) for rs in rows.values() for r in rs)
     result = {
         "command": command,
         "machine": machine(),
+        "cpu_flags": sorted(cpu_flags()),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "seeds": args.seeds,

@@ -139,6 +139,10 @@ def test_parse_tricks_defaults_and_custom_settings():
     # Another distillation setting still gets the grid's teacher unless it names one.
     ((_, custom),) = ablate.parse_tricks("distillation=distill.alpha=0.7")
     assert custom == {"distill.alpha": 0.7, "distill.teacher": ablate.TEACHER}
+    # A variant of one's own: any name, as long as it says what it sets.
+    assert ablate.parse_tricks("b256=train.batch_size=256,b256=optim.lr=0.5") == [
+        ("b256[train.batch_size=256,optim.lr=0.5]", {"train.batch_size": 256, "optim.lr": 0.5})
+    ]
 
 
 def test_teachers_come_from_another_seed_and_stay_put_when_seeds_are_added(tmp_path):

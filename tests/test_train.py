@@ -380,13 +380,14 @@ EVERY_TRICK = {
     "model.dropout": 0.1,
     "model.acnet": True,
     "ema.decay": 0.9,
+    "optim.lookahead_every": 2,
     "distill.alpha": 0.5,
     "data.val_split": 0.2,
     "train.early_stop_patience": 5,
 }
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adabound", "amsbound"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adabound", "amsbound", "muon"])
 def test_every_trick_at_once_trains(idx_dir, tmp_path, capsys, optimizer):
     """Smoke: two steps per epoch with every trick on at once, a teacher included."""
     teacher = tmp_path / "teacher"
