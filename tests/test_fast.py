@@ -162,3 +162,15 @@ def test_fast_recipe_on_cuda_bf16_channels_last(idx_dir, tmp_path, capsys, compi
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["device"] != "cpu"
     assert summary["test_acc"] > MIN_TINY_ACC, summary["test_acc"]
+
+
+def test_airnet_whitening_stays_fp32_under_bf16_autocast():
+    model = create_model("airnet-8-16-32", 10, 1)
+    seen = []
+    model.whiten.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).dtype == torch.bfloat16  # the rest of the net is in bf16
+        model.whiten_fp32 = False
+        model(x)
+    assert seen == [torch.float32, torch.bfloat16]

@@ -3,7 +3,8 @@
 itself after David Page's ResNet-9 ("How to train your ResNet", 2018).
 
 - a frozen patch-whitening first conv: the eigenbasis of the training images' k x k patches,
-  scaled to unit variance, as +/- pairs; `init_from_data` sets it (only its bias trains);
+  scaled to unit variance, as +/- pairs; `init_from_data` sets it (only its bias trains); it
+  runs in fp32 even under bf16 autocast;
 - three blocks conv -> max-pool -> norm -> GELU -> conv -> norm -> GELU of widths (w1, w2, w3),
   each conv dirac-initialised on its first input channels (it starts by passing them through);
 - BatchNorm with a fixed scale of 1 (bias only) and fast running statistics (momentum 0.4);
@@ -64,6 +65,7 @@ class AirNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.dirac_(m.weight[: m.in_channels])
         nn.init.zeros_(self.whiten.bias)
+        self.whiten_fp32 = True  # autocast off for the whitening layer
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor, eps: float = 5e-4) -> None:
@@ -78,7 +80,11 @@ class AirNet(nn.Module):
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(F.gelu(self.whiten(x)))
+        # Under bf16 autocast the whitening still runs in fp32: in bf16 it doubled the error of
+        # every later activation (docs/results/bf16_diagnosis.json), and it is the smallest conv.
+        with torch.autocast(x.device.type, enabled=not self.whiten_fp32):
+            x = F.gelu(self.whiten(x.to(self.whiten.weight.dtype)))
+        x = self.layers(x)
         return self.fc(torch.amax(x, dim=(2, 3))) * LOGIT_SCALE
 
 
