@@ -31,7 +31,7 @@ from freebies import checkpoint, config
 from freebies.data.loader import normalize
 from freebies.data.splits import prepare
 from freebies.deploy import load_model
-from freebies.runtime import cpu_flags, machine
+from freebies.runtime import BF16_FLAGS, cpu_flags, machine
 from freebies.tricks import one_hot, smooth_targets
 
 
@@ -93,7 +93,7 @@ def main() -> None:
     target = smooth_targets(one_hot(data.train_y[:512], len(data.classes)), 0.2)
 
     result: dict = {"machine": machine(), "torch": torch.__version__, "run": str(args.run)}
-    result["native_bf16"] = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    result["native_bf16_flags"] = sorted(cpu_flags() & BF16_FLAGS)
     result["seed"], result["images"] = cfg.train.seed, len(y)
     for whiten in ("bf16", "fp32"):
         net = load_model(ckpt).train(False).to(memory_format=torch.channels_last)

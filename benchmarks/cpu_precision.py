@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from freebies.models import create_model
-from freebies.runtime import machine
+from freebies.runtime import BF16_FLAGS, cpu_flags, machine
 
 VARIANTS = {
     "fp32, contiguous": (False, False),
@@ -94,6 +94,7 @@ def main() -> None:
         "table": table,
         "raw_img_per_s": rates,
         "machine": machine(),
+        "native_bf16_flags": sorted(cpu_flags() & BF16_FLAGS),  # none: bf16 convs are emulated
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "seed": 0,
