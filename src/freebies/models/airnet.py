@@ -16,6 +16,8 @@ the same). One channel has only k * k patch dimensions to whiten: 4 at 2 x 2, 9 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,7 +84,8 @@ class AirNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Under bf16 autocast the whitening still runs in fp32: in bf16 it doubled the error of
         # every later activation (docs/results/bf16_diagnosis.json), and it is the smallest conv.
-        with torch.autocast(x.device.type, enabled=not self.whiten_fp32):
+        fp32 = torch.autocast(x.device.type, enabled=False) if self.whiten_fp32 else nullcontext()
+        with fp32:
             x = F.gelu(self.whiten(x.to(self.whiten.weight.dtype)))
         x = self.layers(x)
         return self.fc(torch.amax(x, dim=(2, 3))) * LOGIT_SCALE
