@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from freebies.build import make_optimizer
 from freebies.data.loader import alternating_flip
 from freebies.evaluate import evaluate, shift
 from freebies.models import create_model, model_names
+from freebies.models.acnet import fuse_model
 from helpers import run_cli, small
 
 # The tiny fast run (256 images, 2 epochs, 128 test images of 10 classes) must clearly beat
@@ -176,3 +178,13 @@ def test_airnet_whitening_stays_fp32_under_bf16_autocast():
         model(x)
     assert seen == [torch.float32, torch.bfloat16]
     assert model(x).dtype == torch.float32  # and without autocast, nothing turns it on
+
+
+def test_airnet_traces_for_fusion_without_falling_back():
+    model = create_model("airnet-8-16-32", 10, 1).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the untraceable fallback warns
+        fused, info = fuse_model(model)
+    assert info["conv_bn"] == 3  # each block's second conv feeds its BN directly
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.allclose(fused(x), model(x), atol=1e-5)

@@ -82,10 +82,11 @@ class AirNet(nn.Module):
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Under bf16 autocast the whitening still runs in fp32: in bf16 it doubled the error of
-        # every later activation (docs/results/bf16_diagnosis.json), and it is the smallest conv.
-        fp32 = torch.autocast(x.device.type, enabled=False) if self.whiten_fp32 else nullcontext()
-        with fp32:
+        # Under bf16 autocast the whitening still runs in fp32: in bf16 it raised the error of
+        # every later activation 1.7-1.9x (docs/results/bf16_diagnosis.json); it is a tiny conv.
+        # The device from parameters(), which torch.fx does not proxy: fusion traces this net.
+        dev = next(self.whiten.parameters()).device.type
+        with torch.autocast(dev, enabled=False) if self.whiten_fp32 else nullcontext():
             x = F.gelu(self.whiten(x.to(self.whiten.weight.dtype)))
         x = self.layers(x)
         return self.fc(torch.amax(x, dim=(2, 3))) * LOGIT_SCALE
