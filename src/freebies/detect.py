@@ -87,13 +87,13 @@ class DetStep:
     model: nn.Module  # what runs forward: `net`, or its DDP / compiled wrapper
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
-    lookahead: Any  # (optimizer, step) -> None, when optim.lookahead_every > 0
     gen: torch.Generator  # this rank's augmentation stream
     boxes: list[torch.Tensor]  # training boxes per image, xyxy letterboxed pixels, on device
     labels: list[torch.Tensor]  # training labels per image, on device
     steps_per_epoch: int
     fill: list[float]  # the expand canvas: the training set's channel means, pixel units
     ema: Any = None
+    lookahead: Any = None  # (optimizer, step) -> None, when optim.lookahead_every > 0
     autocast: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
 
 

@@ -79,13 +79,13 @@ class Step:
     model: nn.Module  # what runs forward: `net`, or its DDP / compiled wrapper
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
-    lookahead: Any  # (optimizer, step) -> None, when optim.lookahead_every > 0
     gen: torch.Generator  # this rank's augmentation stream
     mean: torch.Tensor  # (C,) per-channel mean of the training images, pixel units
     std: torch.Tensor  # (C,)
     num_classes: int
     steps_per_epoch: int
     ema: Any = None  # AveragedModel, when ema.decay > 0
+    lookahead: Any = None  # (optimizer, step) -> None, when optim.lookahead_every > 0
     autocast: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
     loss_dtype: torch.dtype = torch.float32  # logits and targets meet in this dtype
     policy: nn.Module | None = None  # AutoAugment / RandAugment / TrivialAugment
