@@ -117,7 +117,7 @@ def detect_step(s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: i
     with s.autocast, native_size(s.net, size, size) if size else contextlib.nullcontext():
         losses = s.model(images, targets)
     loss = sum(v.float() for v in losses.values())
-    # 3. backward, optimizer step, LR schedule step, EMA
+    # 3. backward, optimizer step, LR schedule step, lookahead, EMA
     engine.update(loss, s.opt, s.sched, s.ema, s.net, s.lookahead)
     return loss.detach()
 

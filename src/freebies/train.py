@@ -1,7 +1,7 @@
 """Image classification on the run engine: `build` makes the task, `train_step` is its step.
 
 The step, in order: augment -> soft targets -> forward and loss (with distillation) ->
-backward and optimizer step -> LR schedule step and EMA. Every trick is called explicitly in
+backward and optimizer step -> LR schedule step, lookahead and EMA. Every trick is called in
 `train_step`; there are no hooks. The run folder, checkpoints, resume and Ctrl-C belong to
 `freebies.engine`, shared with detection.
 """
@@ -151,7 +151,7 @@ def train_step(s: Step, batch: tuple[torch.Tensor, ...], epoch: int, step: int) 
         loss = kd_loss(
             logits.to(s.loss_dtype), t_logits.to(s.loss_dtype), target, d.alpha, d.temperature
         )
-    # 5. backward, optimizer step, LR schedule step, EMA
+    # 5. backward, optimizer step, LR schedule step, lookahead, EMA
     engine.update(loss, s.opt, s.sched, s.ema, s.net, s.lookahead)
     return loss.detach()
 
