@@ -23,8 +23,8 @@ from fakedata import (
     write_folder,
     write_idx,
 )
-from freebies.data import ImageData, load_dataset
-from freebies.data import datasets as ds
+from freebies.data import ImageData, idx, load_dataset
+from freebies.data.datasets import VALID_FORMS
 from freebies.errors import UsageError
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -63,7 +63,7 @@ def assert_same(data: ImageData, written) -> None:
 def no_default_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point every default search place into an empty tmp tree; returns the new cwd."""
     monkeypatch.delenv("FREEBIES_DATA", raising=False)
-    monkeypatch.setattr(ds, "SYSTEM_DATASETS", tmp_path / "system")
+    monkeypatch.setattr(idx, "SYSTEM_DATASETS", tmp_path / "system")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -83,7 +83,7 @@ def test_idx_round_trip(tmp_path: Path, name: str, gz: bool) -> None:
     check_shapes(data, 1, 28, 24)
     assert len(data.train_y) == 96 and len(data.test_y) == 40
     assert_same(data, written)
-    expected = ds.FASHION_MNIST_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
+    expected = idx.FASHION_MNIST_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
     assert data.classes == expected
     assert data.classes[0] == ("T-shirt/top" if name == "fashion-mnist" else "0")
 
@@ -479,7 +479,7 @@ def test_bad_spec(spec: str, pattern: str) -> None:
 
 
 def test_unknown_spec_lists_valid_forms() -> None:
-    with usage_error(re.escape(ds.VALID_FORMS)):
+    with usage_error(re.escape(VALID_FORMS)):
         load_dataset("svhn")
 
 

@@ -27,7 +27,7 @@ from detfake import (
     write_voc,
     write_yolo,
 )
-from freebies.detection.data import (
+from freebies.data.detection import (
     DetSplit,
     letterbox,
     letterboxed_split,

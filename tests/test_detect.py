@@ -29,9 +29,9 @@ from detfake import Scene, cycled_scenes, save_image, write_coco
 from freebies import checkpoint, config, detect, engine
 from freebies.checkpoint import Checkpoint
 from freebies.cli import main
+from freebies.data.detection import letterboxed_split, load_detection
 from freebies.detection import model as det_model
 from freebies.detection.coco import coco_metrics
-from freebies.detection.data import letterboxed_split, load_detection
 from freebies.detection.model import BACKBONES, Head, build_detector
 from freebies.detection.transforms import hflip_boxes
 from helpers import run_cli, usage_error

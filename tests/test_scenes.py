@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from freebies.data.datasets import FASHION_MNIST_CLASSES
-from freebies.detection import scenes
-from freebies.detection.scenes import default_scenes_dir, ensure_scenes, make_scenes
+from freebies.data import scenes
+from freebies.data.idx import FASHION_MNIST_CLASSES
+from freebies.data.scenes import default_scenes_dir, ensure_scenes, make_scenes
 from freebies.errors import UsageError
 
 SMALL = {"n_train": 20, "n_val": 5, "n_test": 10}  # 35 scenes at the default 256 px: ~1 s

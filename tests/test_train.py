@@ -300,9 +300,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(idx_dir, tmp
 
 
 def test_missing_default_dataset_lists_places_and_how_to_get_it(tmp_path, capsys, monkeypatch):
-    from freebies.data import datasets
+    from freebies.data import idx
 
-    monkeypatch.setattr(datasets, "SYSTEM_DATASETS", tmp_path / "system")
+    monkeypatch.setattr(idx, "SYSTEM_DATASETS", tmp_path / "system")
     monkeypatch.setenv("FREEBIES_DATA", str(tmp_path / "env"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

@@ -103,9 +103,3 @@ def load(path: Path, task: str | None = None) -> Checkpoint:
         )
     return ckpt
 
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic text write, for files rewritten every epoch."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

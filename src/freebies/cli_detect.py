@@ -184,7 +184,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _make_data(args: argparse.Namespace) -> None:
-    from freebies.detection.scenes import make_scenes
+    from freebies.data.scenes import make_scenes
 
     counts = {k: getattr(args, k) for k in ("train", "val", "test") if getattr(args, k) is not None}
     if any(n < 1 for n in counts.values()):

@@ -29,16 +29,17 @@ from freebies.build import (
     recipe_errors,
 )
 from freebies.config import Config, DetCfg
-from freebies.data.loader import channel_stats, eval_batches, train_batches
-from freebies.deploy import count_macs
-from freebies.detection.coco import coco_metrics
-from freebies.detection.data import (
+from freebies.data.detection import (
     DetData,
     DetSplit,
     letterboxed_split,
     load_detection,
     to_original,
 )
+from freebies.data.io import decode
+from freebies.data.loader import channel_stats, eval_batches, train_batches
+from freebies.deploy import count_macs
+from freebies.detection.coco import coco_metrics
 from freebies.detection.mixup import mix_detection
 from freebies.detection.model import BACKBONES, build_detector
 from freebies.detection.multiscale import native_size, small_box_side
@@ -206,7 +207,7 @@ def load_data(cfg: Config) -> DetData:
     `scenes` is the default Fashion scenes set, made on first use."""
     spec = cfg.data.spec
     if spec == "scenes":  # rank 0 makes the set while the other ranks wait, then they read it
-        from freebies.detection.scenes import ensure_scenes
+        from freebies.data.scenes import ensure_scenes
 
         others = dist.is_initialized() and dist.get_rank() > 0
         if others:
@@ -433,18 +434,20 @@ def predict_image(
 
 def draw(path: Path, found: list[dict[str, Any]], out: Path) -> None:
     """The image with its boxes, class names and scores drawn on it, as a PNG."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes
 
-    with Image.open(path) as im:
-        canvas = im.convert("RGB")
-    pen = ImageDraw.Draw(canvas)
+    image = decode(path)  # uint8 (3, H, W)
     palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6"]
-    for f in found:
-        color = palette[f["category_id"] % len(palette)]
-        pen.rectangle(f["box_xyxy"], outline=color, width=2)
-        x, y = f["box_xyxy"][:2]
-        pen.text((x + 2, max(y - 11, 0)), f"{f['class']} {f['score']:.2f}", fill=color)
-    canvas.save(out)
+    if found:  # draw_bounding_boxes warns on an empty set
+        image = draw_bounding_boxes(
+            image,
+            torch.tensor([f["box_xyxy"] for f in found], dtype=torch.float32),
+            labels=[f"{f['class']} {f['score']:.2f}" for f in found],
+            colors=[palette[f["category_id"] % len(palette)] for f in found],
+            width=2,
+        )
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(out)  # torchvision.io's is deprecated
 
 
 def summary_keys(final: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from freebies import checkpoint, config
 from freebies.checkpoint import Checkpoint
 from freebies.config import Config
+from freebies.data.io import write_text
 from freebies.distributed import (
     Dist,
     all_sum,
@@ -271,7 +272,7 @@ def run(
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
             text = yaml.safe_dump(config.to_dict(cfg), sort_keys=False)
-            checkpoint.write_text(out / "config.yaml", text)
+            write_text(out / "config.yaml", text)
         if d.world > 1:
             dist.barrier()
         run_ = _Run(cfg, out, task, d, recipe, state, t_start - state.times["wall_s"], progress)
@@ -371,7 +372,7 @@ class _Run:
         self.save(epoch + 1, 0)
         if self.d.main:
             text = "".join(json.dumps(r) + "\n" for r in st.metrics)
-            checkpoint.write_text(self.out / "metrics.jsonl", text)
+            write_text(self.out / "metrics.jsonl", text)
             line = epoch_line(row, cfg.train.epochs, task.shown)
             bar.write(line) if self.show else print(line, flush=True)
 
@@ -455,7 +456,7 @@ class _Run:
         }
         if d.main:
             text = json.dumps(summary, indent=2) + "\n"
-            checkpoint.write_text(self.out / "summary.json", text)
+            write_text(self.out / "summary.json", text)
             title = f"{self.recipe}: {cfg.model.name}"
             plot_curves(st.metrics, self.out / "curves.png", title=title, keys=task.shown)
         return summary

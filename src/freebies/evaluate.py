@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freebies.data.datasets import FolderImages
+from freebies.data.folder import FolderImages
 from freebies.data.loader import eval_batches, normalize
 from freebies.distributed import all_sum
 

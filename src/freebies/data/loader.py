@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from freebies.data.datasets import FolderImages
+from freebies.data.folder import FolderImages
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

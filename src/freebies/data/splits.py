@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from freebies.config import DataCfg
-from freebies.data.datasets import FolderImages, load_dataset
+from freebies.data.datasets import load_dataset
+from freebies.data.folder import FolderImages
+
+
+class DataSettings(Protocol):
+    """The data settings `prepare` reads (the recipe's `data` section has them)."""
+
+    spec: str
+    image_size: int | None
+    stream: bool
+    val_split: float
+    split_seed: int
+    limit_train: int | None
+    limit_test: int | None
 
 
 @dataclass
@@ -55,7 +68,8 @@ class Splits:
         return h.hexdigest()[:16]
 
 
-def prepare(cfg: DataCfg) -> Splits:
+def prepare(cfg: DataSettings) -> Splits:
+    """The train / validation / test splits the settings `cfg` describe."""
     data = load_dataset(cfg.spec, cfg.image_size, cfg.stream)
     train_x, train_y = data.train_x, data.train_y
     val_x = val_y = None

@@ -265,6 +265,8 @@ def merge_parts(
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise intersection areas of xyxy boxes a (n, 4) and b (m, 4): (n, m)."""
+    # Not box_iou: IoS divides the intersection by the smaller area, and torchvision exposes
+    # the intersection only through a private helper (ops.boxes._box_inter_union).
     lt = torch.maximum(a[:, None, :2], b[None, :, :2])
     rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
     return (rb - lt).clamp(min=0).prod(-1)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
+from torchvision.ops import box_iou
 
 from freebies.tricks.checks import check_generator, check_images
 
@@ -153,15 +154,6 @@ def expand_boxes(
     return out, out_boxes
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of xyxy boxes a (..., 4) and b (..., 4), broadcast against each other."""
-    inter = torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])
-    inter = inter.clamp(min=0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).prod(-1)
-    return inter / (area_a + area_b - inter)
-
-
 def _search_crops(
     x: torch.Tensor,
     boxes: list[torch.Tensor],
@@ -192,7 +184,7 @@ def _search_crops(
     centre = ((pad[:, :, :2] + pad[:, :, 2:]) / 2)[:, None]  # (N, 1, M, 2)
     c = crops[:, :, None].double()  # (N, T, 1, 4)
     inside = ((c[..., :2] < centre) & (centre < c[..., 2:])).all(-1)  # (N, T, M)
-    best = _iou(c, pad[:, None]).masked_fill(~inside, -1.0).amax(-1)  # (N, T)
+    best = box_iou(crops.double(), pad).masked_fill(~inside, -1.0).amax(-1)  # (N, T)
     aspect = (cw * h) / (ch * w)  # the crop's w / h relative to the image's
     valid = (aspect >= 0.5) & (aspect <= 2.0) & inside.any(-1)
     valid &= best >= torch.tensor(_MIN_IOUS, dtype=torch.float64, device=dev)[mode][:, None]

@@ -43,7 +43,8 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from freebies import checkpoint, config
+from freebies import config
+from freebies.data.io import write_text
 from freebies.errors import UsageError, nearest
 from freebies.report.table import (
     BASELINE,
@@ -491,7 +492,7 @@ def run_grid(
                         epochs = _epochs_done(grid.folder(v, seed))
                         bar.total = len(variants) * len(seeds) * epochs
                 bar.update(len(rows) * epochs - bar.n)
-                checkpoint.write_text(
+                write_text(
                     out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows.values())
                 )
             entries = write_report(out)  # current after every variant
@@ -565,4 +566,4 @@ def _same_grid(out: Path, grid: dict[str, Any]) -> None:
         if (saved["metric"], saved["better"]) == (grid["metric"], grid["better"]):
             return
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_text(path, json.dumps(grid, indent=2) + "\n")
+    write_text(path, json.dumps(grid, indent=2) + "\n")

@@ -15,6 +15,7 @@ from typing import Any
 
 from scipy import stats
 
+from freebies.data.io import write_text
 from freebies.errors import UsageError, nearest
 
 BASELINE = "baseline"
@@ -397,13 +398,11 @@ def write_report(out: Path, metric: Metric | None = None) -> list[dict]:
     """Rebuild report.md, delta.png and curves.png in `out` from its results.jsonl, on the
     metric its grid.json records; or, with another `metric`, write report-KEY.md and
     delta-KEY.png / curves-KEY.png beside them (the grid's own report is left alone)."""
-    from freebies import checkpoint
-
     suffix = "" if metric is None else f"-{metric.key}"
     metric = metric or read_metric(out)
     rows = read_results(out / "results.jsonl")
     entries = summarize(rows, metric)
-    checkpoint.write_text(out / f"report{suffix}.md", markdown(rows, entries, metric))
+    write_text(out / f"report{suffix}.md", markdown(rows, entries, metric))
     plot_delta(entries, out / f"delta{suffix}.png", metric)
     plot_curves(rows, out / f"curves{suffix}.png", metric)
     return entries

@@ -50,8 +50,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from freebies.checkpoint import write_text
-from freebies.data.datasets import FASHION_MNIST_CLASSES, load_dataset
+from freebies.data.datasets import load_dataset
+from freebies.data.idx import FASHION_MNIST_CLASSES
+from freebies.data.io import write_text
 from freebies.errors import UsageError
 
 __all__ = ["default_scenes_dir", "ensure_scenes", "make_scenes"]
