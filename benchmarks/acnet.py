@@ -23,10 +23,10 @@ import torch
 
 from freebies import checkpoint, config, deploy
 from freebies.build import build_model
+from freebies.classify import run
 from freebies.data.loader import eval_batches, normalize
 from freebies.data.splits import prepare
 from freebies.runtime import machine
-from freebies.train import run
 
 # The committed docs/results/acnet.* used exactly this: side branches 1/3, square branch 1.
 VARIANTS = {"plain": {}, "acnet": {"model.acnet": True, "model.acnet_side_gamma": 1.0 / 3}}

@@ -2,7 +2,7 @@
 
 Runs, in one process and interleaved (this machine is shared and noisy):
   * bare: forward + backward + optimizer step on one fixed, already-normalised batch;
-  * full: `freebies.train.run` itself for one epoch of the same number of steps: index the
+  * full: `freebies.classify.run` itself for one epoch of the same number of steps: index the
     uint8 dataset, batched crop + flip, normalise, soft targets, forward, backward, step,
     LR schedule; its img/s excludes evaluation.
 Both start from a freshly built model. Prints img/s for each and the ratio full / bare, and
@@ -29,9 +29,9 @@ import torch.nn.functional as F
 
 from freebies import config
 from freebies.build import build_model, make_optimizer
+from freebies.classify import run
 from freebies.data.splits import prepare
 from freebies.runtime import machine
-from freebies.train import run
 
 
 def bare_img_per_s(cfg: config.Config, steps: int, x: torch.Tensor, y: torch.Tensor) -> float:

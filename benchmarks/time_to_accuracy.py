@@ -37,9 +37,9 @@ import torch.nn.functional as F
 
 from freebies import config
 from freebies.build import build_model, make_optimizer, make_scheduler
+from freebies.classify import run
 from freebies.data.splits import prepare
 from freebies.runtime import cpu_flags, machine
-from freebies.train import run
 
 TARGETS = (93.0, 94.0, 95.0)
 LOADER = "baseline, DataLoader"

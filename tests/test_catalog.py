@@ -9,7 +9,7 @@ from freebies.tricks.catalog import TRICKS
 
 @pytest.mark.parametrize("trick", TRICKS, ids=lambda t: t.name)
 def test_every_trick_names_real_keys_and_a_valid_on_setting(trick):
-    keys = set(config.flatten(config.to_dict(config.Config())))
+    keys = set(config.flatten(config.to_dict(config.ClassifyConfig())))
     assert set(trick.keys) <= keys, set(trick.keys) - keys
     assert set(trick.on) <= keys
     # With a validation split, as in an ablation: early stopping needs one, the others ignore it.

@@ -7,7 +7,7 @@ from freebies.errors import UsageError
 
 
 def test_defaults_are_the_plain_baseline():
-    cfg = config.Config()
+    cfg = config.ClassifyConfig()
     assert cfg.loss.label_smoothing == 0.0
     assert cfg.sched.warmup_epochs == 0.0
     assert cfg.optim.lr_scaling == "none"
@@ -47,7 +47,7 @@ def test_parse_set_uses_yaml_types():
 
 
 def test_int_is_accepted_for_float_and_tuple_round_trips():
-    cfg = config.apply(config.Config(), {"optim.lr": 1, "optim.betas": [0.8, 0.9]})
+    cfg = config.apply(config.ClassifyConfig(), {"optim.lr": 1, "optim.betas": [0.8, 0.9]})
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.optim.betas == (0.8, 0.9)
     assert config.from_dict(config.to_dict(cfg)) == cfg
@@ -59,23 +59,23 @@ def test_unknown_key_names_the_nearest():
         match=r"unknown key 'optim\.learning_rat'.*'optim\.lr'|"
         r"unknown key 'optim\.lrr'.*'optim\.lr'",
     ):
-        config.apply(config.Config(), {"optim.lrr": 0.1})
+        config.apply(config.ClassifyConfig(), {"optim.lrr": 0.1})
     with pytest.raises(UsageError, match=r"unknown key 'trian\.epochs'.*'train\.epochs'"):
-        config.apply(config.Config(), {"trian.epochs": 3})
+        config.apply(config.ClassifyConfig(), {"trian.epochs": 3})
 
 
 def test_wrong_type_names_key_and_type():
     with pytest.raises(UsageError, match=r"train\.epochs must be int, got 'ten'"):
-        config.apply(config.Config(), {"train.epochs": "ten"})
+        config.apply(config.ClassifyConfig(), {"train.epochs": "ten"})
     with pytest.raises(UsageError, match=r"aug\.hflip must be bool"):
-        config.apply(config.Config(), {"aug.hflip": 1})
+        config.apply(config.ClassifyConfig(), {"aug.hflip": 1})
     with pytest.raises(UsageError, match=r"sched\.milestones must be a list"):
-        config.apply(config.Config(), {"sched.milestones": 0.5})
+        config.apply(config.ClassifyConfig(), {"sched.milestones": 0.5})
 
 
 def test_section_cannot_be_set_to_a_value():
     with pytest.raises(UsageError, match=r"optim is a section"):
-        config.apply(config.Config(), {"optim": 3})
+        config.apply(config.ClassifyConfig(), {"optim": 3})
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_section_cannot_be_set_to_a_value():
     [
         ({"train.epochs": 0}, r"train\.epochs must be > 0"),
         ({"train.batch_size": -1}, r"train\.batch_size must be > 0"),
-        ({"loss.label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+        ({"loss.label_smoothing": 1.0}, r"label_smoothing=1.0 must be in \[0, 1\)"),
         ({"sched.warmup_epochs": 40, "train.epochs": 10}, r"warmup_epochs=40.* shorter"),
         ({"sched.decay": "cosin"}, r"sched\.decay='cosin' is not one of .*did you mean 'cosine'"),
         ({"sched.milestones": [50, 75]}, r"milestones are fractions"),
@@ -113,7 +113,98 @@ def test_bad_yaml_recipe(tmp_path: Path):
 
 def test_exponent_without_dot_is_a_float():
     # YAML 1.1 reads 1e-3 as a string; people type it that way on the command line.
-    cfg = config.apply(config.Config(), config.parse_set(["optim.lr=1e-3"]))
+    cfg = config.apply(config.ClassifyConfig(), config.parse_set(["optim.lr=1e-3"]))
     assert cfg.optim.lr == 0.001
     with pytest.raises(UsageError, match=r"optim\.lr must be float, got 'fast'"):
-        config.apply(config.Config(), {"optim.lr": "fast"})
+        config.apply(config.ClassifyConfig(), {"optim.lr": "fast"})
+
+
+# --------------------------------------------------------------------------------------------
+# One config per task: a shared core, then each task's own sections
+
+
+def test_each_task_has_its_own_sections_and_the_core_is_shared():
+    clf, det = config.to_dict(config.ClassifyConfig()), config.to_dict(config.DetectConfig())
+    core = {"task", "data", "model", "optim", "sched", "ema", "train"}
+    assert clf.keys() == core | {"aug", "loss", "distill"} and clf["task"] == "classify"
+    assert det.keys() == core | {"det"} and det["task"] == "detect"
+    assert clf["optim"] == det["optim"] and clf["sched"] == det["sched"]
+    assert "tta" in clf["train"] and "tta" not in det["train"]
+    assert "test_split" in det["data"] and "test_split" not in clf["data"]
+    assert "backbone_weights" in det["model"] and "acnet" not in det["model"]
+
+
+def test_a_key_of_the_other_task_is_an_unknown_key_with_a_did_you_mean():
+    with pytest.raises(UsageError, match=r"unknown key 'aug.mixup'.*did you mean 'det.mixup'"):
+        config.load("detect", {"aug.mixup": 0.2})
+    with pytest.raises(UsageError, match=r"unknown key 'det.mixup'.*did you mean 'aug.mixup'"):
+        config.load("baseline", {"det.mixup": 1.5})
+    with pytest.raises(UsageError, match=r"unknown key 'train.tta'"):
+        config.load("detect", {"train.tta": True})
+    with pytest.raises(UsageError, match=r"train.precision='fp64' is not one of auto, fp32, bf16"):
+        config.load("detect", {"train.precision": "fp64"})
+
+
+def test_a_recipe_is_loaded_as_its_own_task_and_refused_as_another():
+    assert isinstance(config.load("detect"), config.DetectConfig)
+    assert isinstance(config.load("baseline"), config.ClassifyConfig)
+    with pytest.raises(UsageError, match=r"detect recipe, not a classify one.*freebies detect"):
+        config.load("detect", task="classify")
+    with pytest.raises(UsageError, match=r"these settings are for detect"):
+        config.apply(config.DetectConfig(), config.to_dict(config.ClassifyConfig()))
+
+
+FIXTURES = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize(
+    ("fixture", "task", "dropped"),
+    [
+        (
+            "format1_classify/config.yaml",
+            "classify",
+            {"det", "data.test_split", "model.backbone_weights"},
+        ),
+        (
+            "format1_detect.yaml",
+            "detect",
+            {
+                "aug",
+                "loss",
+                "distill",
+                "train.tta",
+                "train.tta_shift",
+                "data.stream",
+                "data.workers",
+                "model.norm",
+                "model.init",
+                "model.zero_init_residual",
+                "model.dropout",
+                "model.acnet",
+                "model.acnet_side_gamma",
+                "model.acnet_square_gamma",
+            },
+        ),
+    ],
+)
+def test_a_format1_config_yaml_migrates_to_its_task(fixture, task, dropped):
+    """Written by the code before per-task configs (tests/golden.py): every section of both
+    tasks, no task key. It loads as its task's config, every value it trained with kept."""
+    old = config.read_yaml(FIXTURES / fixture)
+    assert "task" not in old and {"aug", "det"} <= old.keys()
+    cfg = config.from_dict(old, task)
+    assert cfg.task == task
+    new = config.flatten(config.to_dict(cfg))
+    flat_old = config.flatten(old)
+    for key, value in flat_old.items():
+        if key in new:
+            assert new[key] == value or list(new[key]) == value, key
+    gone = set(flat_old) - set(new)
+
+    def within(key: str, section: str) -> bool:
+        return key == section or key.startswith(section + ".")
+
+    assert all(any(within(k, d) for d in dropped) for k in gone), gone
+    assert all(any(within(k, d) for k in gone) for d in dropped)
+    # the migrated config round-trips as format 2
+    assert config.from_dict(config.to_dict(cfg)) == cfg

@@ -663,7 +663,7 @@ def test_detect_predict_writes_a_png_and_json_per_image(trained, coco_dir, tmp_p
 
 
 def test_detect_eval_refuses_a_classification_checkpoint(tmp_path, capsys):
-    cfg = config.to_dict(config.Config())
+    cfg = config.to_dict(config.ClassifyConfig())
     ckpt = Checkpoint(model={}, config=cfg, data={"classes": ["a", "b"]}, task="classify")
     path = tmp_path / "clf.pt"
     checkpoint.save(ckpt, path)

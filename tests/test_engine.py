@@ -126,9 +126,9 @@ def test_epoch_line_shows_the_task_metrics():
 
 def test_library_layers_load_neither_the_recipe_config_nor_the_cli():
     code = (
-        "import sys, freebies.optim, freebies.tricks, freebies.models\n"
+        "import sys, freebies.optim, freebies.tricks, freebies.models, freebies.detection\n"
         "bad = [m for m in ('freebies.config', 'freebies.cli', 'freebies.engine', "
-        "'freebies.train') if m in sys.modules]\n"
+        "'freebies.classify', 'freebies.detect') if m in sys.modules]\n"
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

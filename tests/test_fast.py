@@ -11,10 +11,10 @@ from torch import nn
 
 from freebies import config
 from freebies.build import make_optimizer
-from freebies.data.loader import alternating_flip
 from freebies.evaluate import evaluate, shift
 from freebies.models import create_model, model_names
 from freebies.models.acnet import fuse_model
+from freebies.tricks.geometric import alternating_flip
 from helpers import run_cli, small
 
 # The tiny fast run (256 images, 2 epochs, 128 test images of 10 classes) must clearly beat

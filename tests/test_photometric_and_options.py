@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from freebies.data.loader import random_flip
 from freebies.models import create_model
 from freebies.models.options import add_dropout, xavier_init, zero_init_residual
 from freebies.tricks import color_jitter, pca_basis, pca_lighting, random_rotate
+from freebies.tricks.geometric import random_flip
 
 
 def test_rotation_neutral_centre_fixed_mass_kept_and_per_image():

@@ -10,14 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freebies import config
-from freebies.train import Step, train_step
+from freebies import config, engine
+from freebies.build import Training
+from freebies.classify import Step, train_step
 from freebies.tricks import ema_model
 
 K = 4  # classes
 
 
-def reversed_blend(x: torch.Tensor, y: torch.Tensor, alpha: float, generator=None):
+def reversed_blend(x: torch.Tensor, y: torch.Tensor, generator=None):
     """A deterministic stand-in mixer: 0.7 of each image and target, 0.3 of the batch reversed."""
     return 0.7 * x + 0.3 * x.flip(0), 0.7 * y + 0.3 * y.flip(0)
 
@@ -25,15 +26,9 @@ def reversed_blend(x: torch.Tensor, y: torch.Tensor, alpha: float, generator=Non
 def make_step(net: nn.Module, overrides: dict, dtype=torch.float32, **kw) -> Step:
     base = {"aug.crop_padding": 0, "aug.hflip": False, "train.channels_last": False}
     cfg = config.load("baseline", {**base, **overrides})
-    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.0, weight_decay=0.0)
-    # LR 0.5 for the first step, 0 after: the update must use the LR before the schedule steps.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 if i == 0 else 0.0)
     return Step(
         cfg=cfg,
-        net=net,
         model=net,
-        opt=opt,
-        sched=sched,
         gen=torch.Generator().manual_seed(0),
         mean=torch.tensor([100.0], dtype=dtype),
         std=torch.tensor([50.0], dtype=dtype),
@@ -64,10 +59,15 @@ def test_step_loss_and_update_follow_the_formula():
         net,
         {"aug.mixup": 1.0, "loss.label_smoothing": 0.1},
         mixers={"mixup": reversed_blend},
-        ema=ema_model(net, 0.9),
     )
+    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.0, weight_decay=0.0)
+    # LR 0.5 for the first step, 0 after: the update must use the LR before the schedule steps.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 if i == 0 else 0.0)
+    t = Training(net, net, opt, sched, s.gen, ema=ema_model(net, 0.9))
     idx, x, y = batch()
-    loss = train_step(s, (idx, x, y), epoch=0, step=0)
+    loss, parts = train_step(s, (idx, x, y), epoch=0, step=0)
+    assert parts == [] and loss.requires_grad
+    engine.update(loss, t)  # what the engine does after every step
 
     xn = (x.float() - 100.0) / 50.0
     xm = 0.7 * xn + 0.3 * xn.flip(0)
@@ -79,11 +79,10 @@ def test_step_loss_and_update_follow_the_formula():
     expected.backward()
     for p_new, p_old in zip(net.parameters(), before.parameters(), strict=True):
         torch.testing.assert_close(p_new, p_old - 0.5 * p_old.grad, rtol=1e-6, atol=1e-7)
-    assert s.sched.last_epoch == 1 and s.opt.param_groups[0]["lr"] == 0.0
-    assert int(s.ema.n_averaged) == 1  # the first EMA update copies the *updated* weights
-    for p_ema, p_new in zip(s.ema.module.parameters(), net.parameters(), strict=True):
+    assert sched.last_epoch == 1 and opt.param_groups[0]["lr"] == 0.0
+    assert int(t.ema.n_averaged) == 1  # the first EMA update copies the *updated* weights
+    for p_ema, p_new in zip(t.ema.module.parameters(), net.parameters(), strict=True):
         assert torch.equal(p_ema, p_new)
-    assert not loss.requires_grad
 
 
 def test_the_teacher_sees_the_mixed_and_erased_batch_in_its_own_units():
@@ -94,7 +93,7 @@ def test_the_teacher_sees_the_mixed_and_erased_batch_in_its_own_units():
             seen.append(x.clone())
             return torch.zeros(x.shape[0], K)
 
-    def marked(x, y, alpha, generator=None):
+    def marked(x, y, generator=None):
         return x + 1000.0, y  # a mark only the mixed batch carries
 
     s = make_step(
@@ -114,7 +113,7 @@ def test_the_teacher_sees_the_mixed_and_erased_batch_in_its_own_units():
 def test_mixing_stops_for_the_last_epochs():
     calls = []
 
-    def counting(x, y, alpha, generator=None):
+    def counting(x, y, generator=None):
         calls.append(1)
         return x, y
 
@@ -131,6 +130,6 @@ def test_mixing_stops_for_the_last_epochs():
 def test_float64_step_keeps_float64():
     net = tiny_net(torch.float64)
     s = make_step(net, {"loss.label_smoothing": 0.1}, dtype=torch.float64)
-    loss = train_step(s, batch(), epoch=0, step=0)
+    loss, _ = train_step(s, batch(), epoch=0, step=0)
     assert loss.dtype == torch.float64
     assert all(p.dtype == torch.float64 for p in net.parameters())

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from freebies import config, train
+from freebies import classify, config
 from freebies.build import build_model
 from helpers import run_cli, small, usage_error
 
@@ -411,7 +411,7 @@ def test_every_trick_at_once_trains(idx_dir, tmp_path, capsys, optimizer):
     assert "ema" in torch.load(out / "last.pt", weights_only=True)
     # Every trick is free at inference: the deployed model costs what the plain ResNet-20 does.
     plain = config.load("baseline", {"train.batch_size": 96})
-    assert summary["infer_macs"] == train.infer_macs(plain, 10, (1, 28, 28))
+    assert summary["infer_macs"] == classify.infer_macs(plain, 10, (1, 28, 28))
 
 
 @pytest.mark.parametrize(

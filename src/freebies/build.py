@@ -1,4 +1,5 @@
-"""From a recipe to objects: the model, the optimizer and the LR schedule.
+"""From a recipe to objects: the model, and around any task's network what trains it
+(`make_training`: optimizer, LR schedule, lookahead, augmentation stream, EMA, DDP wrap).
 
 The library layers (`freebies.models`, `freebies.optim`) take plain arguments and raise
 ValueError / TypeError; here, where the recipe is known, those become one-line UsageErrors that
@@ -10,15 +11,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 
-from freebies.config import Config
+from freebies.config import ClassifyConfig, Config
+from freebies.distributed import Dist
 from freebies.errors import UsageError
 from freebies.models import acnet, create_model, options
 from freebies.optim import build_optimizer, build_scheduler, lookahead_step, scaled_lr
+from freebies.tricks import ema_model
 
 
 @contextlib.contextmanager
@@ -30,7 +35,7 @@ def recipe_errors(section: str) -> Iterator[None]:
         raise UsageError(f"recipe section {section}: {e}") from None
 
 
-def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
+def build_model(cfg: ClassifyConfig, num_classes: int, in_channels: int) -> nn.Module:
     """The registry's architecture plus the recipe's model options (ACNet, init, dropout)."""
     with recipe_errors("model"):
         model = create_model(cfg.model.name, num_classes, in_channels, norm=cfg.model.norm)
@@ -45,8 +50,6 @@ def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
         if cfg.model.zero_init_residual:
             options.zero_init_residual(model)
         options.add_dropout(model, cfg.model.dropout)
-    if cfg.train.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 
 
@@ -89,3 +92,48 @@ def make_lookahead(cfg: Config, steps_per_epoch: int) -> Callable | None:
     return partial(
         lookahead_step, total_steps=total, every=o.lookahead_every, decay=o.lookahead_decay
     )
+
+
+@dataclass
+class Training:
+    """What trains a task's network; the engine steps it after each forward pass."""
+
+    net: nn.Module  # the unwrapped network: saved, restored, averaged by the EMA
+    model: nn.Module  # what runs forward: `net`, or its DDP / compiled wrapper
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    gen: torch.Generator  # this rank's augmentation stream, saved per rank
+    lookahead: Callable[[torch.optim.Optimizer, int], None] | None = None
+    ema: Any = None  # AveragedModel, when ema.decay > 0
+
+
+def make_training(cfg: Config, net: nn.Module, d: Dist, steps_per_epoch: int) -> Training:
+    """The recipe's optimizer, schedule and lookahead over `net`, this rank's augmentation
+    generator, then (after everything that builds models) this rank's global RNG stream
+    (dropout), the EMA and the DDP / compiled wrapper; SyncBatchNorm first when asked."""
+    if cfg.train.sync_bn:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    lr = base_lr(cfg)
+    opt = make_optimizer(net, cfg, lr)
+    t = Training(
+        net=net,
+        model=net,
+        opt=opt,
+        sched=make_scheduler(opt, cfg, lr, steps_per_epoch),
+        lookahead=make_lookahead(cfg, steps_per_epoch),
+        gen=torch.Generator(d.device).manual_seed(cfg.train.seed + 1_000_003 * d.rank),
+    )
+    torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank + 1)
+    t.ema = ema_model(net, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.decay else None
+    t.model = wrap(net, d, cfg.train.compile)
+    return t
+
+
+def wrap(net: nn.Module, d: Dist, compile: bool) -> nn.Module:
+    """What trains: `net`, under DDP when there are several processes, compiled if asked."""
+    model = net
+    if d.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[d.device.index] if d.device.type == "cuda" else None
+        )
+    return torch.compile(model) if compile else model

@@ -2,7 +2,9 @@
 
 One schema for every task and for deploy checkpoints; docs/run-folder.md describes it for
 people. Files are read with `torch.load(weights_only=True)`: tensors and plain data only.
-Checkpoints written before the schema had a version number are format 1.
+Checkpoints written before the schema had a version number are format 1; format 2 holds a
+per-task config (a `task` key, only that task's sections). Format 1 still loads: its config
+is migrated when read (`config.from_dict`).
 """
 
 from __future__ import annotations
@@ -15,21 +17,23 @@ from typing import Any
 
 import torch
 
+from freebies.config import EVAL_COMMANDS
 from freebies.errors import UsageError
 
-FORMAT = 1  # bump when a field changes meaning; load() refuses formats it does not know
+FORMAT = 2  # bump when a field changes meaning; load() refuses formats it does not know
+READS = (1, 2)
 
 
 @dataclass
 class Checkpoint:
-    """A freebies checkpoint (format 1).
+    """A freebies checkpoint (format 2).
 
     The engine writes one as `last.pt` after every epoch and on Ctrl-C / SIGTERM;
     `freebies fuse` writes a deploy checkpoint (`deploy=True`, no training state).
     """
 
     model: dict[str, torch.Tensor]  # state_dict of the unwrapped network (fused when deploy)
-    config: dict[str, Any]  # the resolved recipe, as in config.yaml
+    config: dict[str, Any]  # the resolved recipe, as in config.yaml (format 1: both tasks')
     data: dict[str, Any]  # what it was trained on; the task's keys, "fingerprint" and "classes"
     recipe: str = "custom"
     task: str = "classify"
@@ -66,10 +70,6 @@ def save(ckpt: Checkpoint, path: Path) -> None:
     os.replace(tmp, path)
 
 
-COMMANDS = {"classify": "freebies train", "detect": "freebies detect train"}  # train, resume
-EVAL = {"classify": "freebies eval", "detect": "freebies detect eval"}
-
-
 def load(path: Path, task: str | None = None) -> Checkpoint:
     """Read a freebies checkpoint on the CPU, refusing anything but tensors and plain data,
     and, when `task` is given, a checkpoint of another task."""
@@ -85,10 +85,10 @@ def load(path: Path, task: str | None = None) -> Checkpoint:
     if not isinstance(raw, dict) or not {"model", "config", "data"} <= raw.keys():
         raise UsageError(f"{path} is not a freebies checkpoint (no model/config/data inside)")
     version = raw.get("format", 1)  # files from before the schema was versioned
-    if version != FORMAT:
+    if version not in READS:
         raise UsageError(
-            f"{path} is checkpoint format {version!r}; this freebies reads format {FORMAT}. "
-            "Use the freebies version that wrote it"
+            f"{path} is checkpoint format {version!r}; this freebies reads formats "
+            f"{', '.join(map(str, READS))}. Use the freebies version that wrote it"
         )
     unknown = sorted(raw.keys() - FIELDS)
     if unknown:
@@ -99,7 +99,6 @@ def load(path: Path, task: str | None = None) -> Checkpoint:
     if task is not None and ckpt.task != task:
         raise UsageError(
             f"{path} is a {ckpt.task} checkpoint, not a {task} one; evaluate it with "
-            f"`{EVAL.get(ckpt.task, ckpt.task)}`"
+            f"`{EVAL_COMMANDS.get(ckpt.task, ckpt.task)}`"
         )
     return ckpt
-

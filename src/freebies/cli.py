@@ -1,7 +1,9 @@
-"""The `freebies` command: train | eval | ablate | report | fuse | tricks | schedule | bench.
+"""The `freebies` command: train | eval | fuse | detect {train,eval,predict,make-data} |
+ablate | report | tricks | schedule | bench.
 
-Mistakes a person can fix end in one line on stderr and exit code 2; Ctrl-C saves a
-checkpoint and exits with 130.
+The CLI parses flags and dispatches: each task module (`freebies.classify`, `freebies.detect`)
+holds its train, eval and predict entry points. Mistakes a person can fix end in one line on
+stderr and exit code 2; Ctrl-C saves a checkpoint and exits with 130.
 """
 
 from __future__ import annotations
@@ -19,6 +21,22 @@ DATA_HELP = (
     "fashion-mnist[:DIR] (default; DIR holds the four IDX .gz files, else standard places are "
     "searched), mnist[:DIR], cifar10:DIR, cifar100:DIR (python pickle batches), or folder:DIR "
     "(train/ and test/ or val/, one subfolder per class)"
+)
+DETECT_DATA_HELP = (
+    "scenes (default: Fashion scenes, made on first use), coco:DIR (instances_{train,val,test}"
+    "*.json), coco:TRAIN.json,TEST.json, voc:DIR (Annotations/, JPEGImages/, ImageSets/Main/), "
+    "or yolo:DIR (images/ + labels/, or .txt beside each image; names from a data YAML or "
+    ".names file)"
+)
+MULTISCALE_FLAGS = (
+    "pyramid",
+    "tiles",
+    "tile_size",
+    "auto_tiles",
+    "snip",
+    "overlap",
+    "merge",
+    "merge_thr",
 )
 
 # CLI flag -> recipe key; these are shorthands for --set.
@@ -117,6 +135,66 @@ def _add_ablate(sub: Any) -> None:
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
 
+def _add_detect(sub: Any) -> None:
+    """The `detect` command group."""
+    d = sub.add_parser("detect", help="object detection: train | eval | predict | make-data")
+    dsub = d.add_subparsers(dest="detect_command", required=True)
+    _add_train(
+        dsub, "a detector", "detect", DETECT_DATA_HELP, "fcos_mobilenet_v3_small, fcos_resnet18"
+    )
+
+    e = dsub.add_parser("eval", help="COCO AP of a checkpoint; prints one JSON line")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("--data", help=DETECT_DATA_HELP + " (default: the data it was trained on)")
+    e.add_argument("--limit-test", type=int, metavar="N")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_multiscale(e)
+
+    p = dsub.add_parser("predict", help="draw a checkpoint's detections on images")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("-o", "--out", type=Path, required=True, help="folder for PNGs and JSON")
+    p.add_argument("--score-thr", type=float, default=0.3, help="draw boxes above this score")
+    _add_multiscale(p)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    m = dsub.add_parser("make-data", help="write the Fashion scenes dataset (COCO format)")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--train", type=int, default=None, help="training scenes")
+    m.add_argument("--val", type=int, default=None, help="validation scenes")
+    m.add_argument("--test", type=int, default=None, help="test scenes")
+    m.add_argument("--seed", type=int, default=0)
+
+
+def _add_multiscale(p: argparse.ArgumentParser) -> None:
+    """Small-object inference options (see freebies.detection.multiscale)."""
+    g = p.add_argument_group("small objects: image pyramid and tiles")
+    g.add_argument("--pyramid", metavar="F,F,...", help="resize factors, e.g. 1,1.5,2")
+    g.add_argument(
+        "--snip",
+        type=float,
+        metavar="PX",
+        help="passes above scale 1 and tiles keep only boxes smaller than PX (input pixels), "
+        "passes below 1 only larger ones",
+    )
+    tiles = g.add_mutually_exclusive_group()
+    tiles.add_argument("--tiles", metavar="RxC", help="a grid of tiles, e.g. 2x2, plus a full pass")
+    tiles.add_argument("--tile-size", type=int, metavar="PX", help="square tiles of PX pixels")
+    tiles.add_argument(
+        "--auto-tiles",
+        action="store_true",
+        help="tiles sized so the median small training object reaches 32 input pixels",
+    )
+    g.add_argument("--overlap", type=float, default=0.2, help="tile overlap share (0.2)")
+    g.add_argument(
+        "--merge",
+        choices=["ios", "nms"],
+        help="ios: join boxes by intersection over the smaller (default with tiles); nms: "
+        "IoU suppression (default for the pyramid alone)",
+    )
+    g.add_argument("--merge-thr", type=float, default=0.5, help="IoS / IoU threshold (0.5)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="freebies", description="Train with the bag of freebies.")
     p.add_argument("--version", action="version", version=f"freebies {__version__}")
@@ -136,9 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     _add_ablate(sub)
-    from freebies.cli_detect import add_detect
-
-    add_detect(sub, _add_train)
+    _add_detect(sub)
 
     r = sub.add_parser("report", help="rebuild an ablation's report.md and plots")
     r.add_argument("dir", type=Path, help="the folder `freebies ablate --out` wrote")
@@ -150,6 +226,7 @@ def _parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("tricks", help="list every trick: keys, the setting that turns it on, paper")
     k.add_argument("--json", action="store_true", help="one JSON document, for machines")
+    k.add_argument("--markdown", action="store_true", help="the table in docs/tricks.md")
 
     c = sub.add_parser("schedule", help="print (and plot) the LR curve a recipe will use")
     c.add_argument("--recipe", default="default")
@@ -185,135 +262,83 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _train(args: argparse.Namespace) -> None:
-    from freebies import engine
-
+def _task(args: argparse.Namespace) -> Any:
+    """The task module a command runs."""
     if args.command == "detect":
-        from freebies import detect as task
-    else:
-        from freebies import train as task
-    name = "detect" if args.command == "detect" else "classify"
-    overrides = _overrides(args)
-    if args.resume is not None:
-        if args.out is not None and args.out.resolve() != args.resume.resolve():
-            raise UsageError("--resume continues the run in its own folder; drop --out")
-        cfg = engine.resumed_config(args.resume, args.recipe, overrides, name)
-        engine.run(cfg, args.resume, task.build, resume=True)
-        return
-    recipe = args.recipe or ("detect" if args.command == "detect" else "default")
-    cfg = config.load(recipe, overrides)
-    for note in config.advice(cfg) if args.command == "train" else []:
-        print(f"freebies: warning: {note}", file=sys.stderr)
-    out = args.out or Path("runs") / f"{Path(recipe).stem}-{cfg.model.name}-seed{cfg.train.seed}"
-    summary = engine.run(cfg, out, task.build, recipe=Path(recipe).stem, overwrite=args.overwrite)
-    line = f"{_headline(summary)} after {summary['epochs_run']} epochs"
+        from freebies import detect
+
+        return detect
+    from freebies import classify
+
+    return classify
+
+
+def _train(args: argparse.Namespace) -> None:
+    summary, out = _task(args).train(
+        args.recipe, _overrides(args), args.out, resume=args.resume, overwrite=args.overwrite
+    )
+    line = f"{_task(args).headline(summary)} after {summary['epochs_run']} epochs"
     print(f"final {line} ({summary['wall_s']:.0f} s); run folder {out}")
 
 
-def _headline(summary: dict[str, Any]) -> str:
-    """The final figure of a run, for its last line."""
-    if "test_acc" in summary:
-        return f"test accuracy {summary['test_acc']:.2f}%"
-    m = summary["map"]  # None when the test set has no boxes
-    return f"test map {m:.2f}" if m is not None else "test map n/a (no boxes in the test set)"
-
-
-def _test_data(ckpt: Any, spec: str | None, limit: int | None) -> Any:
-    """The checkpoint's test set (or `spec`'s), checked against what the model expects."""
-    from freebies.data.splits import prepare
-
-    cfg = config.from_dict(ckpt.config)
-    cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, limit
-    if spec is not None:
-        cfg.data.spec = spec
-    data = prepare(cfg.data)
-    classes, shape = ckpt.data["classes"], ckpt.data["shape"]
-    if len(data.classes) != len(classes) or list(data.test_x.shape[1:]) != shape:
-        raise UsageError(
-            f"{cfg.data.spec} does not match the checkpoint: it has {len(data.classes)} classes "
-            f"of {list(data.test_x.shape[1:])} images, the model expects {len(classes)} of {shape}"
-        )
-    return data
-
-
 def _eval(args: argparse.Namespace) -> None:
-    import contextlib
+    from freebies import classify
 
-    from freebies import checkpoint
-    from freebies.data.loader import to_device
-    from freebies.deploy import load_model
-    from freebies.distributed import pick_device
-    from freebies.evaluate import evaluate
-    from freebies.runtime import autocast_for
-
-    ckpt = checkpoint.load(args.checkpoint, "classify")
-    cfg = config.from_dict(ckpt.config)
-    data = _test_data(ckpt, args.data, args.limit_test)
-    device = pick_device(args.device)
-    model = load_model(ckpt).to(device)
-    # A deploy checkpoint is evaluated in fp32 so its predictions match the unfused model's;
-    # a trained one in the precision it trained in.
-    precision = ckpt.precision[0] if ckpt.precision else cfg.train.precision
-    autocast = contextlib.nullcontext() if ckpt.deploy else autocast_for(precision, device)
-    result = evaluate(
-        model,
-        to_device(data.test_x, device),
-        data.test_y.to(device),
-        ckpt.data["mean"].to(device),
-        ckpt.data["std"].to(device),
-        batch_size=cfg.train.eval_batch_size,
-        tta=args.tta,
-        tta_shift=cfg.train.tta_shift if args.tta else 0,
-        autocast=autocast,
-        workers=cfg.data.workers,
+    result = classify.evaluate_checkpoint(
+        args.checkpoint, args.data, tta=args.tta, limit=args.limit_test, device=args.device
     )
-    print(
-        json.dumps(
-            {"test_acc": result["acc"], "test_nll": result["nll"], "test_ece": result["ece"]}
-        )
-    )
+    print(json.dumps(result))
 
 
 def _fuse(args: argparse.Namespace) -> None:
-    import torch
+    from freebies import classify
 
-    from freebies import checkpoint, deploy
-    from freebies.data.loader import eval_batches, normalize
-    from freebies.distributed import pick_device
-
-    if args.batch < 1:
-        raise UsageError(f"--batch must be >= 1, got {args.batch}")
-    if args.output.exists() and not args.overwrite:
-        raise UsageError(f"{args.output} already exists; pass --overwrite or choose another -o")
-    ckpt = checkpoint.load(args.checkpoint, "classify")
-    if ckpt.deploy:
-        raise UsageError(f"{args.checkpoint} is already a fused deploy checkpoint")
-    cfg = config.from_dict(ckpt.config)
-    device = pick_device(args.device)
-    data = _test_data(ckpt, args.data, args.batch)
-    xb, _ = next(eval_batches(data.test_x, data.test_y, args.batch))
-    x = normalize(xb, ckpt.data["mean"], ckpt.data["std"]).to(device)
-    model = deploy.load_model(ckpt).to(device)
-    fused, report = deploy.fuse_and_check(model, cfg, x, ckpt.num_classes)
-    print(deploy.report_table(report))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    if report["acb"] == 0:
-        print("no ACNet block found (model.acnet was off); folded the conv+BN pairs only")
-    deployed = checkpoint.Checkpoint(
-        model={k: v.cpu() for k, v in fused.state_dict().items()},
-        config=ckpt.config,
-        data=ckpt.data,
-        recipe=ckpt.recipe,
-        task=ckpt.task,
-        deploy=True,
-        fuse_report=report,
+    written = classify.fuse_checkpoint(
+        args.checkpoint,
+        args.output,
+        spec=args.data,
+        batch=args.batch,
+        device=args.device,
+        export=args.export,
+        overwrite=args.overwrite,
     )
-    checkpoint.save(deployed, args.output)
-    print(f"wrote {args.output}")
-    if args.export:
-        path = args.output.with_suffix(".ts" if args.export == "torchscript" else ".onnx")
-        deploy.export(fused.to(torch.device("cpu")), x.cpu(), args.export, path)
+    for path in written:
         print(f"wrote {path}")
+
+
+def _detect_eval(args: argparse.Namespace) -> None:
+    from freebies import detect
+
+    multiscale = {k: getattr(args, k) for k in MULTISCALE_FLAGS}
+    result = detect.evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        limit=args.limit_test,
+        device=args.device,
+        multiscale=multiscale,
+    )
+    print(json.dumps(result))
+
+
+def _detect_predict(args: argparse.Namespace) -> None:
+    from freebies import detect
+
+    multiscale = {k: getattr(args, k) for k in MULTISCALE_FLAGS}
+    detect.predict_files(
+        args.checkpoint,
+        args.images,
+        args.out,
+        score_thr=args.score_thr,
+        device=args.device,
+        multiscale=multiscale,
+    )
+
+
+def _make_data(args: argparse.Namespace) -> None:
+    from freebies import detect
+
+    out = detect.make_data(args.out, args.seed, train=args.train, val=args.val, test=args.test)
+    print(f"Fashion scenes in {out}; train with: freebies detect train --data coco:{out}")
 
 
 def _ablate(args: argparse.Namespace) -> None:
@@ -353,17 +378,19 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _tricks(args: argparse.Namespace) -> None:
-    import dataclasses
-
-    from freebies.tricks.catalog import TRICKS
+    from freebies.catalog import TRICKS, markdown_table
 
     if args.json:
-        print(json.dumps([dataclasses.asdict(t) for t in TRICKS], indent=2))
+        print(json.dumps([t.plain() for t in TRICKS], indent=2))
+        return
+    if args.markdown:
+        print(markdown_table(), end="")
         return
     for t in TRICKS:
         on = " ".join(f"--set {k}={v}" for k, v in t.on.items()) or "(see keys)"
+        keys = ", ".join(k.name + (f" {k.range}" if k.range else "") for k in t.keys)
         print(
-            f"{t.name:20s} {t.what}\n{'':20s} keys: {', '.join(t.keys)}\n"
+            f"{t.name:20s} {t.card}\n{'':20s} keys: {keys}\n"
             f"{'':20s} on:   {on}\n{'':20s} for:  {', '.join(t.tasks)}\n"
             f"{'':20s} {t.paper} {t.link}".rstrip()
         )
@@ -427,11 +454,12 @@ def main(argv: list[str] | None = None) -> int:
             "bench": _bench,
         }
         if args.command == "detect":
-            from freebies.cli_detect import COMMANDS
-
-            commands["detect"] = (
-                _train if args.detect_command == "train" else COMMANDS[args.detect_command]
-            )
+            commands["detect"] = {
+                "train": _train,
+                "eval": _detect_eval,
+                "predict": _detect_predict,
+                "make-data": _make_data,
+            }[args.detect_command]
         commands[args.command](args)
     except UsageError as e:
         print(f"freebies: error: {e}", file=sys.stderr)

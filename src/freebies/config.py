@@ -12,27 +12,34 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from freebies import catalog
 from freebies.errors import UsageError, nearest
-from freebies.optim.optimizers import LR_SCALING, OPTIMIZERS
-from freebies.optim.schedules import DECAYS, WARMUPS
-from freebies.tricks.autoaugment import POLICIES
 
 
 @dataclass
 class DataCfg:
     spec: str = "fashion-mnist"  # see `freebies train --help` for the forms
-    image_size: int | None = None  # resize folder images to this square size (pixels)
+    image_size: int | None = None  # folder images: resized square; detection: letterbox side
     val_split: float = 0.0  # fraction of train held out for validation (choosing, never test)
     split_seed: int = 0  # the validation split is fixed across training seeds
     limit_train: int | None = None  # keep only the first N training images (smoke runs)
     limit_test: int | None = None
+
+
+@dataclass
+class ClassifyDataCfg(DataCfg):
     stream: bool = False  # folder: only; decode files in DataLoader workers instead of memory
     workers: int = 4  # DataLoader worker processes when streaming
-    test_split: float = 0.2  # detection, a flat YOLO folder: seeded share held out for test
+
+
+@dataclass
+class DetectDataCfg(DataCfg):
+    spec: str = "scenes"  # see `freebies detect train --help` for the forms
+    test_split: float = 0.2  # a flat YOLO folder: seeded share held out for test
 
 
 @dataclass
@@ -63,14 +70,23 @@ class AugCfg:
 @dataclass
 class ModelCfg:
     name: str = "resnet20"
+
+
+@dataclass
+class ClassifyModelCfg(ModelCfg):
     norm: str = "bn"  # bn | gn (GroupNorm: statistics independent of the batch split)
     init: str = "kaiming"  # kaiming | xavier
     zero_init_residual: bool = False  # each residual block starts as the identity
     dropout: float = 0.0  # dropout before the classifier
     acnet: bool = False  # square convs -> ACNet blocks for training; `freebies fuse` folds them
     acnet_side_gamma: float = 1.0  # initial BN weight of the 1xk and kx1 branches only
-    backbone_weights: str | None = None  # detection: a local state dict for the backbone
     acnet_square_gamma: float = 1.0  # initial BN weight of the kxk branch (authors: all three 1/3)
+
+
+@dataclass
+class DetectModelCfg(ModelCfg):
+    name: str = "fcos_mobilenet_v3_small"
+    backbone_weights: str | None = None  # a local state dict for the backbone
 
 
 @dataclass
@@ -156,24 +172,53 @@ class TrainCfg:
     sync_bn: bool = False  # nn.SyncBatchNorm across ranks (CUDA only)
     eval_every: int = 1  # evaluate every N epochs; the last epoch is always evaluated
     eval_batch_size: int = 256
+    threads: int = 0  # torch.set_num_threads on CPU; 0 = leave torch's default
+    early_stop_patience: int = 0  # stop after N evaluations without a validation gain; 0 = off
+
+
+@dataclass
+class ClassifyTrainCfg(TrainCfg):
     tta: bool = False  # final evaluation averages the image and its horizontal flip
     tta_shift: int = 0  # with tta: also the views shifted by (+s, +s) and (-s, -s) pixels
-    threads: int = 0  # torch.set_num_threads on CPU; 0 = leave torch's default
-    early_stop_patience: int = 0  # stop after N evaluations without a val_acc gain; 0 = off
 
 
 @dataclass
 class Config:
+    """The core every task shares: what the engine and the optimizer set-up read."""
+
+    task: ClassVar[str] = ""
     data: DataCfg = field(default_factory=DataCfg)
-    aug: AugCfg = field(default_factory=AugCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     sched: SchedCfg = field(default_factory=SchedCfg)
+    ema: EmaCfg = field(default_factory=EmaCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+
+
+@dataclass
+class ClassifyConfig(Config):
+    """A classification recipe (`freebies train`): the core, the batch tricks, the loss."""
+
+    task: ClassVar[str] = "classify"
+    data: ClassifyDataCfg = field(default_factory=ClassifyDataCfg)
+    model: ClassifyModelCfg = field(default_factory=ClassifyModelCfg)
+    train: ClassifyTrainCfg = field(default_factory=ClassifyTrainCfg)
+    aug: AugCfg = field(default_factory=AugCfg)
     loss: LossCfg = field(default_factory=LossCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
-    ema: EmaCfg = field(default_factory=EmaCfg)
+
+
+@dataclass
+class DetectConfig(Config):
+    """A detection recipe (`freebies detect train`): the core and the detector's section."""
+
+    task: ClassVar[str] = "detect"
+    data: DetectDataCfg = field(default_factory=DetectDataCfg)
+    model: DetectModelCfg = field(default_factory=DetectModelCfg)
     det: DetCfg = field(default_factory=DetCfg)
-    train: TrainCfg = field(default_factory=TrainCfg)
+
+
+CONFIGS: dict[str, type[Config]] = {"classify": ClassifyConfig, "detect": DetectConfig}
 
 
 RECIPE_DIRS = (
@@ -203,9 +248,9 @@ def find_recipe(name: str) -> Path:
     )
 
 
-def to_dict(cfg: Any) -> dict:
-    """The config as plain YAML-safe types (tuples become lists)."""
-    return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(cfg))))
+def to_dict(cfg: Config) -> dict:
+    """The config as plain YAML-safe types (tuples become lists), its task first."""
+    return {"task": cfg.task, **yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(cfg))))}
 
 
 def _plain(v: Any) -> Any:
@@ -285,6 +330,10 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def apply(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Set dotted keys (`{"optim.lr": 0.2}`) or nested dicts on `cfg`, checking every key."""
     for key, value in flatten(overrides).items():
+        if key == "task":  # a whole config.yaml: its task must be this config's
+            if value != cfg.task:
+                raise UsageError(f"task={value!r}: these settings are for {cfg.task}")
+            continue
         _set(cfg, key, value)
     return cfg
 
@@ -315,167 +364,69 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-CHOICES = {
-    "model.norm": ("bn", "gn"),
-    "model.init": ("kaiming", "xavier"),
-    "optim.name": OPTIMIZERS,
-    "aug.mix_mode": ("switch", "alternate"),
-    "aug.flip_mode": ("random", "alternate"),
-    "aug.autoaugment": POLICIES,
-    "aug.erasing_value": ("random", "mean", "zero"),
-    "optim.lr_scaling": LR_SCALING,
-    "sched.decay": DECAYS,
-    "sched.warmup": WARMUPS,
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.precision": ("auto", "fp32", "bf16", "fp64"),
+CHOICES = {"train.device": ("auto", "cpu", "cuda"), "train.precision": ("auto", "fp32", "bf16")}
+TASK_CHOICES = {
+    "classify": {
+        "model.norm": ("bn", "gn"),
+        "train.precision": ("auto", "fp32", "bf16", "fp64"),  # fp64: an exactness check
+    },
+    "detect": {},
 }
 
 
-def mixers(aug: AugCfg) -> list[str]:
-    """The batch-mixing tricks that are on, in a fixed order."""
-    return [name for name in ("mixup", "cutmix", "ricap") if getattr(aug, name) > 0]
-
-
 def validate(cfg: Config) -> Config:
-    """Reject impossible values with a message that says what to change."""
+    """Reject impossible values with a message that says what to change: the core's and the
+    task's own rules here, each trick's in its record (`freebies.catalog`)."""
     flat = flatten(to_dict(cfg))
-    for key, allowed in CHOICES.items():
+    for key, allowed in {**CHOICES, **TASK_CHOICES[cfg.task]}.items():
         if flat[key] not in allowed:
             hint = nearest(str(flat[key]), list(allowed))
             raise UsageError(f"{key}={flat[key]!r} is not one of {', '.join(allowed)}{hint}")
-    checks = [
-        (cfg.train.epochs > 0, "train.epochs must be > 0"),
-        (cfg.train.batch_size > 0, "train.batch_size must be > 0"),
-        (cfg.train.eval_every > 0, "train.eval_every must be > 0"),
-        (cfg.train.eval_batch_size > 0, "train.eval_batch_size must be > 0"),
-        (cfg.optim.lr_base_batch > 0, "optim.lr_base_batch must be > 0"),
-        (cfg.optim.momentum >= 0, "optim.momentum must be >= 0"),
-        (
-            not cfg.optim.nesterov or cfg.optim.momentum > 0,
-            "optim.nesterov needs optim.momentum > 0",
-        ),
-        (all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas must each be in [0, 1)"),
-        (
-            cfg.sched.warmup_lr >= 0 and cfg.sched.min_lr >= 0,
-            "sched.warmup_lr and sched.min_lr must be >= 0",
-        ),
-        (
-            all(v is None or v > 0 for v in (cfg.data.limit_train, cfg.data.limit_test)),
-            "data.limit_train and data.limit_test must be > 0 (or null for all)",
-        ),
-        (cfg.optim.lr > 0, "optim.lr must be > 0"),
-        (cfg.optim.bias_lr_scale > 0, "optim.bias_lr_scale must be > 0"),
-        (cfg.train.tta_shift >= 0, "train.tta_shift must be >= 0 (pixels)"),
-        (
-            cfg.train.tta_shift == 0 or cfg.train.tta,
-            "train.tta_shift adds shifted views to the flip TTA; set train.tta=true too",
-        ),
-        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
-        (
-            cfg.optim.muon_lr > 0 and 0 <= cfg.optim.muon_momentum < 1,
-            "optim.muon_lr must be > 0 and optim.muon_momentum in [0, 1)",
-        ),
-        (
-            cfg.optim.lookahead_every >= 0 and 0 <= cfg.optim.lookahead_decay <= 1,
-            "optim.lookahead_every must be >= 0 (0 = off) and optim.lookahead_decay in [0, 1]",
-        ),
-        (0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing must be in [0, 1)"),
-        (0 <= cfg.data.val_split < 1, "data.val_split must be in [0, 1)"),
-        (cfg.data.workers >= 0, "data.workers must be >= 0"),
-        (cfg.sched.warmup_epochs >= 0, "sched.warmup_epochs must be >= 0"),
-        (
-            cfg.sched.warmup_epochs < cfg.train.epochs,
-            f"sched.warmup_epochs={cfg.sched.warmup_epochs} must be shorter than the run "
-            f"(train.epochs={cfg.train.epochs})",
-        ),
-        (
-            all(0 < m <= 1 for m in cfg.sched.milestones),
-            "sched.milestones are fractions of the run, each in (0, 1], e.g. [0.5, 0.75]",
-        ),
-        (0 < cfg.sched.gamma <= 1, "sched.gamma must be in (0, 1]"),
-        (0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
-        (cfg.train.early_stop_patience >= 0, "train.early_stop_patience must be >= 0"),
-        (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
-        (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
-        (0 <= cfg.ema.decay < 1, "ema.decay must be in [0, 1) (0 = off)"),
-        (0 <= cfg.data.test_split < 1, "data.test_split must be in [0, 1)"),
-        (cfg.det.fpn_width >= 2, "det.fpn_width must be >= 2 (channels)"),
-        (cfg.det.detections > 0, "det.detections must be > 0"),
-        (cfg.det.head_convs >= 0, "det.head_convs must be >= 0"),
-        (0 <= cfg.det.score_thresh < 1, "det.score_thresh must be in [0, 1)"),
-        *_det_checks(cfg.det),
-        *_aug_checks(cfg),
-    ]
-    for ok, message in checks:
+    task_rules = _classify_rules if isinstance(cfg, ClassifyConfig) else _detect_rules
+    rules = _core_rules(cfg) + task_rules(cfg) + catalog.rules(cfg.task, flat)  # type: ignore[arg-type]
+    for ok, message in rules:
         if not ok:
             raise UsageError(message)
     return cfg
 
 
-def _det_checks(det: DetCfg) -> list[tuple[bool, str]]:
-    """(ok, message) for every det.* trick rule."""
-    shapes = det.random_shapes
+def _core_rules(cfg: Config) -> list[tuple[bool, str]]:
+    """(ok, message) for the shared keys that belong to no trick."""
     return [
-        (det.mixup >= 0, "det.mixup is the Beta alpha: must be >= 0 (1.5 in the paper; 0 = off)"),
-        (det.mixup_off_epochs >= 0, "det.mixup_off_epochs must be >= 0"),
-        (0 <= det.label_smoothing < 1, "det.label_smoothing must be in [0, 1)"),
-        (det.expand_ratio >= 1, "det.expand_ratio must be >= 1 (SSD: 4)"),
-        (0 < det.crop_min_scale <= 1, "det.crop_min_scale must be in (0, 1] (SSD: 0.3)"),
-        (0 <= det.jitter_strength < 1, "det.jitter_strength must be in [0, 1)"),
+        (cfg.train.epochs > 0, "train.epochs must be > 0"),
+        (cfg.train.batch_size > 0, "train.batch_size must be > 0"),
+        (cfg.train.eval_every > 0, "train.eval_every must be > 0"),
+        (cfg.train.eval_batch_size > 0, "train.eval_batch_size must be > 0"),
         (
-            shapes is None or len(shapes) > 0,
-            "det.random_shapes is empty; list sizes such as [192,224,256], or null for off",
+            all(v is None or v > 0 for v in (cfg.data.limit_train, cfg.data.limit_test)),
+            "data.limit_train and data.limit_test must be > 0 (or null for all)",
         ),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas must each be in [0, 1)"),
+        (0 <= cfg.data.val_split < 1, "data.val_split must be in [0, 1)"),
         (
-            shapes is None or all(s > 0 and s % 32 == 0 for s in shapes),
-            f"det.random_shapes={shapes}: every size must be a positive multiple of 32 "
-            "(the backbone's stride)",
+            all(0 < m <= 1 for m in cfg.sched.milestones),
+            "sched.milestones are fractions of the run, each in (0, 1], e.g. [0.5, 0.75]",
         ),
-        (det.random_shapes_every > 0, "det.random_shapes_every must be > 0 (iterations)"),
+        (0 < cfg.sched.gamma <= 1, "sched.gamma must be in (0, 1]"),
     ]
 
 
-def _aug_checks(cfg: Config) -> list[tuple[bool, str]]:
-    """(ok, message) for every aug.* rule."""
+def _detect_rules(cfg: DetectConfig) -> list[tuple[bool, str]]:
+    """(ok, message) for the detection keys that belong to no trick."""
+    det = cfg.det
     return [
-        (cfg.aug.crop_padding >= 0, "aug.crop_padding must be >= 0"),
-        (cfg.aug.cutout >= 0, "aug.cutout must be >= 0"),
-        (cfg.aug.cutout_holes >= 0, "aug.cutout_holes must be >= 0"),
-        (cfg.aug.rotate >= 0, "aug.rotate must be >= 0 degrees"),
-        (0 <= cfg.aug.color_jitter < 1, "aug.color_jitter must be in [0, 1)"),
-        (cfg.aug.pca_lighting >= 0, "aug.pca_lighting must be >= 0"),
-        (0 <= cfg.aug.random_erasing <= 1, "aug.random_erasing is a probability in [0, 1]"),
-        (
-            0 < cfg.aug.erasing_scale[0] <= cfg.aug.erasing_scale[1] <= 1,
-            f"aug.erasing_scale={list(cfg.aug.erasing_scale)} must be (lo, hi) with "
-            "0 < lo <= hi <= 1 (an inverted range swaps lo and hi)",
-        ),
-        (
-            0 < cfg.aug.erasing_ratio[0] <= cfg.aug.erasing_ratio[1],
-            f"aug.erasing_ratio={list(cfg.aug.erasing_ratio)} must be (lo, hi) with "
-            "0 < lo <= hi (an inverted range swaps lo and hi)",
-        ),
-        (
-            min(cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.ricap) >= 0,
-            "aug.mixup, aug.cutmix and aug.ricap must be >= 0 (0 = off)",
-        ),
-        (0 <= cfg.aug.mix_prob <= 1, "aug.mix_prob is a probability in [0, 1]"),
-        (
-            0 <= cfg.aug.mix_off_epochs < cfg.train.epochs or cfg.aug.mix_off_epochs == 0,
-            f"aug.mix_off_epochs={cfg.aug.mix_off_epochs} must be shorter than the run "
-            f"(train.epochs={cfg.train.epochs})",
-        ),
-        (
-            not cfg.aug.switch_prob
-            or (
-                len(cfg.aug.switch_prob) == len(mixers(cfg.aug))
-                and min(cfg.aug.switch_prob) >= 0
-                and sum(cfg.aug.switch_prob) > 0
-            ),
-            f"aug.switch_prob needs one non-negative weight per mixer that is on "
-            f"({', '.join(mixers(cfg.aug)) or 'none'}), got {cfg.aug.switch_prob}",
-        ),
+        (0 <= cfg.data.test_split < 1, "data.test_split must be in [0, 1)"),
+        (det.fpn_width >= 2, "det.fpn_width must be >= 2 (channels)"),
+        (det.detections > 0, "det.detections must be > 0"),
+        (det.head_convs >= 0, "det.head_convs must be >= 0"),
+        (0 <= det.score_thresh < 1, "det.score_thresh must be in [0, 1)"),
     ]
+
+
+def _classify_rules(cfg: ClassifyConfig) -> list[tuple[bool, str]]:
+    """(ok, message) for the classification keys that belong to no trick."""
+    return [(cfg.data.workers >= 0, "data.workers must be >= 0")]
 
 
 def advice(cfg: Config) -> list[str]:
@@ -486,18 +437,49 @@ def advice(cfg: Config) -> list[str]:
             f"optim.lr={cfg.optim.lr} looks like an SGD learning rate but optim.name="
             f"{cfg.optim.name}; adaptive optimizers usually want about 1e-3"
         )
-    if cfg.aug.flip_mode == "alternate" and not cfg.aug.hflip:
-        notes.append("aug.flip_mode=alternate does nothing while aug.hflip is off")
-    if cfg.distill.teacher is None and cfg.distill.alpha != DistillCfg.alpha:
-        notes.append("distill.alpha is set but distill.teacher is not; distillation is off")
+    if isinstance(cfg, ClassifyConfig):
+        if cfg.aug.flip_mode == "alternate" and not cfg.aug.hflip:
+            notes.append("aug.flip_mode=alternate does nothing while aug.hflip is off")
+        if cfg.distill.teacher is None and cfg.distill.alpha != DistillCfg.alpha:
+            notes.append("distill.alpha is set but distill.teacher is not; distillation is off")
     return notes
 
 
-def load(recipe: str = "default", overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults <- recipe YAML <- overrides, validated."""
-    cfg = apply(Config(), read_yaml(find_recipe(recipe)))
-    return validate(apply(cfg, overrides or {}))
+def load(
+    recipe: str = "default", overrides: dict[str, Any] | None = None, task: str | None = None
+) -> Config:
+    """Defaults <- recipe YAML <- overrides, validated, as the config of `task` (default: the
+    recipe's own). A recipe of another task is refused, naming the command that trains it."""
+    data = read_yaml(find_recipe(recipe))
+    own = data.pop("task", "classify")
+    task = task or own
+    if own != task:
+        raise UsageError(
+            f"recipe {Path(recipe).stem} is a {own} recipe, not a {task} one; train it with "
+            f"`{COMMANDS[own]}`, or choose a {task} recipe"
+        )
+    return validate(apply(apply(CONFIGS[task](), data), overrides or {}))
 
 
-def from_dict(d: dict) -> Config:
-    return validate(apply(Config(), d))
+def from_dict(d: dict, task: str = "classify") -> Config:
+    """The config of a run folder or checkpoint; one written before configs were per task
+    (format 1: no `task` key, every task's sections) is migrated first."""
+    d = dict(d)
+    fmt1 = "task" not in d
+    task = d.pop("task", None) or task
+    if task not in CONFIGS:
+        raise UsageError(f"config task {task!r} is not one of {', '.join(CONFIGS)}")
+    return validate(apply(CONFIGS[task](), migrate(d, task) if fmt1 else d))
+
+
+def migrate(d: dict, task: str) -> dict:
+    """A format-1 config (one layout for both tasks) in `task`'s layout: the keys only the
+    other task has are dropped. Format-1 runs refused those keys at anything but their
+    defaults, so nothing a run trained with is lost."""
+    own = set(flatten(to_dict(CONFIGS[task]())))
+    others = {k for t, c in CONFIGS.items() if t != task for k in flatten(to_dict(c()))}
+    return {k: v for k, v in flatten(d).items() if k in own or k not in others}
+
+
+COMMANDS = {"classify": "freebies train", "detect": "freebies detect train"}  # train, resume
+EVAL_COMMANDS = {"classify": "freebies eval", "detect": "freebies detect eval"}

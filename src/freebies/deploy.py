@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from freebies import config
 from freebies.build import build_model
 from freebies.checkpoint import Checkpoint
-from freebies.config import Config
+from freebies.config import ClassifyConfig
 from freebies.errors import UsageError
 from freebies.models.acnet import fuse_model
 
@@ -74,7 +74,7 @@ def fuse(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     return with_conv_bias(fused), counts
 
 
-def plain_fused(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
+def plain_fused(cfg: ClassifyConfig, num_classes: int, in_channels: int) -> nn.Module:
     """The deploy architecture: the model built without ACNet, eval mode, conv+BN folded."""
     plain_cfg = copy.deepcopy(cfg)
     plain_cfg.model.acnet = False
@@ -84,7 +84,7 @@ def plain_fused(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
 
 
 def fuse_and_check(
-    model: nn.Module, cfg: Config, x: torch.Tensor, num_classes: int
+    model: nn.Module, cfg: ClassifyConfig, x: torch.Tensor, num_classes: int
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Fuse `model` (a copy), check it on batch x: (N, C, H, W) fp32, and measure both.
 
@@ -174,7 +174,7 @@ def export(model: nn.Module, x: torch.Tensor, fmt: str, path: Any) -> None:
 
 def load_model(ckpt: Checkpoint) -> nn.Module:
     """Rebuild the model of a training or deploy checkpoint and load its weights (eval mode)."""
-    cfg = config.from_dict(ckpt.config)
+    cfg = config.from_dict(ckpt.config, "classify")
     cfg.train.sync_bn = False
     num_classes, in_channels = ckpt.num_classes, ckpt.data["shape"][0]
     if ckpt.deploy:

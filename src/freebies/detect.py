@@ -1,14 +1,18 @@
-"""Object detection on the run engine: `build` makes the task, `detect_step` is its step.
+"""Object detection on the run engine: `build` makes the task, `detect_step` is its step;
+`train`, `evaluate_checkpoint`, `predict_files` and `make_data` are what `freebies detect
+train | eval | predict | make-data` run.
 
 The step, in order: box-aware augmentation -> forward (FCOS: classification, box and
-centre-ness losses) -> backward and optimizer step -> LR schedule step and EMA. Evaluation is
-COCO AP by a maintained evaluator, on boxes mapped back to each image's original pixels. The
-run folder, checkpoints, resume and Ctrl-C belong to `freebies.engine`, as for classification.
+centre-ness losses); the engine then does backward, the optimizer step, the LR schedule step
+and EMA. Evaluation is COCO AP by a maintained evaluator, on boxes mapped back to each image's
+original pixels. The run folder, checkpoints, resume and Ctrl-C belong to `freebies.engine`,
+as for classification.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -20,15 +24,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from freebies import config, engine
-from freebies.build import (
-    base_lr,
-    make_lookahead,
-    make_optimizer,
-    make_scheduler,
-    recipe_errors,
-)
-from freebies.config import Config, DetCfg
+from freebies import catalog, checkpoint, config, engine
+from freebies.build import make_training, recipe_errors
+from freebies.config import DetectConfig
 from freebies.data.detection import (
     DetData,
     DetSplit,
@@ -40,42 +38,15 @@ from freebies.data.io import decode
 from freebies.data.loader import channel_stats, eval_batches, train_batches
 from freebies.deploy import count_macs
 from freebies.detection.coco import coco_metrics
-from freebies.detection.mixup import mix_detection
 from freebies.detection.model import BACKBONES, build_detector
 from freebies.detection.multiscale import native_size, small_box_side
-from freebies.detection.transforms import crop_boxes, expand_boxes, hflip_boxes, resize_boxes
-from freebies.distributed import Dist
+from freebies.detection.transforms import resize_boxes
+from freebies.distributed import Dist, pick_device
 from freebies.errors import UsageError, nearest
 from freebies.runtime import autocast_for
-from freebies.tricks import ema_model
-from freebies.tricks.photometric import color_jitter
 
 MODELS = tuple(f"fcos_{b}" for b in BACKBONES)
-# Classification settings a detection run does not use (yet), at their "off" values.
-CLASSIFICATION_ONLY = {
-    "aug.crop_padding": 0,
-    "aug.hflip": False,  # detection flips with det.hflip, boxes and all
-    "aug.vflip": False,
-    "aug.flip_mode": "random",
-    "aug.rotate": 0.0,
-    "aug.color_jitter": 0.0,
-    "aug.pca_lighting": 0.0,
-    "aug.autoaugment": "none",
-    "aug.cutout": 0,
-    "aug.random_erasing": 0.0,
-    "aug.mixup": 0.0,
-    "aug.cutmix": 0.0,
-    "aug.ricap": 0.0,
-    "model.acnet": False,
-    "model.dropout": 0.0,
-    "model.zero_init_residual": False,
-    "model.init": "kaiming",
-    "loss.label_smoothing": 0.0,
-    "distill.teacher": None,
-    "train.tta": False,
-    "train.precision": ("auto", "fp32", "bf16"),  # fp64 is classification's exactness check
-    "model.norm": "bn",
-}
+LOSS_PARTS = ("classification", "bbox_regression", "bbox_ctrness")  # FCOS's, logged per epoch
 IMAGE_SIZE = 416  # letterbox size when the recipe sets no data.image_size
 
 
@@ -83,33 +54,40 @@ IMAGE_SIZE = 416  # letterbox size when the recipe sets no data.image_size
 class DetStep:
     """Everything the detection step reads; `build` makes it once per run."""
 
-    cfg: Config
+    cfg: DetectConfig
     net: nn.Module  # the unwrapped detector (the EMA averages it)
     model: nn.Module  # what runs forward: `net`, or its DDP / compiled wrapper
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
     gen: torch.Generator  # this rank's augmentation stream
     boxes: list[torch.Tensor]  # training boxes per image, xyxy letterboxed pixels, on device
     labels: list[torch.Tensor]  # training labels per image, on device
     steps_per_epoch: int
     fill: list[float]  # the expand canvas: the training set's channel means, pixel units
-    ema: Any = None
-    lookahead: Any = None  # (optimizer, step) -> None, when optim.lookahead_every > 0
+    ema: Any = None  # AveragedModel, when ema.decay > 0: evaluation scores it
     autocast: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
+    # The det.* tricks that are on, built by their records (freebies.catalog); None when off.
+    mixup: Callable | None = None  # (x, boxes, labels, generator) -> mixed, box weights
+    jitter: Callable | None = None  # (x, generator) -> x
+    expand: Callable | None = None  # (x, boxes, generator, fill) -> x, boxes
+    crop: Callable | None = None  # (x, boxes, generator) -> x, boxes, kept
+    hflip: Callable | None = None  # (x, boxes, generator) -> x, boxes
+    shape: Callable | None = None  # (global step) -> training size
 
 
-def detect_step(s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: int) -> torch.Tensor:
+def detect_step(
+    s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One training step on batch (indices (N,), uint8 images (N, 3, S, S), indices (N,)).
 
-    Returns the detached loss: classification (sigmoid focal) + box (GIoU) + centre-ness, each
-    normalised by the global batch's foreground locations (their weights under mixup).
+    Returns the loss, classification (sigmoid focal) + box (GIoU) + centre-ness, each
+    normalised by the global batch's foreground locations (their weights under mixup), and
+    those three parts (detached, in LOSS_PARTS order).
     """
     idx, xb, _ = batch
     ids = idx.tolist()
     boxes, labels = [s.boxes[i] for i in ids], [s.labels[i] for i in ids]
     # 1. box-aware augmentation and random shapes (float pixels, batched, per-image draws)
     x, targets = augment(s, xb.float(), boxes, labels, epoch)
-    size = random_shape(s.cfg.det, s.cfg.train.seed, epoch * s.steps_per_epoch + step)
+    size = s.shape(epoch * s.steps_per_epoch + step) if s.shape else None
     if size is not None:
         x, scaled = resize_boxes(x, [t["boxes"] for t in targets], size)
         targets = [{**t, "boxes": b} for t, b in zip(targets, scaled, strict=True)]
@@ -118,9 +96,7 @@ def detect_step(s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: i
     with s.autocast, native_size(s.net, size, size) if size else contextlib.nullcontext():
         losses = s.model(images, targets)
     loss = sum(v.float() for v in losses.values())
-    # 3. backward, optimizer step, LR schedule step, lookahead, EMA
-    engine.update(loss, s.opt, s.sched, s.ema, s.net, s.lookahead)
-    return loss.detach()
+    return loss, [losses[k].detach().float() for k in LOSS_PARTS]
 
 
 def augment(
@@ -129,21 +105,20 @@ def augment(
     """The recipe's detection tricks in GluonCV's order (Zhang et al. 2019): mixup, colour
     jitter, expand, crop, flip. x: float pixels (N, C, S, S). Returns the images and the
     detector's targets; "weights" (per box) only under mixup."""
-    det, g = s.cfg.det, s.gen
-    weights = None
-    if det.mixup > 0 and epoch < s.cfg.train.epochs - det.mixup_off_epochs:
-        x, boxes, labels, weights = mix_detection(x, boxes, labels, det.mixup, g)
-    if det.color_jitter:
-        x = color_jitter(x, det.jitter_strength, g)
-    if det.expand:
-        x, boxes = expand_boxes(x, boxes, g, max_ratio=det.expand_ratio, fill=s.fill)
-    if det.crop:
-        x, boxes, keeps = crop_boxes(x, boxes, g, min_scale=det.crop_min_scale)
+    g, weights = s.gen, None
+    if s.mixup and epoch < s.cfg.train.epochs - s.cfg.det.mixup_off_epochs:
+        x, boxes, labels, weights = s.mixup(x, boxes, labels, generator=g)
+    if s.jitter:
+        x = s.jitter(x, generator=g)
+    if s.expand:
+        x, boxes = s.expand(x, boxes, g, fill=s.fill)
+    if s.crop:
+        x, boxes, keeps = s.crop(x, boxes, g)
         labels = [lab[k] for lab, k in zip(labels, keeps, strict=True)]
         if weights is not None:
             weights = [w[k] for w, k in zip(weights, keeps, strict=True)]
-    if det.hflip:
-        x, boxes = hflip_boxes(x, boxes, g)
+    if s.hflip:
+        x, boxes = s.hflip(x, boxes, g)
     targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels, strict=True)]
     if weights is not None:
         for t, w in zip(targets, weights, strict=True):
@@ -151,34 +126,21 @@ def augment(
     return x, targets
 
 
-def random_shape(det: DetCfg, seed: int, step: int) -> int | None:
-    """Random shapes (YOLOv3; Zhang et al. 2019, section 3.5): the training size for global
-    `step`, drawn from det.random_shapes every det.random_shapes_every steps. Every rank and a
-    resumed run draw the same size: it depends only on the seed and the step."""
-    if not det.random_shapes:
-        return None
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step // det.random_shapes_every)
-    return det.random_shapes[int(torch.randint(len(det.random_shapes), (), generator=g))]
+def step_tricks(cfg: DetectConfig) -> dict[str, Callable]:
+    """The DetStep fields of the det.* tricks that are on, each built by its record."""
+    b = catalog.built("detect", config.flatten(config.to_dict(cfg)))
+    fields = {
+        "det_mixup": "mixup",
+        "det_color_jitter": "jitter",
+        "det_expand": "expand",
+        "det_crop": "crop",
+        "det_hflip": "hflip",
+        "det_random_shapes": "shape",
+    }
+    return {field: b[name] for name, field in fields.items() if name in b}
 
 
-def check_settings(cfg: Config) -> None:
-    """Refuse classification-only settings: detection would train without them, and an
-    ablation of one would compare the baseline with itself."""
-    flat = config.flatten(config.to_dict(cfg))
-    on = [
-        k
-        for k, off in CLASSIFICATION_ONLY.items()
-        if (flat[k] not in off if isinstance(off, tuple) else flat[k] != off)
-    ]
-    if on:
-        fix = " ".join(f"{k}={CLASSIFICATION_ONLY[k]}" for k in on if k != "train.precision")
-        raise UsageError(
-            f"{', '.join(on)}: classification settings that detection does not use; set "
-            + (fix or "train.precision=auto")
-        )
-
-
-def make_detector(cfg: Config, data_info: dict[str, Any]) -> nn.Module:
+def make_detector(cfg: DetectConfig, data_info: dict[str, Any]) -> nn.Module:
     """The recipe's detector for data described by `data_info` (classes, image_size, mean, std)."""
     name = cfg.model.name
     if name not in MODELS:
@@ -202,7 +164,7 @@ def make_detector(cfg: Config, data_info: dict[str, Any]) -> nn.Module:
         )
 
 
-def load_data(cfg: Config) -> DetData:
+def load_data(cfg: DetectConfig) -> DetData:
     """The recipe's detection data, letterboxed to data.image_size; prints its cleaning note.
     `scenes` is the default Fashion scenes set, made on first use."""
     spec = cfg.data.spec
@@ -229,7 +191,7 @@ def load_data(cfg: Config) -> DetData:
     return data
 
 
-def check_training(cfg: Config, data: DetData) -> None:
+def check_training(cfg: DetectConfig, data: DetData) -> None:
     """What training needs of the data: a full batch, and a validation set to stop early on."""
     if cfg.train.batch_size > len(data.train):
         raise UsageError(
@@ -254,49 +216,35 @@ def data_info(data: DetData, image_size: int) -> dict[str, Any]:
     }
 
 
-def build(cfg: Config, d: Dist, recorded_precision: list[str] | None = None) -> engine.Task:
-    """The detection task for the engine."""
-    check_settings(cfg)
+def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = None) -> engine.Task:
+    """The detection task for the engine: data, detector and what trains it, the step."""
     data, dev = load_data(cfg), d.device
     check_training(cfg, data)
     info = data_info(data, cfg.data.image_size or IMAGE_SIZE)
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     net = make_detector(cfg, info).to(dev)
-    if cfg.train.sync_bn:
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    batch, steps_per_epoch, lr = (
-        cfg.train.batch_size,
-        len(data.train) // cfg.train.batch_size,
-        base_lr(cfg),
-    )
-    opt = make_optimizer(net, cfg, lr)
+    batch = cfg.train.batch_size
+    steps_per_epoch = len(data.train) // batch
     train_x = data.train.images.to(dev)
     precision = engine.decide_precision(cfg, d, recorded_precision)
+    t = make_training(cfg, net, d, steps_per_epoch)
     s = DetStep(
         cfg=cfg,
-        net=net,
-        model=net,
-        opt=opt,
-        sched=make_scheduler(opt, cfg, lr, steps_per_epoch),
-        lookahead=make_lookahead(cfg, steps_per_epoch),
-        gen=torch.Generator(dev).manual_seed(cfg.train.seed + 1_000_003 * d.rank),
+        net=t.net,
+        model=t.model,
+        gen=t.gen,
         boxes=[b.to(dev) for b in data.train.boxes],
         labels=[lab.to(dev) for lab in data.train.labels],
         steps_per_epoch=steps_per_epoch,
         fill=[255 * m for m in info["mean"]],
+        ema=t.ema,
         autocast=autocast_for(precision[0], dev),
+        **step_tricks(cfg),
     )
-    torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank + 1)
-    s.ema = ema_model(net, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.decay else None
-    s.model = engine.wrap(net, d, cfg.train.compile)
     size = info["image_size"]
     return engine.Task(
         name="detect",
-        net=net,
-        opt=opt,
-        sched=s.sched,
-        ema=s.ema,
-        gen=s.gen,
+        training=t,
         steps_per_epoch=steps_per_epoch,
         batch_size=batch,
         batches=lambda epoch, first: train_batches(
@@ -312,11 +260,12 @@ def build(cfg: Config, d: Dist, recorded_precision: list[str] | None = None) -> 
         step=lambda b, epoch, i: detect_step(s, b, epoch, i),
         evaluate=lambda final: eval_row(s, data, d),
         summary=summary_keys,
-        infer_macs=lambda: count_macs(net.eval(), torch.zeros(1, 3, size, size, device=dev)),
+        infer_macs=lambda: count_macs(t.net.eval(), torch.zeros(1, 3, size, size, device=dev)),
         data=info,
         precision=precision,
         shown=("map", "val_map"),
         select="val_map",
+        parts=LOSS_PARTS,
     )
 
 
@@ -394,7 +343,7 @@ def eval_row(s: DetStep, data: DetData, d: Dist) -> dict[str, Any]:
 
 def load_detector(ckpt: Any) -> nn.Module:
     """The detector of a detection checkpoint, its EMA weights when it has them, eval mode."""
-    cfg = config.from_dict(ckpt.config)
+    cfg = config.from_dict(ckpt.config, "detect")
     cfg.model.backbone_weights = None  # the checkpoint holds every weight
     model = make_detector(cfg, ckpt.data)
     state = ckpt.model
@@ -457,3 +406,171 @@ def summary_keys(final: dict[str, Any]) -> dict[str, Any]:
         **{k: final[k] for k in keys},
         **{k: final[k] for k in ("val_map", "val_map_50") if k in final},
     }
+
+
+def train(
+    recipe: str | None,
+    overrides: dict[str, Any],
+    out: Path | None,
+    *,
+    resume: Path | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Train a detector (`freebies detect train`): a new run of `recipe` (default: `detect`)
+    with `overrides` into `out`, or continue the run in folder `resume`. Returns the summary
+    and the run folder."""
+    return engine.train(
+        "detect", build, recipe, overrides, out, "detect", resume, overwrite, progress
+    )
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """The final figure of a run, for its last line."""
+    m = summary["map"]  # None when the test set has no boxes
+    return f"test map {m:.2f}" if m is not None else "test map n/a (no boxes in the test set)"
+
+
+def multiscale_infer(
+    model: nn.Module,
+    info: dict[str, Any],
+    *,
+    pyramid: str | None = None,
+    tiles: str | None = None,
+    tile_size: int | None = None,
+    auto_tiles: bool = False,
+    snip: float | None = None,
+    overlap: float = 0.2,
+    merge: str | None = None,
+    merge_thr: float = 0.5,
+) -> dict[str, Any]:
+    """predict()'s `infer` for the small-object options given (empty when none), and its
+    description: pyramid factors "1,1.5,2", a tile grid "RxC" or a tile size in input pixels,
+    SNIP's size filter, and the merge rule (see freebies.detection.multiscale)."""
+    from freebies.detection import multiscale as ms
+
+    size = info["image_size"]
+    try:
+        scales = [float(v) for v in pyramid.split(",")] if pyramid else []
+    except ValueError:
+        raise UsageError(f"--pyramid takes factors such as 1,1.5,2, got {pyramid!r}") from None
+    grid = None
+    if tiles:
+        rows, x, cols = tiles.lower().partition("x")
+        if not (x and rows.isdigit() and cols.isdigit()):
+            raise UsageError(f"--tiles takes ROWSxCOLS such as 2x2, got {tiles!r}")
+        grid = (int(rows), int(cols))
+    if auto_tiles:
+        tile_size = ms.auto_tile_size(info.get("small_box_side"), size, size)
+        if tile_size is None:
+            print(
+                "freebies: note: --auto-tiles: no tiling pays here (no small training boxes, "
+                "or tiles as large as the image); one full pass"
+            )
+    if snip is not None and not (scales or grid or tile_size):
+        raise UsageError("--snip filters the passes of --pyramid and the tiles; give one of them")
+    try:
+        windows = None
+        if grid or tile_size:
+            windows = ms.tile_windows(size, size, grid=grid, tile_size=tile_size, overlap=overlap)
+        ms.check_scales(scales)
+        if not (0 < merge_thr <= 1):
+            raise ValueError(f"--merge-thr must be in (0, 1], got {merge_thr}")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not scales and not windows:
+        return {}
+    kw = dict(
+        scales=scales or [1.0],
+        windows=windows,
+        input_size=size,
+        snip=snip,
+        merge=merge,
+        threshold=merge_thr,
+        detections=getattr(model, "detections_per_img", 100),
+    )
+    what = (f"pyramid {scales}" if scales else "") + (
+        f"{' + ' if scales else ''}{len(windows)} tiles of {windows[0][2] - windows[0][0]} px "
+        f"+ full pass, merge {merge or 'ios'}"
+        if windows
+        else ""
+    )
+    return {"infer": lambda x: ms.multiscale_detect(model, x, **kw), "what": what}
+
+
+def evaluate_checkpoint(
+    path: Path,
+    spec: str | None = None,
+    *,
+    limit: int | None = None,
+    device: str = "auto",
+    multiscale: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`freebies detect eval`: COCO AP of a checkpoint on the test split of the data it was
+    trained on (or `spec`'s); with `multiscale` options (`multiscale_infer`), also the single
+    pass's figures and the cost ratio."""
+    ckpt = checkpoint.load(path, "detect")
+    cfg = config.from_dict(ckpt.config, "detect")
+    cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, limit
+    cfg.data.image_size = ckpt.data["image_size"]
+    if spec is not None:
+        cfg.data.spec = spec
+    data = load_data(cfg)
+    if data.classes != ckpt.data["classes"]:
+        raise UsageError(
+            f"{cfg.data.spec} has classes {data.classes}, the model predicts "
+            f"{ckpt.data['classes']}; evaluate on data with the same classes"
+        )
+    model = load_detector(ckpt).to(pick_device(device))
+    info = dict(ckpt.data)  # checkpoints from before --auto-tiles: the data's training boxes
+    info.setdefault("small_box_side", small_box_side(data.train.boxes))
+    multi = multiscale_infer(model, info, **(multiscale or {}))
+    kw = dict(batch_size=cfg.train.eval_batch_size)
+    result = evaluate_split(model, data.test, data.classes, data.category_ids, **kw)
+    if multi:
+        single = result
+        result = evaluate_split(
+            model, data.test, data.classes, data.category_ids, infer=multi["infer"], **kw
+        )
+        result |= {
+            "inference": multi["what"],
+            "cost_vs_single": single["img_per_s"] / result["img_per_s"],
+            "single": {k: single[k] for k in ("map", "map_50", "map_small", "img_per_s")},
+        }
+    return result
+
+
+def predict_files(
+    path: Path,
+    images: list[Path],
+    out: Path,
+    *,
+    score_thr: float = 0.3,
+    device: str = "auto",
+    multiscale: dict[str, Any] | None = None,
+) -> None:
+    """`freebies detect predict`: each image with its detections drawn (PNG) and listed
+    (JSON) in folder `out`."""
+    if not 0 <= score_thr < 1:
+        raise UsageError(f"--score-thr must be in [0, 1), got {score_thr}")
+    ckpt = checkpoint.load(path, "detect")
+    model = load_detector(ckpt).to(pick_device(device))
+    multi = multiscale_infer(model, ckpt.data, **(multiscale or {}))
+    out.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        found = predict_image(model, image, ckpt.data, score_thr, infer=multi.get("infer"))
+        png, js = out / f"{image.stem}.png", out / f"{image.stem}.json"
+        draw(image, found, png)
+        js.write_text(json.dumps({"image": str(image), "detections": found}, indent=1) + "\n")
+        print(f"{image}: {len(found)} boxes -> {png}")
+
+
+def make_data(out: Path, seed: int = 0, **counts: int | None) -> Path:
+    """`freebies detect make-data`: write the Fashion scenes set (COCO format) to `out`, with
+    `train` / `val` / `test` scenes when given."""
+    from freebies.data.scenes import make_scenes
+
+    counts = {k: n for k, n in counts.items() if n is not None}
+    if any(n < 1 for n in counts.values()):
+        raise UsageError("--train, --val and --test must be >= 1")
+    return make_scenes(out, seed=seed, **{f"n_{k}": n for k, n in counts.items()})

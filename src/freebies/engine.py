@@ -1,9 +1,11 @@
 """The run engine every task shares: run folder, checkpoint, resume, Ctrl-C / SIGTERM, progress
 bar, metrics.jsonl, summary.json and curves.png.
 
-A task (classification in `freebies.train`, detection in `freebies.detect`) builds a `Task`:
-its network, optimizer, schedule, batches, one training step and one evaluation. `run` does
-the rest, the same way for every task, in plain code: no events, no hidden callbacks.
+A task (classification in `freebies.classify`, detection in `freebies.detect`) builds a `Task`:
+its network with what trains it (`build.make_training`), its batches, one step that returns the
+loss, and one evaluation. `run` does the rest, the same way for every task, in plain code (no
+events, no hidden callbacks): backward, optimizer, schedule, lookahead and EMA (`update`), the
+loop, checkpoints and the summary.
 docs/run-folder.md writes the contract down (files, summary keys, checkpoint schema).
 """
 
@@ -23,11 +25,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import yaml
-from torch import nn
-from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from freebies import checkpoint, config
+from freebies.build import Training
 from freebies.checkpoint import Checkpoint
 from freebies.config import Config
 from freebies.data.io import write_text
@@ -53,15 +54,12 @@ class Task:
     per run (see `decide_precision`)."""
 
     name: str  # "classify", "detect": recorded in the checkpoint
-    net: nn.Module  # the unwrapped network: saved, restored, counted
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
-    ema: AveragedModel | None
-    gen: torch.Generator  # this rank's augmentation stream, saved per rank
+    training: Training  # network, optimizer, schedule, lookahead, generator, EMA
     steps_per_epoch: int
     batch_size: int  # global images per step
     batches: Callable[[int, int], Iterable[Any]]  # (epoch, first step) -> this rank's batches
-    step: Callable[[Any, int, int], torch.Tensor]  # (batch, epoch, step) -> detached loss
+    # (batch, epoch, step) -> the loss to minimise, and its logged parts (named in `parts`)
+    step: Callable[[Any, int, int], tuple[torch.Tensor, list[torch.Tensor]]]
     evaluate: Callable[[bool], dict[str, Any]]  # (final epoch?) -> the metrics row's columns
     summary: Callable[[dict[str, Any]], dict[str, Any]]  # last metrics row -> headline keys
     infer_macs: Callable[[], int]  # per image, of the model as deployed
@@ -69,6 +67,7 @@ class Task:
     precision: tuple[str, str]  # what it trains in and why, from `decide_precision`
     shown: tuple[str, ...] = ("test_acc", "val_acc")  # printed each epoch and plotted
     select: str = "val_acc"  # early stopping watches it; higher is better
+    parts: tuple[str, ...] = ()  # the loss's parts, logged per epoch as train_<part>
 
 
 @dataclass
@@ -94,7 +93,7 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def resume_command(self) -> str:
-        return f"{checkpoint.COMMANDS[self.task]} --resume {self.out}"
+        return f"{config.COMMANDS[self.task]} --resume {self.out}"
 
 
 class StopFlag:
@@ -147,9 +146,10 @@ def resumed_config(
             f"--resume {out}: that run used recipe {saved.recipe!r}, not {recipe!r}; drop "
             "--recipe or start a new run"
         )
-    cfg = config.from_dict(saved.config)
+    cfg = config.from_dict(saved.config, task)
     have = config.flatten(config.to_dict(cfg))
-    asked = config.flatten(config.to_dict(config.apply(config.from_dict(saved.config), overrides)))
+    asked = config.apply(config.from_dict(saved.config, task), overrides)
+    asked = config.flatten(config.to_dict(config.validate(asked)))
     for key, value in asked.items():
         if value != have[key] and key != "train.device":
             raise UsageError(
@@ -173,7 +173,7 @@ def check_resume(ckpt: Checkpoint, task: Task, d: Dist, out: Path) -> None:
             f"--resume {out}: the checkpoint lacks {', '.join(missing)} state, "
             "so the run cannot continue exactly; start a new run"
         )
-    if task.ema is not None and ckpt.ema is None:
+    if task.training.ema is not None and ckpt.ema is None:
         raise UsageError(
             f"--resume {out}: ema.decay is on but the checkpoint holds no "
             "EMA weights; resume without EMA or start a new run"
@@ -192,12 +192,13 @@ def check_resume(ckpt: Checkpoint, task: Task, d: Dist, out: Path) -> None:
 
 def restore(ckpt: Checkpoint, task: Task, d: Dist) -> State:
     """Load weights, optimizer, schedule, EMA and this rank's RNG streams from `ckpt`."""
-    task.net.load_state_dict(ckpt.model)
-    if task.ema is not None:
-        task.ema.load_state_dict(ckpt.ema)
-    task.opt.load_state_dict(ckpt.optimizer)
-    task.sched.load_state_dict(ckpt.scheduler)
-    task.gen.set_state(ckpt.rng["aug"][d.rank])
+    t = task.training
+    t.net.load_state_dict(ckpt.model)
+    if t.ema is not None:
+        t.ema.load_state_dict(ckpt.ema)
+    t.opt.load_state_dict(ckpt.optimizer)
+    t.sched.load_state_dict(ckpt.scheduler)
+    t.gen.set_state(ckpt.rng["aug"][d.rank])
     torch.set_rng_state(ckpt.rng["torch"])
     return State(ckpt.epoch, ckpt.step, ckpt.metrics, ckpt.partial, ckpt.times)
 
@@ -218,14 +219,32 @@ def decide_precision(
     return from_rank0(choice)
 
 
-def wrap(net: nn.Module, d: Dist, compile: bool) -> nn.Module:
-    """What trains: `net`, under DDP when there are several processes, compiled if asked."""
-    model = net
-    if d.world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[d.device.index] if d.device.type == "cuda" else None
-        )
-    return torch.compile(model) if compile else model
+def train(
+    task: str,
+    build: Callable[..., Task],
+    recipe: str | None,
+    overrides: dict[str, Any],
+    out: Path | None,
+    default_recipe: str,
+    resume: Path | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """A task's train entry point: continue the run in folder `resume` (its own recipe and
+    settings; `overrides` may only repeat them), or start `recipe` (default `default_recipe`)
+    with `overrides` in `out` (default runs/RECIPE-MODEL-seedN). Returns (summary, folder)."""
+    if resume is not None:
+        if out is not None and out.resolve() != resume.resolve():
+            raise UsageError("--resume continues the run in its own folder; drop --out")
+        cfg = resumed_config(resume, recipe, overrides, task)
+        return run(cfg, resume, build, resume=True, progress=progress), resume
+    recipe = recipe or default_recipe
+    cfg = config.load(recipe, overrides, task)
+    for note in config.advice(cfg):
+        print(f"freebies: warning: {note}", file=sys.stderr)
+    name = Path(recipe).stem
+    out = out or Path("runs") / f"{name}-{cfg.model.name}-seed{cfg.train.seed}"
+    return run(cfg, out, build, recipe=name, overwrite=overwrite, progress=progress), out
 
 
 def run(
@@ -311,7 +330,7 @@ class _Run:
         stop_reason = self.early_stop_reason()
         with StopFlag() as stop:
             for epoch in range(st.epoch, epochs if not stop_reason else st.epoch):
-                task.net.train()
+                task.training.net.train()
                 first = st.step if epoch == st.epoch else 0
                 if first == 0:
                     st.partial = dict(_EMPTY)
@@ -329,18 +348,23 @@ class _Run:
     def train_epoch(self, epoch: int, first: int, stop: StopFlag, bar: tqdm) -> None:
         """The steps of one epoch from step `first`; on Ctrl-C, checkpoint and stop."""
         task, steps = self.task, self.task.steps_per_epoch
-        losses = torch.zeros(steps, dtype=torch.float64, device=self.d.device)
+        # per step: the loss, then its parts (global means once summed over ranks)
+        logs = torch.zeros(steps, 1 + len(task.parts), dtype=torch.float64, device=self.d.device)
         t_seg, step = time.perf_counter(), first
         for step, batch in enumerate(task.batches(epoch, first), start=first):
-            losses[step] = task.step(batch, epoch, step)
+            loss, parts = task.step(batch, epoch, step)
+            update(loss, task.training)
+            logs[step, 0] = loss.detach()
+            for i, part in enumerate(parts, start=1):
+                logs[step, i] = part
             done = step + 1
             if done % SYNC_EVERY == 0 or done == steps:
                 lo = max(first, (done - 1) // SYNC_EVERY * SYNC_EVERY)
-                window = self.check_finite(losses, lo, done, epoch)
+                window = self.check_finite(logs, lo, done, epoch)
                 bar.set_postfix(
                     epoch=epoch + 1,
-                    loss=f"{window.mean().item():.3f}",
-                    lr=f"{task.sched.get_last_lr()[0]:.3g}",
+                    loss=f"{window[:, 0].mean().item():.3f}",
+                    lr=f"{task.training.sched.get_last_lr()[0]:.3g}",
                     img_s=f"{(done - first) * task.batch_size / (time.perf_counter() - t_seg):.0f}",
                     refresh=False,
                 )
@@ -348,22 +372,27 @@ class _Run:
             # Under DDP every rank checks at the same steps, so they stop together.
             check = self.d.world == 1 or done % SYNC_EVERY == 0
             if check and done < steps and any_rank(stop.set, self.d.device):
-                self.add(self.check_finite(losses, first, done, epoch), t_seg)
+                self.add(self.check_finite(logs, first, done, epoch), t_seg)
                 self.save(epoch, done)
                 raise Interrupted(self.out, self.task.name)
-        self.add(self.check_finite(losses, first, step + 1, epoch), t_seg)
+        self.add(self.check_finite(logs, first, step + 1, epoch), t_seg)
 
     def end_epoch(self, epoch: int, last: bool, bar: tqdm) -> None:
         """Evaluate when due, append the metrics row, checkpoint, write metrics.jsonl."""
-        task, st, cfg = self.task, self.state, self.cfg
+        task, st, cfg, t = self.task, self.state, self.cfg, self.task.training
         st.times["train_s"] += st.partial["train_s"]
+        steps = max(st.partial["steps"], 1)
         row: dict[str, Any] = {
             "epoch": epoch + 1,
-            "lr": task.sched.get_last_lr()[0],
-            "train_loss": st.partial["loss_sum"] / max(st.partial["steps"], 1),
+            "lr": t.sched.get_last_lr()[0],
+            "train_loss": st.partial["loss_sum"] / steps,
+            **{
+                f"train_{name}": total / steps
+                for name, total in zip(task.parts, st.partial.get("part_sums", []), strict=False)
+            },
             "img_per_s": task.steps_per_epoch * task.batch_size / max(st.partial["train_s"], 1e-9),
         }
-        broadcast_buffers(task.net, task.ema)
+        broadcast_buffers(t.net, t.ema)
         if last or (epoch + 1) % cfg.train.eval_every == 0:
             row.update(task.evaluate(last))
         row["wall_s"] = time.perf_counter() - self.t0
@@ -377,20 +406,26 @@ class _Run:
             bar.write(line) if self.show else print(line, flush=True)
 
     def add(self, window: torch.Tensor, t_seg: float) -> None:
-        """Fold a span of per-step (global mean) losses and its seconds into the epoch's."""
+        """Fold a span of per-step (global mean) losses, their parts and its seconds into the
+        epoch's."""
         p = self.state.partial
-        p["loss_sum"] += float(window.double().sum())
+        p["loss_sum"] += float(window[:, 0].sum())
+        sums = window[:, 1:].sum(0).tolist()
+        p["part_sums"] = [
+            a + b for a, b in zip(p.get("part_sums", [0.0] * len(sums)), sums, strict=True)
+        ]
         p["steps"] += len(window)
         p["train_s"] += time.perf_counter() - t_seg
 
-    def check_finite(self, losses: torch.Tensor, lo: int, hi: int, epoch: int) -> torch.Tensor:
-        """The global mean losses of steps [lo, hi); stop naming the step if any is NaN/inf."""
-        window = all_sum(losses[lo:hi].clone()) / self.d.world
-        bad = (~torch.isfinite(window)).nonzero()
+    def check_finite(self, logs: torch.Tensor, lo: int, hi: int, epoch: int) -> torch.Tensor:
+        """The global mean logs (loss, parts) of steps [lo, hi); stop naming the step if a loss
+        is NaN/inf."""
+        window = all_sum(logs[lo:hi].clone()) / self.d.world
+        bad = (~torch.isfinite(window[:, 0])).nonzero()
         if len(bad):
             i, steps = lo + int(bad[0]) + 1, self.task.steps_per_epoch
             raise UsageError(
-                f"loss became {window[bad[0]].item()} at step {epoch * steps + i} "
+                f"loss became {window[bad[0], 0].item()} at step {epoch * steps + i} "
                 f"(epoch {epoch + 1}, batch {i}); stopped, the last good checkpoint is kept in "
                 f"{self.out / 'last.pt'}; lower optim.lr or check the data"
             )
@@ -403,19 +438,19 @@ class _Run:
 
     def save(self, epoch: int, step: int) -> None:
         """Checkpoint the run as out/last.pt (every rank's RNG stream; rank 0 writes)."""
-        task, st, d = self.task, self.state, self.d
-        aug_states = gather_states(task.gen, d)
+        task, st, d, t = self.task, self.state, self.d, self.task.training
+        aug_states = gather_states(t.gen, d)
         if not d.main:
             return
         ckpt = Checkpoint(
-            model=task.net.state_dict(),
+            model=t.net.state_dict(),
             config=config.to_dict(self.cfg),
             data=task.data,
             recipe=self.recipe,
             task=task.name,
-            optimizer=task.opt.state_dict(),
-            scheduler=task.sched.state_dict(),
-            ema=task.ema.state_dict() if task.ema is not None else None,
+            optimizer=t.opt.state_dict(),
+            scheduler=t.sched.state_dict(),
+            ema=t.ema.state_dict() if t.ema is not None else None,
             rng={"aug": aug_states, "torch": torch.get_rng_state()},
             device_type=d.device.type,
             precision=list(task.precision),
@@ -441,7 +476,7 @@ class _Run:
             "wall_s": time.perf_counter() - self.t0,
             "train_s": st.times["train_s"],
             "train_img_per_s": images / max(st.times["train_s"], 1e-9),
-            "params": sum(p.numel() for p in task.net.parameters()),
+            "params": sum(p.numel() for p in task.training.net.parameters()),
             "infer_macs": task.infer_macs(),
             "peak_mem_mb": peak_mem_mb(dev),
             "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
@@ -477,24 +512,17 @@ def early_stop_reason(metrics: list[dict], patience: int, key: str = "val_acc") 
     )
 
 
-def update(
-    loss: torch.Tensor,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
-    ema: AveragedModel | None,
-    net: nn.Module,
-    lookahead: Callable[[torch.optim.Optimizer, int], None] | None = None,
-) -> None:
-    """The end of every task's step: backward, optimizer step, LR schedule step, lookahead
+def update(loss: torch.Tensor, t: Training) -> None:
+    """After every task's step: backward, optimizer step, LR schedule step, lookahead
     (`build.make_lookahead`, given the step number), EMA update (of the weights just written)."""
-    opt.zero_grad(set_to_none=True)
+    t.opt.zero_grad(set_to_none=True)
     loss.backward()
-    opt.step()
-    sched.step()
-    if lookahead is not None:
-        lookahead(opt, sched.last_epoch)  # LambdaLR counts the steps taken, resumes included
-    if ema is not None:
-        ema.update_parameters(net)
+    t.opt.step()
+    t.sched.step()
+    if t.lookahead is not None:
+        t.lookahead(t.opt, t.sched.last_epoch)  # LambdaLR counts the steps taken, resumes too
+    if t.ema is not None:
+        t.ema.update_parameters(t.net)
 
 
 def check_early_stop(patience: int, has_val: bool) -> None:

@@ -16,6 +16,7 @@ from torch import nn
 from freebies.data.folder import FolderImages
 from freebies.data.loader import eval_batches, normalize
 from freebies.distributed import all_sum
+from freebies.tricks.record import Key, Settings, Trick
 
 ECE_BINS = 15
 
@@ -97,3 +98,24 @@ def evaluate(
         "nll": float(nll / n),
         "ece": ece_from_sums(sums),
     }
+
+
+def _tta_rules(s: Settings) -> list[tuple[bool, str]]:
+    return [
+        (
+            s["train.tta_shift"] == 0 or s["train.tta"],
+            "train.tta_shift adds shifted views to the flip TTA; set train.tta=true too",
+        )
+    ]
+
+
+TTA = Trick(
+    "tta",
+    ("classify",),
+    (Key("train.tta", bool), Key("train.tta_shift", int, "[0, inf)", note="pixels")),
+    {"train.tta": True},
+    "Krizhevsky et al. 2012; Jordan 2024 (shifted views)",
+    "https://dl.acm.org/doi/10.1145/3065386",
+    "average the prediction of the image and its mirror (x2 inference cost, not free)",
+    check=_tta_rules,
+)

@@ -1,9 +1,8 @@
 """The batch loader: the dataset is one uint8 tensor on the device.
 
 Batches are drawn by index from one global shuffled order (seeded by the run seed and the epoch,
-the same on every rank); each rank takes its slice. Crop and flip are batched tensor ops with
-each image's own random draw, from the rank's own generator, in the style of airbench
-(Keller Jordan), instead of per-sample PIL transforms.
+the same on every rank); each rank takes its slice. Augmentation, crop and flip included, is
+batched tensor code in `freebies.tricks` (airbench's style), not per-sample PIL transforms.
 
 Image folders too large for memory (`data.stream`) go through a `torch.utils.data.DataLoader`
 whose workers decode files; it is fed the very same index lists, so the order, the rank shards
@@ -15,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from freebies.data.folder import FolderImages
@@ -25,50 +23,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The global shuffled order of `n` indices for `epoch`; identical on every rank."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=g)
-
-
-def random_crop(
-    x: torch.Tensor, pad: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Zero-pad by `pad` and crop back to (H, W) at a random offset per image.
-
-    x: (N, C, H, W), any dtype. Returns (N, C, H, W). pad=0 is the identity.
-    """
-    if pad == 0:
-        return x
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    # Advanced indexing moves the channel axis last: (N, H, W, C) -> back to (N, C, H, W).
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
-
-
-def random_flip(
-    x: torch.Tensor, generator: torch.Generator | None = None, dim: int = 3
-) -> torch.Tensor:
-    """Flip each image with probability 1/2, horizontally (dim=3) or vertically (dim=2).
-
-    x: (N, C, H, W).
-    """
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(dim), x)
-
-
-def alternating_flip(
-    x: torch.Tensor, idx: torch.Tensor, epoch: int, first: torch.Tensor
-) -> torch.Tensor:
-    """Alternating flip (Jordan 2024, arXiv:2404.00498, section 3.6): image i is flipped in
-    epoch e iff first[i] XOR (e odd), so epoch 0 flips a random half and every later epoch
-    flips exactly the images the one before did not.
-
-    x: (N, C, H, W); idx: (N,) dataset indices; first: (dataset size,) bool, drawn once per run.
-    """
-    flip = first[idx] ^ bool(epoch % 2)
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
 def normalize(

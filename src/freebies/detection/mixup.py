@@ -14,9 +14,12 @@ Ultralytics at Beta(32, 32), all without weights).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from freebies.tricks.checks import check_generator, check_images, check_nonneg, scalar_device
+from freebies.tricks.record import Key, Trick, when
 
 
 def mix_detection(
@@ -70,3 +73,19 @@ def mix_detection(
         out_labels.append(torch.cat([labels[i], labels[j]])[keep])
         out_weights.append(weight[keep])
     return mixed, out_boxes, out_labels, out_weights
+
+
+DET_MIXUP = Trick(
+    "det_mixup",
+    ("detect",),
+    (
+        Key("det.mixup", float, "[0, inf)", note="the Beta alpha, 1.5 in the paper; 0 = off"),
+        Key("det.mixup_off_epochs", int, "[0, inf)", note="no mixup in the last N epochs"),
+    ),
+    {"det.mixup": 1.5},
+    "Zhang et al. 2019 (detection bag of freebies)",
+    "https://arxiv.org/abs/1902.04103",
+    "visually coherent mixup: blend two images, keep both images' boxes, each box's loss "
+    "weighted by its image's share",
+    build=lambda s: when(s["det.mixup"], lambda: partial(mix_detection, alpha=s["det.mixup"])),
+)

@@ -34,6 +34,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from freebies.distributed import all_sum
+from freebies.tricks.record import Key, Trick
 
 # backbone -> (its trunk, {layer name: FPN input name} for strides 8, 16, 32, their channels)
 BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18")
@@ -249,3 +250,15 @@ def build_detector(
         score_thresh=score_thresh,
         detections_per_img=detections_per_img,
     )
+
+
+DET_LABEL_SMOOTHING = Trick(
+    "det_label_smoothing",
+    ("detect",),
+    (Key("det.label_smoothing", float, "[0, 1)", note="eps; 0 = off"),),
+    {"det.label_smoothing": 0.1},
+    "Zhang et al. 2019 (detection bag of freebies)",
+    "https://arxiv.org/abs/1902.04103",
+    "smooth the classification head's foreground targets: true class 1 - eps, others "
+    "eps / (K - 1); background stays 0",
+)

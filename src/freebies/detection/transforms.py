@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch.nn import functional as F
 from torchvision.ops import box_iou
 
 from freebies.tricks.checks import check_generator, check_images
+from freebies.tricks.record import Key, Settings, Trick, when
 
 # SSD's crop modes: the minimum IoU between the crop and a box; inf is "keep the whole image".
 _MIN_IOUS = (math.inf, 0.1, 0.3, 0.5, 0.7, 0.9)
@@ -284,3 +286,85 @@ def resize_boxes(
     _, _, h, w = x.shape
     x = _resize(x, size, size, antialias=size < h or size < w)
     return x, [b * size / _per_box(b, [w, h] * 2) for b in boxes]
+
+
+def random_shape(shapes: Sequence[int], every: int, seed: int, step: int) -> int:
+    """Random shapes (YOLOv3; Zhang et al. 2019, section 3.5): the training size for global
+    `step`, drawn from `shapes` every `every` steps. Every rank and a resumed run draw the same
+    size: it depends only on the seed and the step."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step // every)
+    return shapes[int(torch.randint(len(shapes), (), generator=g))]
+
+
+def _shape_rules(s: Settings) -> list[tuple[bool, str]]:
+    shapes = s["det.random_shapes"]
+    return [
+        (
+            shapes is None or len(shapes) > 0,
+            "det.random_shapes is empty; list sizes such as [192,224,256], or null for off",
+        ),
+        (
+            shapes is None or all(v > 0 and v % 32 == 0 for v in shapes),
+            f"det.random_shapes={shapes}: every size must be a positive multiple of 32 (the "
+            "backbone's stride)",
+        ),
+    ]
+
+
+DET_HFLIP = Trick(
+    "det_hflip",
+    ("detect",),
+    (Key("det.hflip", bool),),
+    {"det.hflip": True},
+    "Zhang et al. 2019 (detection bag of freebies)" + "; Liu et al. 2016 (SSD)",
+    "https://arxiv.org/abs/1902.04103",
+    "random horizontal flip, boxes flipped with the image (on in the detection recipes)",
+    build=lambda s: when(s["det.hflip"], lambda: hflip_boxes),
+)
+DET_EXPAND = Trick(
+    "det_expand",
+    ("detect",),
+    (Key("det.expand", bool), Key("det.expand_ratio", float, "[1, inf)", note="SSD: 4")),
+    {"det.expand": True},
+    "Zhang et al. 2019 (detection bag of freebies)" + "; Liu et al. 2016 (SSD)",
+    "https://arxiv.org/abs/1512.02325",
+    "zoom out: shrink the image by up to expand_ratio onto a mean-filled canvas",
+    build=lambda s: when(
+        s["det.expand"], lambda: partial(expand_boxes, max_ratio=s["det.expand_ratio"])
+    ),
+)
+DET_CROP = Trick(
+    "det_crop",
+    ("detect",),
+    (Key("det.crop", bool), Key("det.crop_min_scale", float, "(0, 1]", note="SSD: 0.3")),
+    {"det.crop": True},
+    "Zhang et al. 2019 (detection bag of freebies)" + "; Liu et al. 2016 (SSD)",
+    "https://arxiv.org/abs/1512.02325",
+    "random crop with a minimum IoU to some box, boxes clipped, tiny ones dropped",
+    build=lambda s: when(
+        s["det.crop"], lambda: partial(crop_boxes, min_scale=s["det.crop_min_scale"])
+    ),
+)
+DET_RANDOM_SHAPES = Trick(
+    "det_random_shapes",
+    ("detect",),
+    (
+        Key("det.random_shapes", list, "(0, inf)", note="multiples of 32; null = off"),
+        Key("det.random_shapes_every", int, "(0, inf)", note="iterations"),
+    ),
+    {"det.random_shapes": [192, 224, 256, 288, 320]},
+    "Zhang et al. 2019 (detection bag of freebies)" + "; Redmon & Farhadi 2018 (YOLOv3)",
+    "https://arxiv.org/abs/1902.04103",
+    "every k iterations the whole batch trains at a size drawn from the list; evaluation "
+    "stays at data.image_size",
+    check=_shape_rules,
+    build=lambda s: when(
+        s["det.random_shapes"],
+        lambda: partial(
+            random_shape,
+            s["det.random_shapes"],
+            s["det.random_shapes_every"],
+            s["train.seed"],
+        ),
+    ),
+)

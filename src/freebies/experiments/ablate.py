@@ -54,7 +54,7 @@ from freebies.report.table import (
     summarize,
     write_report,
 )
-from freebies.tricks.catalog import TRICKS
+from freebies.catalog import TRICKS
 
 MODES = ("single", "cumulative", "both")
 TEACHER = "@baseline"  # distillation without a teacher: the grid's own baseline teaches
@@ -187,7 +187,8 @@ class Grid:
         self.words = trainer_words(trainer)
         self.classification = self.words == DEFAULT_TRAINER.split()
         # freebies' own trainers read the recipe through freebies.config: check it up front
-        self.own = self.classification or self.words == DETECT_TRAINER.split()
+        self.task = own_task(trainer)
+        self.own = self.task is not None
 
     def executable(self) -> list[str]:
         """The trainer as a process to start: `freebies ...` runs in this interpreter."""
@@ -214,7 +215,7 @@ class Grid:
     def cfg(self, v: Variant, seed: int) -> config.Config:
         """The resolved config of a run (freebies' own trainers only)."""
         try:
-            return config.load(self.recipe, self.run_overrides(v, seed))
+            return config.load(self.recipe, self.run_overrides(v, seed), self.task)
         except UsageError as e:
             raise UsageError(f"variant {v.name!r}: {e}") from None
 
@@ -421,11 +422,17 @@ def choose_bag(grid: Grid, rows: list[dict], tricks: list[tuple[str, dict]]) -> 
     return Variant("bag", "bag", names, stacked, chosen_by=why)
 
 
+def own_task(trainer: str) -> str | None:
+    """The task of one of freebies' own trainers, or None for another command."""
+    words = trainer_words(trainer)
+    return next((t for t, (_, cmd, _) in TASKS.items() if words == cmd.split()), None)
+
+
 def grid_seeds(recipe: str, overrides: dict[str, Any], trainer: str, count: int) -> list[int]:
     """`count` seeds from the run's own train.seed: the recipe's for freebies' own trainers,
     else `--set train.seed` (0 when unset), since another trainer's recipe is its own."""
-    if trainer_words(trainer) in (DEFAULT_TRAINER.split(), DETECT_TRAINER.split()):
-        first = config.load(recipe, overrides).train.seed
+    if own_task(trainer) is not None:
+        first = config.load(recipe, overrides, own_task(trainer)).train.seed
     else:
         first = overrides.get("train.seed", 0)
         if not isinstance(first, int) or isinstance(first, bool):

@@ -31,6 +31,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
+from freebies.tricks.record import Key, Trick
+
 __all__ = ["ACBlock", "convert", "fuse_model", "is_square_conv"]
 
 
@@ -342,3 +344,18 @@ class ACBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"hor_crop={self.hor_crop}, ver_crop={self.ver_crop}"
+
+
+ACNET = Trick(
+    "acnet",
+    ("classify",),
+    (
+        Key("model.acnet", bool),
+        Key("model.acnet_side_gamma", float, note="the 1xk and kx1 branches' initial BN weight"),
+        Key("model.acnet_square_gamma", float, note="the kxk branch's initial BN weight"),
+    ),
+    {"model.acnet": True},
+    "Ding et al. 2019",
+    "https://arxiv.org/abs/1908.03930",
+    "train k x k + 1 x k + k x 1 branches; `freebies fuse` folds them into one conv",
+)

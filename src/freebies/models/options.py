@@ -14,6 +14,7 @@ from torch import nn
 
 from freebies.models.acnet import ACBlock
 from freebies.models.resnet import BasicBlock, PreActBlock
+from freebies.tricks.record import Key, Trick
 
 
 def xavier_init(model: nn.Module) -> nn.Module:
@@ -51,3 +52,32 @@ def add_dropout(model: nn.Module, p: float) -> nn.Module:
     if p > 0:
         model.fc = nn.Sequential(nn.Dropout(p), model.fc)
     return model
+
+
+XAVIER_INIT = Trick(
+    "xavier_init",
+    ("classify",),
+    (Key("model.init", str, choices=("kaiming", "xavier")),),
+    {"model.init": "xavier"},
+    "Glorot & Bengio 2010",
+    "https://proceedings.mlr.press/v9/glorot10a.html",
+    "Xavier-uniform initialisation instead of Kaiming",
+)
+ZERO_INIT_RESIDUAL = Trick(
+    "zero_init_residual",
+    ("classify",),
+    (Key("model.zero_init_residual", bool),),
+    {"model.zero_init_residual": True},
+    "Goyal et al. 2017",
+    "https://arxiv.org/abs/1706.02677",
+    "zero the last BN of each residual branch: every block starts as the identity",
+)
+DROPOUT = Trick(
+    "dropout",
+    ("classify",),
+    (Key("model.dropout", float, "[0, 1)", note="0 = off"),),
+    {"model.dropout": 0.2},
+    "Srivastava et al. 2014",
+    "https://jmlr.org/papers/v15/srivastava14a.html",
+    "dropout before the classifier",
+)

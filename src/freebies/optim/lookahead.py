@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from freebies.tricks.record import Key, Trick
+
 
 @torch.no_grad()
 def lookahead_step(
@@ -36,3 +38,17 @@ def lookahead_step(
             slow = state["slow"]
             slow.lerp_(p, 1 - pull)
             p.copy_(slow)
+
+
+LOOKAHEAD = Trick(
+    "lookahead",
+    ("classify", "detect"),
+    (
+        Key("optim.lookahead_every", int, "[0, inf)", note="steps; 0 = off"),
+        Key("optim.lookahead_decay", float, "[0, 1]"),
+    ),
+    {"optim.lookahead_every": 5},
+    "Zhang et al. 2019; schedule from airbench94 (Jordan 2024)",
+    "https://arxiv.org/abs/1907.08610",
+    "every N steps pull the weights to a slow copy, harder near the end; end on the slow copy",
+)

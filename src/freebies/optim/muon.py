@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from freebies.tricks.record import Key, Trick
+
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic iteration, from the Muon post
 
 
@@ -96,3 +98,19 @@ class Muon(torch.optim.Optimizer):
                 update *= max(1.0, flat.shape[0] / flat.shape[1]) ** 0.5
                 p.add_(update.view_as(p), alpha=-lr)
         return loss
+
+
+MUON = Trick(
+    "muon",
+    ("classify", "detect"),
+    (
+        Key("optim.name", str),  # its choices: the adabound record
+        Key("optim.muon_lr", float, "(0, inf)", note="the conv filters' LR"),
+        Key("optim.muon_momentum", float, "[0, 1)"),
+        Key("optim.muon_normalize", bool),
+    ),
+    {"optim.name": "muon"},
+    "Jordan et al. 2024 (Muon; airbench94_muon)",
+    "https://kellerjordan.github.io/posts/muon/",
+    "conv filters step along their orthogonalised momentum (Newton-Schulz); the rest SGD",
+)

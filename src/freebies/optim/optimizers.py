@@ -12,6 +12,7 @@ from torch import nn
 
 from freebies.optim.adabound import AdaBound
 from freebies.optim.muon import Muon
+from freebies.tricks.record import Key, Settings, Trick
 
 OPTIMIZERS = ("sgd", "adamw", "adabound", "amsbound", "muon")
 LR_SCALING = ("none", "linear")
@@ -110,3 +111,74 @@ def build_optimizer(
             amsbound=name == "amsbound",
         )
     return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def _nesterov_rules(s: Settings) -> list[tuple[bool, str]]:
+    return [
+        (
+            not s["optim.nesterov"] or s["optim.momentum"] > 0,
+            "optim.nesterov needs optim.momentum > 0",
+        )
+    ]
+
+
+LINEAR_SCALING = Trick(
+    "linear_scaling",
+    ("classify", "detect"),
+    (
+        Key("optim.lr_scaling", str, choices=LR_SCALING),
+        Key("optim.lr_base_batch", int, "(0, inf)", note="the batch optim.lr is set for"),
+    ),
+    {"optim.lr_scaling": "linear"},
+    "Goyal et al. 2017",
+    "https://arxiv.org/abs/1706.02677",
+    "LR = base LR x global batch / optim.lr_base_batch (256)",
+)
+ADABOUND = Trick(
+    "adabound",
+    ("classify", "detect"),
+    (
+        Key("optim.name", str, choices=OPTIMIZERS),
+        Key("optim.final_lr", float, "(0, inf)", note="the SGD LR the bounds converge to"),
+        Key("optim.gamma", float, "(0, inf)", note="the bounds' convergence speed"),
+    ),
+    {"optim.name": "adabound", "optim.lr": 0.001},
+    "Luo et al. 2019",
+    "https://arxiv.org/abs/1902.09843",
+    "Adam whose per-weight step is clipped to bounds that converge to SGD's LR",
+)
+NO_BN_DECAY = Trick(
+    "no_bn_decay",
+    ("classify", "detect"),
+    (Key("optim.no_bn_decay", bool),),
+    {"optim.no_bn_decay": True},
+    "He et al. 2019 (Bag of Tricks)",
+    "https://arxiv.org/abs/1812.01187",
+    "no weight decay on norm weights and biases",
+)
+BIAS_LR = Trick(
+    "bias_lr",
+    ("classify", "detect"),
+    (Key("optim.bias_lr_scale", float, "(0, inf)", note="airbench: 64"),),
+    {"optim.bias_lr_scale": 64.0},
+    "Jordan 2024 (airbench)",
+    "https://arxiv.org/abs/2404.00498",
+    "norm weights and biases train at a multiple of the LR (decay per step unchanged)",
+)
+NESTEROV = Trick(
+    "nesterov",
+    ("classify", "detect"),
+    (Key("optim.nesterov", bool), Key("optim.momentum", float, "[0, inf)")),
+    {"optim.nesterov": True},
+    "Sutskever et al. 2013",
+    "https://proceedings.mlr.press/v28/sutskever13.html",
+    "Nesterov momentum for SGD",
+    check=_nesterov_rules,
+)
+WEIGHT_DECAY = Trick(
+    "weight_decay",
+    ("classify", "detect"),
+    (Key("optim.weight_decay", float, "[0, inf)"),),
+    {"optim.weight_decay": 5e-4},
+    card="L2 regularisation through the optimizer (on in the baseline)",
+)

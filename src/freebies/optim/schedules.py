@@ -15,6 +15,8 @@ from functools import partial
 
 import torch
 
+from freebies.tricks.record import Key, Settings, Trick
+
 DECAYS = ("step", "cosine", "linear", "none")
 WARMUPS = ("linear", "constant")
 
@@ -90,3 +92,42 @@ def build_scheduler(
         min_factor=min_lr / base_lr,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _warmup_rules(s: Settings) -> list[tuple[bool, str]]:
+    w = s["sched.warmup_epochs"]
+    return [
+        (
+            w < s["train.epochs"],
+            f"sched.warmup_epochs={w} must be shorter than the run "
+            f"(train.epochs={s['train.epochs']})",
+        )
+    ]
+
+
+WARMUP = Trick(
+    "warmup",
+    ("classify", "detect"),
+    (
+        Key("sched.warmup_epochs", float, "[0, inf)", note="epochs, per iteration; 0 = off"),
+        Key("sched.warmup", str, choices=WARMUPS),
+        Key("sched.warmup_lr", float, "[0, inf)", note="the LR warmup starts from"),
+    ),
+    {"sched.warmup_epochs": 1.0},
+    "Goyal et al. 2017 (gradual); He et al. 2016 (constant)",
+    "https://arxiv.org/abs/1706.02677",
+    "start from a small LR and raise it per iteration (linear) or hold it (constant)",
+    check=_warmup_rules,
+)
+COSINE = Trick(
+    "cosine",
+    ("classify", "detect"),
+    (
+        Key("sched.decay", str, choices=DECAYS),
+        Key("sched.min_lr", float, "[0, inf)", note="the floor of cosine / linear decay"),
+    ),
+    {"sched.decay": "cosine"},
+    "Loshchilov & Hutter 2017; He et al. 2019",
+    "https://arxiv.org/abs/1608.03983",
+    "LR follows 1/2 (1 + cos(pi t / T)) over the post-warmup iterations",
+)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from freebies.data.loader import normalize, random_crop, random_flip
+from freebies.data.loader import normalize
 from freebies.models import create_model
 from freebies.tricks import (
     autoaugment,
@@ -30,6 +30,7 @@ from freebies.tricks import (
     random_erasing,
     ricap,
 )
+from freebies.tricks.geometric import random_crop, random_flip
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

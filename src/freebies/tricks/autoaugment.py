@@ -16,6 +16,7 @@ import torch
 
 from freebies.errors import nearest
 from freebies.tricks.checks import scalar_device
+from freebies.tricks.record import Key, Trick
 
 POLICIES = ("none", "cifar10", "imagenet", "svhn", "randaugment", "trivialaugment")
 
@@ -56,3 +57,15 @@ def autoaugment(
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         return torch.stack([policy(img) for img in x])
+
+
+AUTOAUGMENT = Trick(
+    "autoaugment",
+    ("classify",),
+    (Key("aug.autoaugment", str, choices=POLICIES),),
+    {"aug.autoaugment": "trivialaugment"},
+    "Cubuk et al. 2019; Cubuk et al. 2020; Muller & Hutter 2021",
+    "https://arxiv.org/abs/1805.09501",
+    "torchvision's learned / random augmentation policies, per image",
+    build=lambda s: make_policy(s["aug.autoaugment"]),
+)

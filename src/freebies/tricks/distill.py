@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from freebies.tricks.record import Key, Trick
+
 
 def kd_loss(
     student: torch.Tensor,
@@ -49,3 +51,18 @@ def kd_loss(
         log_target=True,
     )
     return (1 - alpha) * hard + alpha * t * t * soft
+
+
+DISTILLATION = Trick(
+    "distillation",
+    ("classify",),
+    (
+        Key("distill.teacher", str, note="a freebies checkpoint"),
+        Key("distill.alpha", float, "[0, 1]", note="the weight of the soft term"),
+        Key("distill.temperature", float, "(0, inf)"),
+    ),
+    {},
+    "Hinton et al. 2015",
+    "https://arxiv.org/abs/1503.02531",
+    "(1 - a) CE + a T^2 KL(teacher^T || student^T); needs distill.teacher=CKPT",
+)

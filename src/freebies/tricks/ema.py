@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from freebies.tricks.record import Key, Trick
+
 
 def _warmup_ema_fn(decay: float):
     """EMA whose decay after n averages is min(decay, (1 + n) / (10 + n))."""
@@ -43,3 +45,13 @@ def ema_model(model: nn.Module, decay: float, warmup: bool = False) -> AveragedM
         raise ValueError(f"ema_model: decay must be in (0, 1), got {decay}")
     fn = _warmup_ema_fn(decay) if warmup else get_ema_multi_avg_fn(decay)
     return AveragedModel(model, multi_avg_fn=fn, use_buffers=True)
+
+
+EMA = Trick(
+    "ema",
+    ("classify", "detect"),
+    (Key("ema.decay", float, "[0, 1)", note="0 = off"), Key("ema.warmup", bool)),
+    {"ema.decay": 0.999, "ema.warmup": True},
+    "Polyak & Juditsky 1992; warm-up as TensorFlow's ExponentialMovingAverage",
+    card="evaluate an exponential moving average of the weights (BN buffers included)",
+)

@@ -19,12 +19,14 @@ live on the same device as ``x``).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
 from freebies.errors import nearest
 from freebies.tricks.checks import check_generator, check_images
+from freebies.tricks.record import Key, Settings, Trick, when
 
 # Random Erasing tries rectangle sizes until one fits; batched, every image gets this many
 # attempts at once (torchvision's 10; the authors' code makes 100). With the default scale and
@@ -192,3 +194,61 @@ def random_erasing(
     if isinstance(value, torch.Tensor):
         return torch.where(mask, value.to(x)[None, :, None, None], x)
     return x.masked_fill(mask, 0.0 if value == "mean" else float(value))
+
+
+def _erasing_rules(s: Settings) -> list[tuple[bool, str]]:
+    scale, ratio = s["aug.erasing_scale"], s["aug.erasing_ratio"]
+    return [
+        (
+            0 < scale[0] <= scale[1] <= 1,
+            f"aug.erasing_scale={list(scale)} must be (lo, hi) with 0 < lo <= hi <= 1 (an "
+            "inverted range swaps lo and hi)",
+        ),
+        (
+            0 < ratio[0] <= ratio[1],
+            f"aug.erasing_ratio={list(ratio)} must be (lo, hi) with 0 < lo <= hi (an inverted "
+            "range swaps lo and hi)",
+        ),
+    ]
+
+
+CUTOUT = Trick(
+    "cutout",
+    ("classify",),
+    (
+        Key("aug.cutout", int, "[0, inf)", note="the square's side in pixels; 0 = off"),
+        Key("aug.cutout_holes", int, "[0, inf)"),
+    ),
+    {"aug.cutout": 8},
+    "DeVries & Taylor 2017",
+    "https://arxiv.org/abs/1708.04552",
+    "zero a square (side in pixels) at a random centre, clipped at the borders",
+    build=lambda s: when(
+        s["aug.cutout"],
+        lambda: partial(cutout, length=s["aug.cutout"], holes=s["aug.cutout_holes"]),
+    ),
+)
+RANDOM_ERASING = Trick(
+    "random_erasing",
+    ("classify",),
+    (
+        Key("aug.random_erasing", float, "[0, 1]", note="the probability per image; 0 = off"),
+        Key("aug.erasing_scale", tuple, "(0, 1]", note="the erased share of the area"),
+        Key("aug.erasing_ratio", tuple, "(0, inf)", note="height / width"),
+        Key("aug.erasing_value", str, choices=("random", "mean", "zero")),
+    ),
+    {"aug.random_erasing": 0.5},
+    "Zhong et al. 2020",
+    "https://arxiv.org/abs/1708.04896",
+    "with probability p, fill a random rectangle (area and aspect ranges) with noise",
+    check=_erasing_rules,
+    build=lambda s: when(
+        s["aug.random_erasing"],
+        lambda: partial(
+            random_erasing,
+            p=s["aug.random_erasing"],
+            scale=tuple(s["aug.erasing_scale"]),
+            ratio=tuple(s["aug.erasing_ratio"]),
+        ),
+    ),
+)

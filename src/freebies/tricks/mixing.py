@@ -24,6 +24,8 @@ when no generator is given) and read with ``.item()``, because slicing needs Pyt
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from freebies.tricks.checks import (
@@ -33,6 +35,7 @@ from freebies.tricks.checks import (
     check_targets,
     scalar_device,
 )
+from freebies.tricks.record import Key, Settings, Trick, when
 
 
 def _beta(a: float, generator: torch.Generator | None) -> float:
@@ -203,3 +206,68 @@ def pick_mixer(
         return names[step % len(names)]
     w = torch.tensor(weights or [1.0] * len(names), dtype=torch.float, device=dev)
     return names[int(torch.multinomial(w, 1, generator=generator).item())]
+
+
+MIXERS = ("mixup", "cutmix", "ricap")
+
+
+def mixers_on(s: Settings) -> list[str]:
+    """The batch-mixing tricks the recipe `s` switches on, in a fixed order."""
+    return [name for name in MIXERS if s[f"aug.{name}"] > 0]
+
+
+def _mixing_rules(s: Settings) -> list[tuple[bool, str]]:
+    on, weights, off = mixers_on(s), s["aug.switch_prob"], s["aug.mix_off_epochs"]
+    return [
+        (
+            off == 0 or off < s["train.epochs"],
+            f"aug.mix_off_epochs={off} must be shorter than the run (train.epochs="
+            f"{s['train.epochs']})",
+        ),
+        (
+            not weights or (len(weights) == len(on) and sum(weights) > 0),
+            f"aug.switch_prob needs one non-negative weight per mixer that is on "
+            f"({', '.join(on) or 'none'}), got {weights}",
+        ),
+    ]
+
+
+MIX_KEYS = (
+    Key("aug.mix_prob", float, "[0, 1]", note="the probability that a batch is mixed"),
+    Key("aug.mix_off_epochs", int, "[0, inf)", note="no mixing in the last N epochs"),
+    Key("aug.mix_mode", str, choices=("switch", "alternate")),
+    Key("aug.switch_prob", list, "[0, inf)", note="one weight per mixer that is on"),
+)
+MIXUP = Trick(
+    "mixup",
+    ("classify",),
+    (Key("aug.mixup", float, "[0, inf)", note="the Beta alpha; 0 = off"), *MIX_KEYS),
+    {"aug.mixup": 0.2},
+    "Zhang et al. 2018",
+    "https://arxiv.org/abs/1710.09412",
+    "blend pairs of images and their targets with lambda ~ Beta(alpha, alpha)",
+    check=_mixing_rules,
+    build=lambda s: when(s["aug.mixup"], lambda: partial(mixup, alpha=s["aug.mixup"])),
+)
+CUTMIX = Trick(
+    "cutmix",
+    ("classify",),
+    (Key("aug.cutmix", float, "[0, inf)", note="the Beta alpha; 0 = off"), *MIX_KEYS),
+    {"aug.cutmix": 1.0},
+    "Yun et al. 2019",
+    "https://arxiv.org/abs/1905.04899",
+    "paste a box from a partner image; targets weighted by the true pasted area",
+    check=_mixing_rules,
+    build=lambda s: when(s["aug.cutmix"], lambda: partial(cutmix, alpha=s["aug.cutmix"])),
+)
+RICAP = Trick(
+    "ricap",
+    ("classify",),
+    (Key("aug.ricap", float, "[0, inf)", note="the Beta beta; 0 = off"), *MIX_KEYS),
+    {"aug.ricap": 0.3},
+    "Takahashi et al. 2018",
+    "https://arxiv.org/abs/1811.09030",
+    "patch crops of four images together; targets weighted by patch areas",
+    check=_mixing_rules,
+    build=lambda s: when(s["aug.ricap"], lambda: partial(ricap, beta=s["aug.ricap"])),
+)

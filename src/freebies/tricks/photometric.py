@@ -15,9 +15,12 @@ These are the seed notes' "other" regularisers. They work on float images in pix
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+
+from freebies.tricks.record import Key, Trick, when
 
 
 def random_rotate(
@@ -99,3 +102,47 @@ def pca_lighting(
     alpha = torch.randn(x.shape[0], x.shape[1], generator=generator, device=x.device) * alphastd
     shift = 255 * (alpha * eigval.to(x.device)) @ eigvec.to(x.device).T  # (N, C)
     return (x + shift[:, :, None, None]).clamp(0, 255)
+
+
+ROTATE = Trick(
+    "rotate",
+    ("classify",),
+    (Key("aug.rotate", float, "[0, inf)", note="degrees; 0 = off"),),
+    {"aug.rotate": 10.0},
+    card="random rotation in [-deg, deg], each image its own angle",
+    build=lambda s: when(s["aug.rotate"], lambda: partial(random_rotate, degrees=s["aug.rotate"])),
+)
+COLOR_JITTER = Trick(
+    "color_jitter",
+    ("classify",),
+    (Key("aug.color_jitter", float, "[0, 1)", note="0 = off"),),
+    {"aug.color_jitter": 0.2},
+    card="brightness, contrast and saturation factors in [1 - s, 1 + s] per image",
+    build=lambda s: when(
+        s["aug.color_jitter"], lambda: partial(color_jitter, strength=s["aug.color_jitter"])
+    ),
+)
+PCA_LIGHTING = Trick(
+    "pca_lighting",
+    ("classify",),
+    (Key("aug.pca_lighting", float, "[0, inf)", note="the alpha std (0.1 in the paper)"),),
+    {"aug.pca_lighting": 0.1},
+    "Krizhevsky et al. 2012 (AlexNet)",
+    "https://dl.acm.org/doi/10.1145/3065386",
+    "add the training set's RGB principal components with random weights per image",
+    build=lambda s: when(
+        s["aug.pca_lighting"], lambda: partial(pca_lighting, alphastd=s["aug.pca_lighting"])
+    ),
+)
+DET_COLOR_JITTER = Trick(
+    "det_color_jitter",
+    ("detect",),
+    (Key("det.color_jitter", bool), Key("det.jitter_strength", float, "[0, 1)")),
+    {"det.color_jitter": True},
+    "Zhang et al. 2019 (detection bag of freebies); Liu et al. 2016 (SSD)",
+    "https://arxiv.org/abs/1902.04103",
+    "per-image brightness, contrast and saturation (boxes unchanged)",
+    build=lambda s: when(
+        s["det.color_jitter"], lambda: partial(color_jitter, strength=s["det.jitter_strength"])
+    ),
+)

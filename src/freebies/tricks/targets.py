@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from freebies.tricks.record import Key, Trick
+
 
 def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Labels (N,) int64 -> (N, K) float32 one-hot rows."""
@@ -23,3 +25,14 @@ def smooth_targets(q: torch.Tensor, eps: float) -> torch.Tensor:
     if eps == 0:
         return q
     return q * (1 - eps) + eps / q.shape[1]
+
+
+LABEL_SMOOTHING = Trick(
+    "label_smoothing",
+    ("classify",),
+    (Key("loss.label_smoothing", float, "[0, 1)", note="eps; 0 = off"),),
+    {"loss.label_smoothing": 0.1},
+    "Szegedy et al. 2016",
+    "https://arxiv.org/abs/1512.00567",
+    "targets (1 - eps) onehot + eps / K; applied once, after mixing",
+)
