@@ -99,7 +99,7 @@ def main() -> None:
     deploys = []
     for seed in args.seeds:
         ckpt = checkpoint.load(args.runs / f"acnet-seed{seed}" / "last.pt")
-        cfg = config.from_dict(ckpt.config)
+        cfg = config.from_dict(ckpt.config, ckpt.task)
         cfg.data.limit_test = 256
         data = prepare(cfg.data)
         xb, _ = next(eval_batches(data.test_x, data.test_y, 256))

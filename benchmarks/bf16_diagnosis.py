@@ -82,7 +82,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("docs/results/bf16_diagnosis.json"))
     args = p.parse_args()
     ckpt = checkpoint.load(args.run / "last.pt", "classify")
-    cfg = config.from_dict(ckpt.config)
+    cfg = config.from_dict(ckpt.config, ckpt.task)
     data = prepare(cfg.data)
     mean, std = ckpt.data["mean"], ckpt.data["std"]
     val_x = data.val_x if data.val_x is not None else data.test_x

@@ -1,7 +1,8 @@
 """What each detection trick costs per training step, as a ratio against the bare step.
 
-Every variant is the `detect` recipe's own training step (`freebies.detect.detect_step`:
-augmentation, FCOS forward with matching and losses, backward, AdamW step, LR step) on the same
+Every variant is the `detect` recipe's own training step (`freebies.detect.detect_step`, then
+`engine.update`: augmentation, FCOS forward with matching and losses, backward, AdamW step, LR
+step) on the same
 Fashion-scenes batches, with no trick on (bare: flips off too) or one trick at its documented
 setting (`freebies tricks`). Variants are timed in one process, interleaved repeat by repeat,
 because this machine is shared and noisy; each figure is the median over repeats. Random shapes
@@ -22,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from freebies import config, detect
+from freebies import config, detect, engine
+from freebies.catalog import TRICKS
 from freebies.distributed import Dist
 from freebies.runtime import provenance
-from freebies.tricks.catalog import TRICKS
 
 
 def variants() -> dict[str, dict]:
@@ -36,6 +37,12 @@ def variants() -> dict[str, dict]:
             out[t.name] = {"det.hflip": False, **t.on}
     out["det_random_shapes"]["det.random_shapes_every"] = 1
     return out
+
+
+def step(task: engine.Task, batch: tuple, i: int) -> None:
+    """One training step as the engine runs it: the task's step, then the update."""
+    loss, _ = task.step(batch, 0, i)
+    engine.update(loss, task.training)
 
 
 def main() -> None:
@@ -60,10 +67,10 @@ def main() -> None:
     ms: dict[str, list[float]] = {name: [] for name in tasks}
     for r in range(args.repeats):
         for name, task in tasks.items():
-            task.step(batches[-1], 0, 0)  # warm-up (first-touch allocations)
+            step(task, batches[-1], 0)  # warm-up (first-touch allocations)
             t0 = time.perf_counter()
             for i, batch in enumerate(batches[: args.steps]):
-                task.step(batch, 0, i)
+                step(task, batch, i)
             ms[name].append(1000 * (time.perf_counter() - t0) / args.steps)
         print(f"repeat {r + 1}: " + ", ".join(f"{n} {v[-1]:.0f} ms" for n, v in ms.items()))
     bare = statistics.median(ms["bare"])

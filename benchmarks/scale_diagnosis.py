@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     ckpt = checkpoint.load(args.checkpoint, "detect")
-    cfg = config.from_dict(ckpt.config)
+    cfg = config.from_dict(ckpt.config, ckpt.task)
     cfg.data.val_split, cfg.data.limit_train = 0.0, None
     cfg.data.image_size = ckpt.data["image_size"]
     data, model = detect.load_data(cfg), detect.load_detector(ckpt)

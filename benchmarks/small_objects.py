@@ -112,7 +112,7 @@ def timed(fn):
 def evaluate(ckpt_path: Path) -> dict[str, dict]:
     """Every variant's COCO metrics and cost on the checkpoint's test split."""
     ckpt = checkpoint.load(ckpt_path, "detect")
-    cfg = config.from_dict(ckpt.config)
+    cfg = config.from_dict(ckpt.config, ckpt.task)
     cfg.data.val_split, cfg.data.limit_train = 0.0, None
     cfg.data.image_size = size = ckpt.data["image_size"]
     data = detect.load_data(cfg)

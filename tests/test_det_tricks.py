@@ -13,11 +13,12 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from detfake import cycled_scenes, write_coco
-from freebies import config, detect
+from freebies import config
 from freebies.cli import main
 from freebies.detection import model as det_model
 from freebies.detection.mixup import mix_detection
 from freebies.detection.model import build_detector
+from freebies.detection.transforms import DET_RANDOM_SHAPES, random_shape
 from helpers import usage_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -228,13 +229,15 @@ def test_mixup_loss_with_lambda_one_equals_the_unmixed_loss(monkeypatch):
 
 
 def test_random_shape_is_drawn_every_k_steps_from_the_list_and_reproducible():
-    det = config.DetCfg(random_shapes=[64, 96, 128], random_shapes_every=4)
-    sizes = [detect.random_shape(det, 0, step) for step in range(40)]
+    sizes = [random_shape([64, 96, 128], 4, 0, step) for step in range(40)]
     assert set(sizes) == {64, 96, 128}
     for step in range(40):  # one size per block of 4 steps
         assert sizes[step] == sizes[step - step % 4]
-    assert sizes == [detect.random_shape(det, 0, step) for step in range(40)]
-    assert detect.random_shape(config.DetCfg(), 0, 7) is None
+    assert sizes == [random_shape([64, 96, 128], 4, 0, step) for step in range(40)]
+    # the record builds it only when the recipe lists sizes
+    on = config.flatten(config.to_dict(config.load("detect", {"det.random_shapes": [64, 96]})))
+    assert DET_RANDOM_SHAPES.build(on)(5) in (64, 96)
+    assert DET_RANDOM_SHAPES.build(config.flatten(config.to_dict(config.load("detect")))) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,8 +269,8 @@ def small(coco_dir, out, *sets):
 @pytest.mark.parametrize(
     ("setting", "match"),
     [
-        ("det.mixup=-1", "det.mixup is the Beta alpha"),
-        ("det.label_smoothing=1", "det.label_smoothing must be in"),
+        ("det.mixup=-1", "det.mixup=-1.0 must be >= 0 (the Beta alpha"),
+        ("det.label_smoothing=1", "det.label_smoothing=1.0 must be in [0, 1)"),
         ("det.random_shapes=[100]", "multiple of 32"),
         ("det.random_shapes=[]", "det.random_shapes is empty"),
         ("det.expand_ratio=0.5", "det.expand_ratio"),
@@ -300,7 +303,7 @@ def test_classification_refuses_detection_tricks(tmp_path, capsys):
         capsys, "train", "--recipe", "baseline", "--out", str(tmp_path / "run"),
         "--set", "det.mixup=1.5",
     )  # fmt: skip
-    assert "det.mixup" in line and "freebies detect train" in line
+    assert "unknown key 'det.mixup'" in line and "did you mean 'aug.mixup'" in line
     assert not (tmp_path / "run").exists()
 
 

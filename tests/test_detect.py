@@ -771,15 +771,15 @@ def test_bccd_two_step_training_smoke_run(tmp_path, capsys):
 
 
 def test_classification_settings_are_refused_for_detection(coco_dir, tmp_path, capsys):
-    line = usage_error(
-        capsys,
-        *tiny(
-            f"coco:{coco_dir}", tmp_path / "r", "--set", "aug.mixup=0.2", "--set", "train.tta=true"
-        ),
-    )
-    assert "aug.mixup, train.tta: classification settings" in line
-    assert "aug.mixup=0.0 train.tta=False" in line
+    """A detection config has no aug section: a classification key is an unknown key, with the
+    nearest detection key as its did-you-mean."""
+    line = usage_error(capsys, *tiny(f"coco:{coco_dir}", tmp_path / "r", "--set", "aug.mixup=0.2"))
+    assert "unknown key 'aug.mixup'" in line and "did you mean 'det.mixup'" in line
+    line = usage_error(capsys, *tiny(f"coco:{coco_dir}", tmp_path / "r", "--set", "train.tta=true"))
+    assert "unknown key 'train.tta'" in line
     assert not (tmp_path / "r").exists()
+    line = usage_error(capsys, "detect", "train", "--recipe", "baseline", "--out", str(tmp_path))
+    assert "baseline is a classify recipe, not a detect one" in line and "`freebies train`" in line
 
 
 def test_a_detection_run_resumes_only_as_detection(trained, capsys):

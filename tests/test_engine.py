@@ -64,7 +64,7 @@ def test_unknown_format_and_foreign_keys_are_one_line(tmp_path, capsys):
     raw = torch.load(PRE_SCHEMA, weights_only=True)
     torch.save({**raw, "format": 7}, tmp_path / "future.pt")
     line = usage_error(capsys, "eval", str(tmp_path / "future.pt"))
-    assert "is checkpoint format 7; this freebies reads format 1" in line
+    assert "is checkpoint format 7; this freebies reads formats 1, 2" in line
     torch.save({**raw, "optimiser": {}}, tmp_path / "odd.pt")
     with pytest.raises(UsageError, match="keys this format does not define: optimiser"):
         checkpoint.load(tmp_path / "odd.pt")

@@ -119,9 +119,9 @@ def test_bias_lr_scale_group_keeps_decay_per_step():
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"optim.bias_lr_scale": 0}, "optim.bias_lr_scale must be > 0"),
+        ({"optim.bias_lr_scale": 0}, "optim.bias_lr_scale=0.0 must be > 0"),
         ({"train.tta": False, "train.tta_shift": 1}, "set train.tta=true too"),
-        ({"train.tta_shift": -1, "train.tta": True}, "tta_shift must be >= 0"),
+        ({"train.tta_shift": -1, "train.tta": True}, "tta_shift=-1 must be >= 0"),
         ({"aug.flip_mode": "alternating"}, "did you mean 'alternate'"),
     ],
 )

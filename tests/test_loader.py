@@ -2,14 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from freebies.data.loader import (
-    channel_stats,
-    epoch_order,
-    normalize,
-    random_crop,
-    random_flip,
-    train_batches,
-)
+from freebies.data.loader import channel_stats, epoch_order, normalize, train_batches
+from freebies.tricks.geometric import random_crop, random_flip
 
 
 def reference_crop(img: torch.Tensor, pad: int, dy: int, dx: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from freebies.config import ClassifyConfig, Config
+from freebies.data.loader import train_batches
 from freebies.distributed import Dist
 from freebies.errors import UsageError
 from freebies.models import acnet, create_model, options
@@ -137,3 +138,21 @@ def wrap(net: nn.Module, d: Dist, compile: bool) -> nn.Module:
             net, device_ids=[d.device.index] if d.device.type == "cuda" else None
         )
     return torch.compile(model) if compile else model
+
+
+def shuffled_batches(
+    x: Any, y: torch.Tensor, cfg: Config, d: Dist, workers: int = 0
+) -> Callable[[int, int], Iterator[tuple[torch.Tensor, ...]]]:
+    """A task's `batches`: (epoch, first step) -> this rank's (indices, images, labels) batches
+    of the training set (x, y), in the global order seeded by the run seed and the epoch."""
+    return lambda epoch, first: train_batches(
+        x,
+        y,
+        cfg.train.batch_size,
+        seed=cfg.train.seed,
+        epoch=epoch,
+        rank=d.rank,
+        world=d.world,
+        start_step=first,
+        workers=workers,
+    )

@@ -8,6 +8,8 @@ their records live here: early stopping and synchronised BatchNorm.
 
 from __future__ import annotations
 
+from typing import Any
+
 from freebies.detection.mixup import DET_MIXUP
 from freebies.detection.model import DET_LABEL_SMOOTHING
 from freebies.detection.transforms import DET_CROP, DET_EXPAND, DET_HFLIP, DET_RANDOM_SHAPES
@@ -123,10 +125,17 @@ def rules(task: str, settings: dict) -> list[tuple[bool, str]]:
     return out
 
 
-def built(task: str, settings: dict) -> dict[str, object]:
-    """The callables the step of `task` calls, by trick name; only the tricks that are on."""
-    made = {t.name: t.build(settings) for t in for_task(task) if t.build is not None}
-    return {name: f for name, f in made.items() if f is not None}
+def built(task: str, settings: dict, fields: dict[str, str] | None = None) -> dict[str, Any]:
+    """The callables a step of `task` calls, each built by its trick's record from the resolved
+    recipe `settings` (flat keys); only the tricks that are on, keyed by `fields[trick name]`
+    (a step's field names; default: the trick names)."""
+    names = fields or {t.name: t.name for t in TRICKS}
+    made = {
+        names[t.name]: t.build(settings)
+        for t in for_task(task)
+        if t.build is not None and t.name in names
+    }
+    return {field: f for field, f in made.items() if f is not None}
 
 
 def markdown_table() -> str:

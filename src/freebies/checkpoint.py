@@ -95,7 +95,7 @@ def load(path: Path, task: str | None = None) -> Checkpoint:
         raise UsageError(f"{path} has keys this format does not define: {', '.join(unknown)}")
     if not isinstance(raw["data"], dict) or not isinstance(raw["data"].get("classes"), list):
         raise UsageError(f"{path} does not say which classes it predicts (data.classes)")
-    ckpt = Checkpoint(**raw)
+    ckpt = Checkpoint(**{**raw, "format": version})
     if task is not None and ckpt.task != task:
         raise UsageError(
             f"{path} is a {ckpt.task} checkpoint, not a {task} one; evaluate it with "

@@ -13,6 +13,7 @@ import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from freebies import catalog, checkpoint, config, engine, runtime
-from freebies.build import Training, build_model, make_training
+from freebies.build import Training, build_model, make_training, shuffled_batches
 from freebies.config import ClassifyConfig
 from freebies.data.loader import (
     channel_stats,
@@ -29,7 +30,6 @@ from freebies.data.loader import (
     normalize,
     sample_images,
     to_device,
-    train_batches,
 )
 from freebies.data.splits import Splits, prepare
 from freebies.deploy import count_macs, fuse_and_check, load_model, plain_fused, report_table
@@ -217,17 +217,7 @@ def build(cfg: ClassifyConfig, d: Dist, recorded_precision: list[str] | None = N
         training=t,
         steps_per_epoch=steps_per_epoch,
         batch_size=batch,
-        batches=lambda epoch, first: train_batches(
-            data.train_x,
-            data.train_y,
-            batch,
-            seed=cfg.train.seed,
-            epoch=epoch,
-            rank=d.rank,
-            world=d.world,
-            start_step=first,
-            workers=cfg.data.workers,
-        ),
+        batches=shuffled_batches(data.train_x, data.train_y, cfg, d, cfg.data.workers),
         step=lambda b, epoch, i: train_step(s, b, epoch, i),
         evaluate=lambda final: eval_row(s, data, d, tta=final and cfg.train.tta),
         summary=summary_keys,
@@ -243,22 +233,16 @@ def build(cfg: ClassifyConfig, d: Dist, recorded_precision: list[str] | None = N
     )
 
 
-def step_tricks(cfg: ClassifyConfig) -> dict[str, Any]:
-    """The Step fields of the tricks that are on, each built by its record."""
-    b = catalog.built("classify", config.flatten(config.to_dict(cfg)))
-    fields = {
-        "crop_flip": "crop",
-        "vflip": "vflip",
-        "autoaugment": "policy",
-        "rotate": "rotate",
-        "color_jitter": "jitter",
-        "pca_lighting": "lighting",
-        "cutout": "cutout",
-        "random_erasing": "erasing",
-    }
-    out: dict[str, Any] = {field: b[name] for name, field in fields.items() if name in b}
-    out["mixers"] = {name: b[name] for name in MIXERS if name in b}
-    return out
+STEP_FIELDS = {  # trick -> the Step field its built callable goes in
+    "crop_flip": "crop",
+    "vflip": "vflip",
+    "autoaugment": "policy",
+    "rotate": "rotate",
+    "color_jitter": "jitter",
+    "pca_lighting": "lighting",
+    "cutout": "cutout",
+    "random_erasing": "erasing",
+}
 
 
 def make_step(
@@ -272,6 +256,7 @@ def make_step(
 ) -> Step:
     """What `train_step` reads: the recipe's tricks, built once for the run."""
     dev, n_train = mean.device, len(data.train_x)
+    flat = config.flatten(config.to_dict(cfg))
     s = Step(
         cfg=cfg,
         model=t.model,
@@ -285,7 +270,8 @@ def make_step(
         loss_dtype=torch.promote_types(mean.dtype, torch.float32),
         # Random Erasing's "zero" fill is black, i.e. (0 - mean) / std in normalised units.
         erase_fill=-mean / std if cfg.aug.erasing_value == "zero" else cfg.aug.erasing_value,
-        **step_tricks(cfg),
+        **catalog.built("classify", flat, STEP_FIELDS),
+        mixers=catalog.built("classify", flat, {name: name for name in MIXERS}),
     )
     if cfg.aug.flip_mode == "alternate":  # which images flip in even epochs, same on every rank
         draw = torch.rand(n_train, generator=torch.Generator().manual_seed(cfg.train.seed))
@@ -354,21 +340,9 @@ def summary_keys(final: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def train(
-    recipe: str | None,
-    overrides: dict[str, Any],
-    out: Path | None,
-    *,
-    resume: Path | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-) -> tuple[dict[str, Any], Path]:
-    """Train a classifier (`freebies train`): a new run of `recipe` (default: `default`) with
-    `overrides` into `out`, or continue the run in folder `resume`. Returns the summary and
-    the run folder."""
-    return engine.train(
-        "classify", build, recipe, overrides, out, "default", resume, overwrite, progress
-    )
+# Train a classifier (`freebies train`): train(recipe, overrides, out, *, resume=None,
+# overwrite=False, progress=None) -> (summary, run folder); see engine.train.
+train = partial(engine.train, "classify", build, "default")
 
 
 def headline(summary: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from freebies import catalog, checkpoint, config, engine
-from freebies.build import make_training, recipe_errors
+from freebies.build import make_training, recipe_errors, shuffled_batches
 from freebies.config import DetectConfig
 from freebies.data.detection import (
     DetData,
@@ -35,7 +36,7 @@ from freebies.data.detection import (
     to_original,
 )
 from freebies.data.io import decode
-from freebies.data.loader import channel_stats, eval_batches, train_batches
+from freebies.data.loader import channel_stats, eval_batches
 from freebies.deploy import count_macs
 from freebies.detection.coco import coco_metrics
 from freebies.detection.model import BACKBONES, build_detector
@@ -126,18 +127,14 @@ def augment(
     return x, targets
 
 
-def step_tricks(cfg: DetectConfig) -> dict[str, Callable]:
-    """The DetStep fields of the det.* tricks that are on, each built by its record."""
-    b = catalog.built("detect", config.flatten(config.to_dict(cfg)))
-    fields = {
-        "det_mixup": "mixup",
-        "det_color_jitter": "jitter",
-        "det_expand": "expand",
-        "det_crop": "crop",
-        "det_hflip": "hflip",
-        "det_random_shapes": "shape",
-    }
-    return {field: b[name] for name, field in fields.items() if name in b}
+STEP_FIELDS = {  # trick -> the DetStep field its built callable goes in
+    "det_mixup": "mixup",
+    "det_color_jitter": "jitter",
+    "det_expand": "expand",
+    "det_crop": "crop",
+    "det_hflip": "hflip",
+    "det_random_shapes": "shape",
+}
 
 
 def make_detector(cfg: DetectConfig, data_info: dict[str, Any]) -> nn.Module:
@@ -239,7 +236,7 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
         fill=[255 * m for m in info["mean"]],
         ema=t.ema,
         autocast=autocast_for(precision[0], dev),
-        **step_tricks(cfg),
+        **catalog.built("detect", config.flatten(config.to_dict(cfg)), STEP_FIELDS),
     )
     size = info["image_size"]
     return engine.Task(
@@ -247,16 +244,7 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
         training=t,
         steps_per_epoch=steps_per_epoch,
         batch_size=batch,
-        batches=lambda epoch, first: train_batches(
-            train_x,
-            torch.arange(len(train_x), device=dev),
-            batch,
-            seed=cfg.train.seed,
-            epoch=epoch,
-            rank=d.rank,
-            world=d.world,
-            start_step=first,
-        ),
+        batches=shuffled_batches(train_x, torch.arange(len(train_x), device=dev), cfg, d),
         step=lambda b, epoch, i: detect_step(s, b, epoch, i),
         evaluate=lambda final: eval_row(s, data, d),
         summary=summary_keys,
@@ -408,21 +396,9 @@ def summary_keys(final: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def train(
-    recipe: str | None,
-    overrides: dict[str, Any],
-    out: Path | None,
-    *,
-    resume: Path | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-) -> tuple[dict[str, Any], Path]:
-    """Train a detector (`freebies detect train`): a new run of `recipe` (default: `detect`)
-    with `overrides` into `out`, or continue the run in folder `resume`. Returns the summary
-    and the run folder."""
-    return engine.train(
-        "detect", build, recipe, overrides, out, "detect", resume, overwrite, progress
-    )
+# Train a detector (`freebies detect train`): train(recipe, overrides, out, *, resume=None,
+# overwrite=False, progress=None) -> (summary, run folder); see engine.train.
+train = partial(engine.train, "detect", build, "detect")
 
 
 def headline(summary: dict[str, Any]) -> str:

@@ -222,17 +222,19 @@ def decide_precision(
 def train(
     task: str,
     build: Callable[..., Task],
+    default_recipe: str,
     recipe: str | None,
     overrides: dict[str, Any],
     out: Path | None,
-    default_recipe: str,
+    *,
     resume: Path | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """A task's train entry point: continue the run in folder `resume` (its own recipe and
-    settings; `overrides` may only repeat them), or start `recipe` (default `default_recipe`)
-    with `overrides` in `out` (default runs/RECIPE-MODEL-seedN). Returns (summary, folder)."""
+    """A task's train entry point (each task binds its name, `build` and default recipe):
+    continue the run in folder `resume` (its own recipe and settings; `overrides` may only
+    repeat them), or start `recipe` (default `default_recipe`) with `overrides` in `out`
+    (default runs/RECIPE-MODEL-seedN). Returns the summary and the run folder."""
     if resume is not None:
         if out is not None and out.resolve() != resume.resolve():
             raise UsageError("--resume continues the run in its own folder; drop --out")

@@ -44,6 +44,7 @@ import yaml
 from tqdm import tqdm
 
 from freebies import config
+from freebies.catalog import TRICKS
 from freebies.data.io import write_text
 from freebies.errors import UsageError, nearest
 from freebies.report.table import (
@@ -54,7 +55,6 @@ from freebies.report.table import (
     summarize,
     write_report,
 )
-from freebies.catalog import TRICKS
 
 MODES = ("single", "cumulative", "both")
 TEACHER = "@baseline"  # distillation without a teacher: the grid's own baseline teaches
