@@ -16,9 +16,9 @@ import torch
 from fakedata import write_idx
 from freebies import checkpoint
 from freebies.checkpoint import FORMAT, Checkpoint
-from freebies.engine import StopFlag, early_stop_reason, epoch_line
+from freebies.engine import StopFlag, best_row, early_stop_reason, epoch_line
 from freebies.errors import UsageError
-from helpers import run_cli, usage_error
+from helpers import run_cli, small, usage_error
 
 PRE_SCHEMA = Path(__file__).parent / "data" / "pre_schema_epoch1.pt"
 
@@ -133,3 +133,57 @@ def test_library_layers_load_neither_the_recipe_config_nor_the_cli():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_best_row_follows_the_metric_direction_and_keeps_the_first_of_ties():
+    rows = [
+        {"epoch": 1, "val_acc": 50.0, "val_loss": 1.0},
+        {"epoch": 2, "val_acc": 70.0, "val_loss": 0.6},
+        {"epoch": 3},  # not evaluated
+        {"epoch": 4, "val_acc": 70.0, "val_loss": 0.7},
+    ]
+    assert best_row(rows, "val_acc")["epoch"] == 2
+    assert best_row(rows, "val_loss")["epoch"] == 2  # lower is better for losses
+    assert best_row(rows, "val_map") is None
+    assert early_stop_reason(rows, 1, "val_acc").endswith("(best 70.00% at epoch 2)")
+    assert early_stop_reason(rows, 2, "val_acc") is None
+
+
+def test_best_pt_is_the_checkpoint_of_the_best_validation_epoch(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = small(idx_dir, out, "--epochs", "3", "--set", "data.val_split=0.25")
+    argv += ["--set", "train.best_metric=val_loss", "--model", "airnet-8-8-8"]
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda r: r["val_loss"])
+    assert summary["best_metric"] == "val_loss" and summary["best_epoch"] == best["epoch"]
+    assert summary["best_value"] == best["val_loss"]
+    kept = checkpoint.load(out / "best.pt")
+    assert kept.epoch == best["epoch"] and kept.metrics[-1] == best
+    rc, printed, err = run_cli(capsys, "eval", str(out / "best.pt"))
+    assert rc == 0, err
+    assert "test_acc" in json.loads(printed)
+    line = usage_error(
+        capsys, *small(idx_dir, tmp_path / "r2", "--set", "train.best_metric=test_acc")
+    )
+    assert "best.pt is chosen on a validation metric" in line
+
+
+def test_results_csv_and_tensorboard_log_every_epoch(idx_dir, tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    import csv
+
+    out = tmp_path / "run"
+    argv = small(idx_dir, out, "--set", "train.tensorboard=true", "--model", "airnet-8-8-8")
+    rc, _, err = run_cli(capsys, *argv, "--set", "train.eval_every=2", "--epochs", "3")
+    assert rc == 0, err
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) == 3
+    assert float(table[0]["train_loss"]) == pytest.approx(rows[0]["train_loss"])
+    assert table[0]["test_acc"] == "" and float(table[1]["test_acc"]) == rows[1]["test_acc"]
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0

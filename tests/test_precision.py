@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from freebies import checkpoint, runtime
-from freebies.runtime import bf16_speedup, choose_precision
+from freebies.runtime import agreed_speedup, bf16_speedup, choose_precision
 from helpers import run_cli, small
 
 CPU = torch.device("cpu")
@@ -49,12 +49,28 @@ def test_auto_follows_the_probe_and_caches_it_per_cpu_and_key(unpinned, tmp_path
         return lambda: calls.append(speedup) or speedup
 
     choice, reason = choose_precision("auto", CPU, probe(1.5), "net a")
-    assert (choice, calls) == ("bf16", [1.5]) and "1.50x" in reason and "(probe" in reason
+    assert (choice, calls) == ("bf16", [1.5, 1.5]) and "1.50x" in reason and "(probe" in reason
     choice, reason = choose_precision("auto", CPU, probe(0.8), "net a")  # cached: not run
-    assert (choice, calls) == ("bf16", [1.5]) and "cached probe" in reason
+    assert (choice, calls) == ("bf16", [1.5, 1.5]) and "cached probe" in reason
     assert choose_precision("auto", CPU, probe(1.05), "net b")[0] == "fp32"  # under 1.1x
     cache = json.loads((tmp_path / "home" / ".cache" / "freebies" / "precision.json").read_text())
-    assert sorted(cache.values()) == [1.05, 1.5]
+    assert sorted(v["speedup"] for v in cache.values()) == [1.05, 1.5]
+    assert all("avx512_bf16" in k and torch.__version__ in k for k in cache)
+
+
+def test_probes_repeat_until_they_agree_or_decide_fp32_and_say_so(unpinned):
+    """A busy machine once measured 0.62x then 1.25x for the same step: no verdict from that."""
+    unpinned.setattr(runtime, "cpu_flags", lambda: {"amx_bf16"})
+
+    def sequence(*values):
+        it = iter(values)
+        return lambda: next(it)
+
+    assert agreed_speedup(sequence(0.62, 1.25, 1.3)) == (pytest.approx(1.275), [0.62, 1.25, 1.3])
+    # close, but on both sides of the 1.1x threshold: not agreed
+    assert agreed_speedup(sequence(1.05, 1.12, 1.3, 1.31))[1] == [1.05, 1.12, 1.3, 1.31]
+    choice, reason = choose_precision("auto", CPU, sequence(0.62, 1.25, 0.7, 1.4), "busy")
+    assert choice == "fp32" and "probes disagreed (0.62x, 1.25x, 0.70x, 1.40x" in reason
 
 
 def test_the_probe_times_both_precisions_interleaved():

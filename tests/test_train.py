@@ -246,7 +246,8 @@ def test_ctrl_c_then_resume_is_bit_identical(idx_dir, tmp_path, capsys):
     ckpt = torch.load(cut / "last.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"]) < (3, 0), "the interrupt came too late to test"
 
-    assert run_cli(capsys, "train", "--resume", str(cut))[0] == 0
+    rc, _, err = run_cli(capsys, "train", "--resume", str(cut))
+    assert rc == 0, err
     (ref_model, ref_rows), (cut_model, cut_rows) = _state(ref), _state(cut)
     assert cut_rows == ref_rows
     for key, value in ref_model.items():

@@ -174,6 +174,8 @@ class TrainCfg:
     eval_batch_size: int = 256
     threads: int = 0  # torch.set_num_threads on CPU; 0 = leave torch's default
     early_stop_patience: int = 0  # stop after N evaluations without a validation gain; 0 = off
+    best_metric: str | None = None  # best.pt is chosen on it; null = val_acc / val_map
+    tensorboard: bool = False  # also log each epoch's row to out/tensorboard (extra: tensorboard)
 
 
 @dataclass
@@ -409,6 +411,11 @@ def _core_rules(cfg: Config) -> list[tuple[bool, str]]:
             "sched.milestones are fractions of the run, each in (0, 1], e.g. [0.5, 0.75]",
         ),
         (0 < cfg.sched.gamma <= 1, "sched.gamma must be in (0, 1]"),
+        (
+            cfg.train.best_metric is None or cfg.train.best_metric.startswith("val_"),
+            f"train.best_metric={cfg.train.best_metric!r}: best.pt is chosen on a validation "
+            "metric (val_...), never on the test set",
+        ),
     ]
 
 

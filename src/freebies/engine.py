@@ -12,6 +12,7 @@ docs/run-folder.md writes the contract down (files, summary keys, checkpoint sch
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sys
@@ -42,7 +43,9 @@ from freebies.distributed import (
     teardown,
 )
 from freebies.errors import UsageError
+from freebies.report.logs import log_scalars, tensorboard_writer, write_csv
 from freebies.report.plots import plot_curves
+from freebies.report.table import Metric
 from freebies.runtime import choose_precision, git_commit, machine, peak_mem_mb
 
 SYNC_EVERY = 20  # steps between host syncs (progress bar, NaN check, Ctrl-C under DDP)
@@ -66,7 +69,7 @@ class Task:
     data: dict[str, Any]  # the checkpoint's "data": fingerprint, classes, the task's own keys
     precision: tuple[str, str]  # what it trains in and why, from `decide_precision`
     shown: tuple[str, ...] = ("test_acc", "val_acc")  # printed each epoch and plotted
-    select: str = "val_acc"  # early stopping watches it; higher is better
+    select: str = "val_acc"  # early stopping and best.pt watch it (or train.best_metric)
     parts: tuple[str, ...] = ()  # the loss's parts, logged per epoch as train_<part>
 
 
@@ -319,6 +322,8 @@ class _Run:
         self.cfg, self.out, self.task, self.d, self.recipe = cfg, out, task, d, recipe
         self.state, self.t0 = state, t0  # t0: wall clock continues across resumes
         self.show = (sys.stdout.isatty() if progress is None else progress) and d.main
+        on = cfg.train.tensorboard and d.main
+        self.tb = tensorboard_writer(out / "tensorboard") if on else None
 
     def fit(self) -> dict[str, Any]:
         task, st, epochs = self.task, self.state, self.cfg.train.epochs
@@ -401,9 +406,13 @@ class _Run:
         st.metrics.append(row)
         st.partial = dict(_EMPTY)
         self.save(epoch + 1, 0)
+        self.keep_best(row)
         if self.d.main:
             text = "".join(json.dumps(r) + "\n" for r in st.metrics)
             write_text(self.out / "metrics.jsonl", text)
+            write_csv(self.out / "results.csv", st.metrics)
+            if self.tb is not None:
+                log_scalars(self.tb, row)
             line = epoch_line(row, cfg.train.epochs, task.shown)
             bar.write(line) if self.show else print(line, flush=True)
 
@@ -433,10 +442,24 @@ class _Run:
             )
         return window
 
+    @property
+    def select(self) -> str:
+        """The validation metric that early stopping and best.pt watch."""
+        return self.cfg.train.best_metric or self.task.select
+
     def early_stop_reason(self) -> str | None:
         return early_stop_reason(
-            self.state.metrics, self.cfg.train.early_stop_patience, self.task.select
+            self.state.metrics, self.cfg.train.early_stop_patience, self.select
         )
+
+    def keep_best(self, row: dict[str, Any]) -> None:
+        """Copy last.pt (just saved) to best.pt when `row` is the best on the selected
+        validation metric so far (rank 0)."""
+        if self.d.main and row.get(self.select) is not None:
+            if best_row(self.state.metrics, self.select) is row:
+                tmp = self.out / "best.pt.tmp"
+                shutil.copyfile(self.out / "last.pt", tmp)
+                os.replace(tmp, self.out / "best.pt")
 
     def save(self, epoch: int, step: int) -> None:
         """Checkpoint the run as out/last.pt (every rank's RNG stream; rank 0 writes)."""
@@ -475,6 +498,7 @@ class _Run:
             "epochs": cfg.train.epochs,
             "epochs_run": final["epoch"],
             **({"stop_reason": stop_reason} if stop_reason else {}),
+            **best_keys(st.metrics, self.select),
             "wall_s": time.perf_counter() - self.t0,
             "train_s": st.times["train_s"],
             "train_img_per_s": images / max(st.times["train_s"], 1e-9),
@@ -499,18 +523,28 @@ class _Run:
         return summary
 
 
-def early_stop_reason(metrics: list[dict], patience: int, key: str = "val_acc") -> str | None:
-    """Why to stop early, or None: `key` (a validation metric, higher is better) has not
-    improved for `patience` evaluations. Never looks at the test set."""
-    vals = [(r["epoch"], r[key]) for r in metrics if r.get(key) is not None]
-    if patience <= 0 or not vals:
+def best_row(metrics: list[dict], key: str) -> dict | None:
+    """The first metrics row with the best `key` (higher is better; lower for losses, NLL and
+    ECE, as `report.table.Metric` guesses), or None before `key` was ever evaluated."""
+    rows = [r for r in metrics if r.get(key) is not None]
+    if not rows:
         return None
-    best = max(range(len(vals)), key=lambda i: (vals[i][1], -i))  # the first best
-    if len(vals) - 1 - best < patience:
+    sign = -1 if Metric.parse(key).lower_is_better else 1
+    return max(rows, key=lambda r: sign * r[key])  # max keeps the first of equal rows
+
+
+def early_stop_reason(metrics: list[dict], patience: int, key: str = "val_acc") -> str | None:
+    """Why to stop early, or None: `key` (a validation metric) has not improved for
+    `patience` evaluations. Never looks at the test set."""
+    best = best_row(metrics, key)
+    if patience <= 0 or best is None:
+        return None
+    since = [r for r in metrics if r.get(key) is not None and r["epoch"] > best["epoch"]]
+    if len(since) < patience:
         return None
     return (
         f"early stop: {key} has not improved for {patience} evaluations "
-        f"(best {_fmt(key, vals[best][1])} at epoch {vals[best][0]})"
+        f"(best {_fmt(key, best[key])} at epoch {best['epoch']})"
     )
 
 
@@ -546,8 +580,20 @@ def gather_states(gen: torch.Generator, d: Dist) -> list[torch.Tensor]:
     return states
 
 
+def best_keys(metrics: list[dict], key: str) -> dict[str, Any]:
+    """summary.json's best.pt keys: the metric it was chosen on, its value and epoch."""
+    best = best_row(metrics, key)
+    return {
+        "best_metric": key,
+        "best_value": best and best[key],
+        "best_epoch": best and best["epoch"],
+    }
+
+
 def _fmt(key: str, value: float) -> str:
-    return f"{value:.2f}%" if key.endswith("_acc") else f"{value:.4g}"
+    """Accuracy and COCO AP are percentages; everything else a plain number."""
+    percent = key.endswith("_acc") or key.removeprefix("val_").startswith("map")
+    return f"{value:.2f}%" if percent else f"{value:.4g}"
 
 
 def epoch_line(row: dict[str, Any], epochs: int, shown: tuple[str, ...]) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from freebies.data.io import write_text
+
 
 def git_commit() -> str | None:
     """The commit of the freebies checkout that runs, or None outside a git checkout."""
@@ -85,15 +87,34 @@ def bf16_speedup(step: Callable[[bool], object], repeats: int = 3) -> float:
     return statistics.median(times[False]) / statistics.median(times[True])
 
 
+AGREE = 1.15  # two probes agree when the larger speed-up is at most this times the smaller
+MAX_PROBES = 4
+
+
+def agreed_speedup(probe: Callable[[], float]) -> tuple[float | None, list[float]]:
+    """Run `probe` until two successive speed-ups agree (within AGREE, and on the same side of
+    MIN_SPEEDUP), at most MAX_PROBES times. Returns their mean (None when no two agreed: a
+    busy machine) and every measurement."""
+    seen = [probe()]
+    while len(seen) < MAX_PROBES:
+        seen.append(probe())
+        a, b = sorted(seen[-2:])
+        if b <= a * AGREE and (a >= MIN_SPEEDUP) == (b >= MIN_SPEEDUP):
+            return (a + b) / 2, seen
+    return None, seen
+
+
 def choose_precision(
     precision: str, device: torch.device, probe: Callable[[], float] | None, key: str
 ) -> tuple[str, str]:
     """What `train.precision` trains in here, and why: (fp32 | bf16 | fp64, reason).
 
     Anything but `auto` is kept. `auto` is bf16 autocast on CUDA. On a CPU it is bf16 only
-    when the CPU has native bf16 (avx512_bf16 or amx_bf16) and `probe()`, the bf16 speed-up
-    of this run's own training step, is at least MIN_SPEEDUP; the probe's result is cached
-    per CPU, torch version and `key` (model and batch) in ~/.cache/freebies/precision.json.
+    when the CPU has native bf16 (avx512_bf16 or amx_bf16) and the bf16 speed-up of this run's
+    own training step (`probe`, repeated until two measurements agree: `agreed_speedup`) is at
+    least MIN_SPEEDUP; probes that never agree decide fp32 and say so. The verdict and its
+    measurements are cached per CPU (model, cores, bf16 flags), torch version and `key`
+    (model and batch) in ~/.cache/freebies/precision.json, so a new CPU or torch probes again.
     FREEBIES_AUTO_PRECISION=fp32|bf16 decides `auto` without probing (the test suite pins it).
     """
     if precision != "auto":
@@ -105,21 +126,27 @@ def choose_precision(
         return "bf16", "auto: bf16 autocast on CUDA"
     if probe is None:
         return "fp32", "auto: fp32 on the CPU (this task has no bf16 probe)"
-    if not cpu_flags() & BF16_FLAGS:
+    flags = cpu_flags() & BF16_FLAGS
+    if not flags:
         return "fp32", "auto: fp32, this CPU has no native bf16 (avx512_bf16 or amx_bf16)"
     path = Path.home() / ".cache" / "freebies" / "precision.json"
-    entry = f"{machine()} | torch {torch.__version__} | {key}"
-    cache: dict[str, float] = {}
+    entry = f"{machine()} {'+'.join(sorted(flags))} | torch {torch.__version__} | {key}"
+    cache: dict[str, dict] = {}
     with contextlib.suppress(OSError, ValueError):
         cache = json.loads(path.read_text())
     source = "cached probe"
-    if entry not in cache:
-        cache[entry], source = probe(), "probe"
+    if not isinstance(cache.get(entry), dict):  # absent, or a single probe of older versions
+        speedup, seen = agreed_speedup(probe)
+        cache[entry], source = {"speedup": speedup, "probes": seen}, "probe"
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(cache, indent=1) + "\n")
-    choice = "bf16" if cache[entry] >= MIN_SPEEDUP else "fp32"
-    return choice, f"auto: {choice}, bf16 autocast ran {cache[entry]:.2f}x fp32 ({source}, {key})"
+            write_text(path, json.dumps(cache, indent=1) + "\n")
+    speedup, seen = cache[entry]["speedup"], cache[entry]["probes"]
+    if speedup is None:
+        runs = ", ".join(f"{v:.2f}x" for v in seen)
+        return "fp32", f"auto: fp32, the bf16 probes disagreed ({runs}: a busy machine?) ({key})"
+    choice = "bf16" if speedup >= MIN_SPEEDUP else "fp32"
+    return choice, f"auto: {choice}, bf16 autocast ran {speedup:.2f}x fp32 ({source}, {key})"
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -12,12 +12,11 @@ from typing import Any
 import torch
 
 from freebies.data.images import ImageData, resize_batch
-from freebies.data.io import decode, is_gray, parallel_map, read_header
+from freebies.data.io import IMAGE_EXTENSIONS, decode, is_gray, parallel_map, read_header
 from freebies.errors import UsageError, nearest
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderImages", "load_folder"]
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
 
 
 def _list_split(split_dir: Path) -> dict[str, list[Path]]:

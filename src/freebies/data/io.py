@@ -10,6 +10,7 @@ sizes its output from headers) nor BMP / TIFF, so PIL would stay for those anywa
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -99,3 +100,34 @@ def decode(path: Path, channels: int = 3, fix: str = "delete or replace it") -> 
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise _unreadable(path, e, fix) from None
     return torch.from_numpy(np.array(np.broadcast_to(gray, (channels, *gray.shape))))
+
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def image_paths(inputs: list[str]) -> list[Path]:
+    """Image files named by `inputs`: files, folders (every image below, sorted) and glob
+    patterns (`**` descends), each file once in the order given. An input that names no
+    image is a one-line UsageError."""
+    found: dict[Path, None] = {}
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            hits = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.is_file():
+            hits = [path]
+        else:
+            hits = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        hits = [p for p in hits if p.is_file() and not p.name.startswith(".")]
+        if not hits:
+            raise UsageError(f"{spec}: no image file there; give image files, folders or globs")
+        found.update(dict.fromkeys(hits))
+    return list(found)
+
+
+def output_stems(paths: list[Path]) -> list[Path]:
+    """A distinct relative name (no suffix) per image: its path below the inputs' common
+    folder, so two `img.jpg` in different folders never overwrite each other's outputs."""
+    resolved = [p.resolve() for p in paths]
+    root = Path(os.path.commonpath([p.parent for p in resolved]))
+    return [p.relative_to(root).with_suffix("") for p in resolved]

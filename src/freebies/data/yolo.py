@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 
 from freebies.data.annotations import VALID_FORMS, Item, Read, box_rows, label_rows
-from freebies.data.io import one_line
+from freebies.data.io import IMAGE_EXTENSIONS, one_line
 from freebies.errors import UsageError
 
 __all__ = ["read_yolo"]
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 # YOLO coordinates a little past [0, 1] are rounding in exporters; further out they are
 # pixels or garbage, which clipping would silently turn into wrong boxes.
 YOLO_TOLERANCE = 0.01
