@@ -96,16 +96,19 @@ def test_a_wrong_fusion_is_refused_before_writing(acnet_run, capsys, monkeypatch
     assert not target.exists()
 
 
-def test_torchscript_export_matches(acnet_run, capsys):
+def test_torch_export_matches_on_any_batch(acnet_run, capsys):
+    """torch.export (not the deprecated torch.jit): a dynamic batch, the eager model's logits."""
     target = acnet_run / "deploy.pt"
-    rc, _, err = run_cli(
-        capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target), "--export", "torchscript"
+    rc, out, err = run_cli(
+        capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target), "--export", "torch"
     )
     assert rc == 0, err
-    scripted = torch.jit.load(str(acnet_run / "deploy.ts"))
+    assert "deploy.pt2: outputs within" in out
+    program = torch.export.load(str(acnet_run / "deploy.pt2")).module()
     model = deploy.load_model(checkpoint.load(target))
-    x = torch.randn(3, 1, 28, 28)
-    torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=0)
+    for n in (1, 3):
+        x = torch.randn(n, 1, 28, 28)
+        torch.testing.assert_close(program(x), model(x), atol=1e-5, rtol=0)
 
 
 def test_acnet_run_resumes_after_an_interrupt_and_fuses(idx_dir, tmp_path, capsys, monkeypatch):
@@ -167,8 +170,9 @@ def test_count_macs_counts_functional_convs_and_groups():
     assert deploy.count_macs(FunctionalHead(), x) == expected
 
 
-def test_onnx_export_matches(acnet_run, capsys):
+def test_onnx_export_matches_in_onnxruntime(acnet_run, capsys):
     onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
     target = acnet_run / "deploy.pt"
     rc, _, err = run_cli(
         capsys, "fuse", str(acnet_run / "last.pt"), "-o", str(target), "--export", "onnx"
@@ -177,6 +181,11 @@ def test_onnx_export_matches(acnet_run, capsys):
     graph = onnx.load(str(acnet_run / "deploy.onnx")).graph
     ops = {node.op_type for node in graph.node}
     assert "Conv" in ops and "BatchNormalization" not in ops
+    x = torch.randn(5, 1, 28, 28)
+    session = ort.InferenceSession(str(acnet_run / "deploy.onnx"))
+    (logits,) = session.run(None, {"images": x.numpy()})
+    model = deploy.load_model(checkpoint.load(target))
+    torch.testing.assert_close(torch.from_numpy(logits), model(x), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize(("model", "norm"), [("wrn-10-1", "bn"), ("resnet20", "gn")])

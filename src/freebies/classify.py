@@ -32,7 +32,14 @@ from freebies.data.loader import (
     to_device,
 )
 from freebies.data.splits import Splits, prepare
-from freebies.deploy import count_macs, fuse_and_check, load_model, plain_fused, report_table
+from freebies.deploy import (
+    EXPORTS,
+    count_macs,
+    fuse_and_check,
+    load_model,
+    plain_fused,
+    report_table,
+)
 from freebies.deploy import export as export_model
 from freebies.distributed import Dist, pick_device
 from freebies.errors import UsageError
@@ -458,6 +465,7 @@ def fuse_checkpoint(
     checkpoint.save(deployed, output)
     written = [output]
     if export:
-        written.append(output.with_suffix(".ts" if export == "torchscript" else ".onnx"))
-        export_model(fused.to(torch.device("cpu")), x.cpu(), export, written[-1])
+        written.append(output.with_suffix(EXPORTS[export]))
+        diff = export_model(fused.to(torch.device("cpu")), x.cpu(), export, written[-1])
+        print(f"{written[-1]}: outputs within {diff:.2g} of the model's on {len(x)} test images")
     return written

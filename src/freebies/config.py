@@ -8,6 +8,7 @@ expected type. The resolved recipe is saved in every run folder as ``config.yaml
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -465,7 +466,21 @@ def load(
             f"recipe {Path(recipe).stem} is a {own} recipe, not a {task} one; train it with "
             f"`{COMMANDS[own]}`, or choose a {task} recipe"
         )
-    return validate(apply(apply(CONFIGS[task](), data), overrides or {}))
+    return validate(clamp_warmup(apply(apply(CONFIGS[task](), data), overrides or {})))
+
+
+def clamp_warmup(cfg: Config) -> Config:
+    """A run no longer than its recipe's warmup (e.g. `--epochs 1` for a smoke run) warms up
+    over its first half instead, with a one-line warning, rather than being refused."""
+    warmup, epochs = cfg.sched.warmup_epochs, cfg.train.epochs
+    if epochs > 0 and warmup >= epochs:
+        cfg.sched.warmup_epochs = epochs / 2
+        print(
+            f"freebies: warning: sched.warmup_epochs={warmup:g} is not shorter than the run "
+            f"(train.epochs={epochs}); warming up over {epochs / 2:g} epochs instead",
+            file=sys.stderr,
+        )
+    return cfg
 
 
 def from_dict(d: dict, task: str = "classify") -> Config:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -151,25 +152,55 @@ def report_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def export(model: nn.Module, x: torch.Tensor, fmt: str, path: Any) -> None:
-    """Write the fused model as TorchScript (traced) or ONNX."""
-    if fmt == "torchscript":
-        torch.jit.save(torch.jit.trace(model, x[:1]), str(path))
+EXPORTS = {"onnx": ".onnx", "torch": ".pt2"}  # --export FORMAT -> file suffix
+
+
+def export(model: nn.Module, x: torch.Tensor, fmt: str, path: Path) -> float:
+    """Write the fused model as ONNX (torch.onnx, dynamo exporter) or a torch.export program
+    (.pt2), both with a dynamic batch, then run the file on batch x and return its largest
+    difference from the eager model's logits (a UsageError above MAX_ABS_DIFF)."""
+    model = model.eval()
+    batch = torch.export.Dim("batch", min=1)
+    if fmt == "torch":
+        program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(path))
+        with torch.no_grad():
+            got = torch.export.load(str(path)).module()(x)
     else:
-        try:
-            import onnx  # noqa: F401  (torch.onnx needs it to write the file)
-        except ImportError:
-            raise UsageError(
-                "--export onnx needs the onnx package: pip install onnx onnxscript"
-            ) from None
+        run = onnx_runner()
         torch.onnx.export(
             model,
-            (x[:1],),
+            (x[:2],),
             str(path),
             input_names=["images"],
             output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
         )
+        got = torch.from_numpy(run(path, {"images": x.numpy()})[0])
+    with torch.no_grad():
+        diff = float((got - model(x)).abs().max())
+    if not diff <= MAX_ABS_DIFF:
+        raise UsageError(f"the exported {path} differs from the model by {diff:.3g}; not kept")
+    return diff
+
+
+def onnx_runner() -> Any:
+    """A function (path, inputs) -> outputs running an ONNX file with onnxruntime; a one-line
+    error when the export extra is missing."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs it to write the file)
+        import onnxruntime
+    except ImportError:
+        raise UsageError(
+            "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'freebies[export]'"
+        ) from None
+
+    def run(path: Path, inputs: dict[str, Any]) -> list[Any]:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, inputs)
+
+    return run
 
 
 def load_model(ckpt: Checkpoint) -> nn.Module:
