@@ -35,6 +35,8 @@ class Scene:
     width: int
     boxes: np.ndarray  # float64 (n, 4) xyxy pixels (whole numbers, inside the image)
     labels: np.ndarray  # int64 (n,) class index
+    crowd: np.ndarray | None = None  # bool (n,): COCO iscrowd regions (COCO files only)
+    areas: np.ndarray | None = None  # float64 (n,): COCO `area`, NaN = none written; default w*h
 
 
 def cycled_scenes(n: int, prefix: str, classes: int, seed: int = 0) -> list[Scene]:
@@ -101,7 +103,8 @@ def write_coco(
 
     ``layout``: "beside" (images next to the JSON), "images" (under ``root/images/``) or
     "nested" (``file_name`` = ``pics/<split>/x.png``, relative to ``root``). Image ids are
-    the file's own (100, 107, 114, ... across all splits), not positions.
+    the file's own (100, 107, 114, ... across all splits), not positions. A scene's ``crowd``
+    and ``areas`` become its annotations' ``iscrowd`` and ``area`` (default 0 and w * h).
     """
     ids = category_ids or list(range(1, len(classes) + 1))
     root.mkdir(parents=True, exist_ok=True)
@@ -115,18 +118,20 @@ def write_coco(
             images.append(
                 {"id": next_id, "file_name": name, "height": scene.height, "width": scene.width}
             )
-            for (x1, y1, x2, y2), c in zip(scene.boxes, scene.labels, strict=True):
+            for j, ((x1, y1, x2, y2), c) in enumerate(zip(scene.boxes, scene.labels, strict=True)):
                 box = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
-                anns.append(
-                    {
-                        "id": len(anns) + 1,
-                        "image_id": next_id,
-                        "category_id": ids[c],
-                        "bbox": box,
-                        "area": box[2] * box[3],
-                        "iscrowd": 0,
-                    }
-                )
+                area = box[2] * box[3] if scene.areas is None else float(scene.areas[j])
+                ann = {
+                    "id": len(anns) + 1,
+                    "image_id": next_id,
+                    "category_id": ids[c],
+                    "bbox": box,
+                    "area": area,
+                    "iscrowd": 0 if scene.crowd is None else int(scene.crowd[j]),
+                }
+                if np.isnan(area):
+                    del ann["area"]
+                anns.append(ann)
             next_id += 7
         pairs = zip(ids, classes, strict=True)
         cats = [{"id": i, "name": n, "supercategory": "thing"} for i, n in pairs]
@@ -134,6 +139,34 @@ def write_coco(
         out[split] = root / f"instances_{split}.json"
         out[split].write_text(json.dumps(doc))
     return out
+
+
+def pycocotools_eval(doc: dict, results: list[dict], classes: list[str], ids: list[int]) -> dict:
+    """The reference: pycocotools' COCOeval of `results` (COCO's results format) against the
+    COCO document `doc`; map, map_50, ..., map_large and ap_per_class, in percent (None where
+    there is no ground truth)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from freebies.detection.coco import KEYS
+
+    gt = COCO()
+    gt.dataset = doc
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    out = {k: None if v < 0 else 100 * float(v) for k, v in zip(KEYS, ev.stats, strict=False)}
+    per_class = {}
+    for name, cid in zip(classes, ids, strict=True):
+        p = ev.eval["precision"][:, :, ev.params.catIds.index(cid), 0, -1]
+        per_class[name] = 100 * float(p[p > -1].mean()) if (p > -1).any() else None
+    return {**out, "ap_per_class": per_class}
 
 
 def voc_xml(scene: Scene, classes: list[str], filename: str) -> str:

@@ -144,14 +144,39 @@ def test_coco_nested_file_name_and_val_as_test(tmp_path: Path):
     assert "pics/val" in data.test.files[0]
 
 
-def test_coco_crowd_annotations_are_skipped_and_counted(tmp_path: Path):
+def test_coco_crowd_regions_are_left_out_of_training_kept_for_evaluation_and_counted(
+    tmp_path: Path,
+):
     paths = write_coco(tmp_path, {"train": scenes(2, "tr"), "test": scenes(1, "te")}, CLASSES)
     doc = json.loads(paths["train"].read_text())
     doc["annotations"][0]["iscrowd"] = 1
     paths["train"].write_text(json.dumps(doc))
     data = load_detection(f"coco:{tmp_path}", image_size=32)
-    assert data.notes == ["skipped 1 crowd (iscrowd) annotations"]
+    assert data.notes == [
+        "left 1 crowd (iscrowd) regions out of training (evaluation ignores them)"
+    ]
     assert sum(len(b) for b in data.train.boxes) == len(doc["annotations"]) - 1
+    assert sum(len(t.boxes) for t in data.train.truth) == len(doc["annotations"])
+    assert data.train.truth[0].iscrowd.tolist()[0] is True
+
+
+@pytest.mark.parametrize("area", ["12", -1.0, None])
+def test_coco_area_must_be_a_number_or_absent(tmp_path: Path, area):
+    paths = write_coco(tmp_path, {"train": scenes(2, "tr"), "test": scenes(1, "te")}, CLASSES)
+    doc = json.loads(paths["train"].read_text())
+    doc["annotations"][0]["area"] = area
+    if area is None:
+        del doc["annotations"][0]["area"]  # absent: the box's w x h, as COCO does
+    paths["train"].write_text(json.dumps(doc))
+    if area is None:
+        data = load_detection(f"coco:{tmp_path}", image_size=32)
+        _, _, w, h = doc["annotations"][0]["bbox"]
+        assert data.train.truth[0].areas.tolist()[0] == w * h
+    else:
+        one_line_error(
+            r"annotations\[0\] has 'area'.*a number >= 0",
+            lambda: load_detection(f"coco:{tmp_path}", image_size=32),
+        )
 
 
 @pytest.mark.parametrize("names", ["list", "dict"])

@@ -4,6 +4,8 @@ backbone receives, and the merge rules."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from scipy import ndimage
@@ -78,11 +80,11 @@ def test_the_pyramid_and_the_tiles_find_a_small_object_the_single_pass_misses():
 
 
 def test_an_object_cut_by_a_tile_border_comes_out_as_one_box():
-    obj = (50, 20, 80, 40)  # across the seam of the 2x2 grid's tiles x in [0, 72] and [56, 128]
+    obj = (50, 20, 80, 40)  # across the seam of the 2x2 grid's tiles x in [0, 71] and [57, 128]
     x = image_with(obj)
     stub = Stub(128, min_px=4)
     windows = tile_windows(128, 128, grid=(2, 2), overlap=0.2)
-    assert windows[0] == (0, 0, 72, 72) and windows[1] == (56, 0, 128, 72)
+    assert windows[0] == (0, 0, 71, 71) and windows[1] == (57, 0, 128, 71)  # 14 px shared
     whole = torch.tensor(obj, dtype=torch.float32)
     for scales in ((), (1.0,)):  # the tiles' halves alone, and with the full pass
         found = multiscale_detect(stub, x, scales=scales, windows=windows, input_size=128)[0]
@@ -193,7 +195,7 @@ def test_tile_boxes_at_an_inner_edge_are_marked_cut():
         for d in parts
         for b, c in zip(d["boxes"], d["cut"], strict=True)
     }
-    assert cut[(50.0, 20.0, 72.0, 40.0)] and cut[(56.0, 20.0, 80.0, 40.0)]
+    assert cut[(50.0, 20.0, 71.0, 40.0)] and cut[(57.0, 20.0, 80.0, 40.0)]
     assert not cut[(0.0, 90.0, 10.0, 100.0)]
 
 
@@ -206,6 +208,71 @@ def test_auto_tile_size_rule():
     assert auto_tile_size(None, 256, 256) is None  # nothing small
     assert auto_tile_size(31.0, 256, 240) is None  # 248 px: the whole image
     assert auto_tile_size(2.0, 256, 256) == 64  # at least a quarter
+
+
+def axis(windows: list[tuple[int, int, int, int]], lo: int) -> list[int]:
+    """The distinct starts along one axis (lo=0: x, lo=1: y)."""
+    return sorted({win[lo] for win in windows})
+
+
+def test_tile_counts_are_what_the_overlap_needs_and_never_repeat():
+    assert tile_windows(192, 192, tile_size=192, overlap=0.3) == [(0, 0, 192, 192)]  # was 4
+    assert tile_windows(192, 192, tile_size=256, overlap=0.4) == [(0, 0, 192, 192)]
+    windows = tile_windows(512, 512, tile_size=64, overlap=0.3)
+    assert len(windows) == 121  # 11 per axis, 44-45 px apart; float ceil made it 12 (144)
+    starts = axis(windows, 0)
+    assert starts[0] == 0 and starts[-1] == 512 - 64
+    assert {b - a for a, b in itertools.pairwise(starts)} == {44, 45}
+    assert len(tile_windows(256, 256, tile_size=136, overlap=0.2)) == 9  # the scenes' auto
+    assert tile_windows(216, 216, grid=(2, 2), overlap=0.2)[-1] == (96, 96, 216, 216)
+    # 0.29 * 100 is 28.999999999999996 in floats: the overlap is taken as written, 29 px
+    assert axis(tile_windows(171, 100, tile_size=100, overlap=0.29), 1) == [0, 71]
+
+
+def check_axis(windows, lo: int, length: int, tile: int, overlap: float, fewest: bool) -> int:
+    """Covering, overlap, no repeats (and with `fewest`, no fewer tiles would do) along one
+    axis; returns the count on it."""
+    from fractions import Fraction
+
+    starts = axis(windows, lo)
+    assert all(win[lo + 2] - win[lo] == tile for win in windows)
+    assert starts[0] == 0 and starts[-1] + tile == length  # every pixel covered (gaps < tile)
+    need = Fraction(str(overlap)) * tile  # the share in pixels, exactly
+    step = tile - int(need)  # the largest step keeping floor(need) shared pixels
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(1 <= g <= step for g in gaps)  # neighbours overlap >= floor(overlap x tile)
+    assert all(tile - g > need - 1 for g in gaps)  # ... so within a pixel of overlap x tile
+    n = len(starts)
+    # minimal: n - 1 tiles spread over the same room leave some gap of ceil(room / (n - 2))
+    if fewest and n > 2:
+        assert -(-(length - tile) // (n - 2)) > step
+    return n
+
+
+def test_tile_windows_property_over_many_sizes_tiles_and_overlaps():
+    g = torch.Generator().manual_seed(0)
+    overlaps = [0.0, 0.1, 0.2, 0.25, 0.29, 0.3, 1 / 3, 0.4, 0.5, 0.7, 0.9, 0.95]
+    for trial in range(1500):
+        h, w = (int(v) for v in torch.randint(1, 700, (2,), generator=g))
+        overlap = overlaps[trial % len(overlaps)]
+        if trial % 2:
+            tile = int(torch.randint(1, 300, (1,), generator=g))
+            windows = tile_windows(h, w, tile_size=tile, overlap=overlap)
+            th, tw = min(tile, h), min(tile, w)
+        else:
+            rows, cols = (int(torch.randint(1, min(n, 12) + 1, (1,), generator=g)) for n in (h, w))
+            windows = tile_windows(h, w, grid=(rows, cols), overlap=overlap)
+            th, tw = windows[0][3], windows[0][2]
+        assert len(set(windows)) == len(windows)  # no window twice
+        n_rows = check_axis(windows, 1, h, th, overlap, fewest=trial % 2 == 1)
+        n_cols = check_axis(windows, 0, w, tw, overlap, fewest=trial % 2 == 1)
+        assert len(windows) == n_rows * n_cols
+        if trial % 2 == 0:  # the grid's count, with the smallest tile that keeps the overlap
+            assert (n_rows, n_cols) == (rows, cols)
+            for length, t, n in ((h, th, rows), (w, tw, cols)):
+                if t > 1:
+                    smaller = tile_windows(length, 1, tile_size=t - 1, overlap=overlap)
+                    assert len(smaller) > n
 
 
 @pytest.mark.parametrize(
@@ -268,7 +335,7 @@ def test_detect_eval_reports_the_multiscale_result_and_its_cost(trained, capsys,
     if result.get("inference"):  # --auto-tiles may find that no tiling pays
         assert result["cost_vs_single"] > 0 and {"map", "map_small"} <= result["single"].keys()
     else:
-        assert options == ["--auto-tiles"] and "no tiling pays" in out
+        assert options == ["--auto-tiles"] and "warning: --auto-tiles: no tiling pays" in err
 
 
 def test_detect_predict_with_tiles_writes_boxes_in_the_images_pixels(trained, tmp_path, capsys):
@@ -307,3 +374,68 @@ def test_bad_multiscale_options_are_one_line_errors(trained, capsys, options, ma
 
     line = usage_error(capsys, "detect", "eval", str(trained[0] / "last.pt"), *options)
     assert match in line
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (["--tile-size", "0"], "--tile-size is a tile side in pixels >= 1, got 0"),
+        (["--tiles", "0x2"], "--tiles takes ROWSxCOLS"),
+        (["--pyramid", "1,2", "--snip", "-1"], "--snip is a box side in pixels > 0, got -1"),
+        (["--tiles", "2x2", "--snip", "0"], "--snip is a box side in pixels > 0"),
+        (["--overlap", "0.3"], "--overlap is the tiles' overlap; give --tiles"),
+        (["--pyramid", "1,2", "--overlap", "0.3"], "--overlap is the tiles' overlap"),
+        (["--merge", "nms"], "--merge joins the passes"),
+        (["--merge-thr", "0.4"], "--merge-thr is the threshold"),
+        (["--tiles", "2x2", "--overlap", "1"], "--overlap must be in [0, 1)"),
+        (["--pyramid", "0,1"], "scale must be a number > 0"),
+    ],
+)
+def test_multiscale_options_are_refused_before_anything_loads(tmp_path, capsys, options, match):
+    """The checkpoint named does not exist: the option's error comes first."""
+    from helpers import usage_error
+
+    line = usage_error(capsys, "detect", "eval", str(tmp_path / "missing.pt"), *options)
+    assert match in line
+
+
+def test_check_multiscale_applies_the_defaults_only_where_they_act():
+    from freebies.detect import check_multiscale
+
+    assert check_multiscale(tiles="2x3")["grid"] == (2, 3)
+    o = check_multiscale(tile_size=96)
+    assert (o["overlap"], o["merge_thr"], o["given"]) == (0.2, 0.5, {})
+    o = check_multiscale(pyramid="1,2", merge="nms", merge_thr=0.6)
+    assert o["scales"] == [1.0, 2.0] and o["given"] == {"--merge": "nms", "--merge-thr": 0.6}
+
+
+@pytest.mark.parametrize(
+    ("options", "warning"),
+    [
+        (
+            {"auto_tiles": True, "overlap": 0.3, "snip": 20.0},
+            "--auto-tiles: no tiling pays here (no small training boxes, or tiles as large as"
+            " the image); one full pass (--overlap 0.3, --snip 20.0 unused)",
+        ),
+        (
+            {"tile_size": 128, "pyramid": "1,2", "overlap": 0.3, "snip": 20.0},
+            "--tile-size 128 is one tile as large as the 128 px input: no tiles; the pyramid"
+            " alone (--overlap 0.3 unused)",
+        ),
+        (
+            {"tiles": "1x1", "merge": "nms"},
+            "--tiles 1x1 is one tile as large as the 128 px input: no tiles; one full pass"
+            " (--merge nms unused)",
+        ),
+        (
+            {"pyramid": "1", "merge_thr": 0.3},
+            "--pyramid 1 is the single pass; one full pass (--merge-thr 0.3 unused)",
+        ),
+    ],
+)
+def test_options_that_add_nothing_are_dropped_with_a_warning_naming_them(capsys, options, warning):
+    from freebies.detect import multiscale_infer
+
+    multi = multiscale_infer(Stub(128), {"image_size": 128, "small_box_side": None}, **options)
+    assert bool(multi) == ("pyramid" in options and options["pyramid"] != "1")
+    assert capsys.readouterr().err == f"freebies: warning: {warning}\n"

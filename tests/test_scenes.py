@@ -205,3 +205,43 @@ def test_default_dir_follows_freebies_data(pools, tmp_path: Path, monkeypatch) -
     assert (tmp_path / "scenes" / "instances_test.json").is_file()
     monkeypatch.delenv("FREEBIES_DATA")
     assert default_scenes_dir() == Path(os.path.expanduser("~")) / ".cache" / "freebies" / "scenes"
+
+
+def test_make_data_without_out_writes_where_detect_train_reads(
+    pools, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from freebies import detect
+    from freebies.cli import main
+    from freebies.config import DetectConfig
+
+    monkeypatch.setenv("FREEBIES_DATA", str(tmp_path))
+    full = scenes.make_scenes  # the default set is 2,700 scenes: a small one stands in for it
+    monkeypatch.setattr(scenes, "make_scenes", lambda out, **kw: full(out, **{**SMALL, **kw}))
+    assert main(["detect", "make-data"]) == 0
+    where = tmp_path / "scenes"
+    assert capsys.readouterr().out == (
+        f"Fashion scenes in {where}, where `freebies detect train` reads them (--data scenes)\n"
+    )
+    monkeypatch.setattr(scenes, "_write_split", lambda *a: pytest.fail("made a second copy"))
+    cfg = DetectConfig()
+    cfg.data.image_size = 32
+    assert cfg.data.spec == "scenes" and len(detect.load_data(cfg).train) == SMALL["n_train"]
+
+
+def test_make_data_with_out_prints_the_data_option_to_train_on(
+    pools, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from freebies.cli import main
+    from freebies.data.detection import load_detection
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["detect", "make-data", "--out", "my scenes", "--train", "4", "--val", "2"]
+    assert main([*argv, "--test", "2", "--seed", "3"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.endswith("train on them with: freebies detect train --data 'coco:my scenes'")
+    assert len(load_detection("coco:my scenes", image_size=32).train) == 4
+    monkeypatch.setenv("FREEBIES_DATA", str(tmp_path / "cache"))
+    assert main(["detect", "make-data", "--train", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give --out DIR too, then train with --data coco:DIR" in err
+    assert not (tmp_path / "cache").exists()

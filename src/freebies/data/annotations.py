@@ -24,6 +24,8 @@ class Item:
     image_id: int | None = None  # the file's own id (COCO)
     size: tuple[int, int] | None = None  # (H, W) the annotation declares, checked on decode
     normalized: bool = False  # YOLO: boxes are cx, cy, w, h relative to the decoded size
+    areas: np.ndarray | None = None  # float64 (n,): COCO's `area` per box, NaN where not given
+    crowd: np.ndarray | None = None  # bool (n,): COCO's `iscrowd` regions (evaluation only)
 
 
 @dataclass

@@ -5,7 +5,10 @@
 beside the JSON, under ``images/``, under a folder named like the JSON (``train2017/``), or
 at their ``file_name`` path relative to DIR. ``coco:TRAIN.json,TEST.json`` (or
 ``TRAIN,VAL,TEST``) names the files instead. Boxes are ``bbox: [x, y, w, h]`` in pixels;
-``iscrowd`` annotations are skipped (COCO's evaluator ignores them too) and counted.
+``iscrowd`` annotations are crowd regions: left out of training (and so of augmentation), kept
+for evaluation, where COCO's evaluator ignores the detections that fall on them rather than
+counting them as false positives. Each annotation's ``area`` (a segmentation's area on real
+COCO files) is kept for COCO's size bins; without one, the box's w x h is used, as COCO does.
 
 Parsed with ``json`` and checked entry by entry here, not with ``faster_coco_eval.COCO``: its
 index raises a bare KeyError for an annotation without ``id`` (which this reader accepts),
@@ -19,6 +22,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from freebies.data.annotations import VALID_FORMS, Item, Read, box_rows, label_rows
 from freebies.data.io import one_line
@@ -67,7 +72,8 @@ def read_coco(arg: str) -> Read:
     for split, path in files.items():
         splits[split], n = _coco_items(docs[split], path, index, files["train"])
         crowd += n
-    notes = [f"skipped {crowd} crowd (iscrowd) annotations"] if crowd else []
+    notes = [f"left {crowd} crowd (iscrowd) regions out of training (evaluation ignores them)"]
+    notes = notes if crowd else []
     return Read(splits, [train_cats[c] for c in ids], ids, rule, notes)
 
 
@@ -117,20 +123,19 @@ def _coco_categories(doc: dict, path: Path) -> dict[int, str]:
 def _coco_items(
     doc: dict, path: Path, index: dict[int, int], train_path: Path
 ) -> tuple[list[Item], int]:
-    """The images of one COCO file with their boxes, and how many crowd boxes were skipped."""
+    """The images of one COCO file with their boxes (crowd regions marked), and how many
+    crowd regions there were."""
     own = _coco_categories(doc, path)
     found = _coco_images(doc, path)
-    boxes: dict[int, list[list[float]]] = {iid: [] for iid in found}
-    labels: dict[int, list[int]] = {iid: [] for iid in found}
+    rows: dict[int, list[tuple[list[float], int, float, bool]]] = {iid: [] for iid in found}
     crowd = 0
     for k, ann in enumerate(_need(doc, "annotations", list, path, "the top level")):
         where = f"annotations[{k}]"
         iid = _need(ann, "image_id", int, path, where)
         if iid not in found:
             raise UsageError(f"{path}: {where} refers to image_id {iid}, which 'images' lacks")
-        if ann.get("iscrowd", 0):
-            crowd += 1  # COCO evaluates crowd regions as "ignore", never as objects to find
-            continue
+        is_crowd = bool(ann.get("iscrowd", 0))  # COCO evaluates crowd regions as "ignore"
+        crowd += is_crowd
         cid = _need(ann, "category_id", int, path, where)
         if cid not in own or cid not in index:
             known = ", ".join(map(str, sorted(index)))
@@ -146,13 +151,31 @@ def _coco_items(
         ):
             raise UsageError(f"{path}: {where} needs 'bbox': [x, y, w, h] numbers, got {bbox!r}")
         x, y, bw, bh = (float(v) for v in bbox)
-        boxes[iid].append([x, y, x + bw, y + bh])
-        labels[iid].append(index[cid])
+        rows[iid].append(([x, y, x + bw, y + bh], index[cid], _area(ann, path, where), is_crowd))
     items = [
-        Item(p, box_rows(boxes[iid]), label_rows(labels[iid]), path, iid, size)
+        Item(
+            p,
+            box_rows([r[0] for r in rows[iid]]),
+            label_rows([r[1] for r in rows[iid]]),
+            path,
+            iid,
+            size,
+            areas=np.array([r[2] for r in rows[iid]], dtype=np.float64),
+            crowd=np.array([r[3] for r in rows[iid]], dtype=bool),
+        )
         for iid, (p, size) in found.items()
     ]
     return items, crowd
+
+
+def _area(ann: dict, path: Path, where: str) -> float:
+    """The annotation's own ``area`` (NaN when it has none), checked."""
+    area = ann.get("area")
+    if area is None:
+        return math.nan
+    if isinstance(area, bool) or not isinstance(area, int | float) or not 0 <= area < math.inf:
+        raise UsageError(f"{path}: {where} has 'area' {area!r}; it must be a number >= 0")
+    return float(area)
 
 
 def _coco_images(doc: dict, path: Path) -> dict[int, tuple[Path, tuple[int, int] | None]]:

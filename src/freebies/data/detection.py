@@ -9,11 +9,12 @@ Splits, for every format: the test set is the files' test split, else their vali
 validation split is left, ``val_split`` carves a seeded one from training (``split_seed``).
 
 Every image is letterboxed to ``image_size`` x ``image_size`` (:func:`letterbox`), and its
-boxes scaled to match; ``DetSplit.orig_boxes`` keeps them in the image's own pixels for COCO
-evaluation. Real annotations are messy, so boxes crossing the edge are clipped and boxes with
-no area are dropped, and the counts go into one summary line in ``DetData.notes``. Anything
-a person must fix (a missing image, a malformed file, an unknown class) raises
-:class:`~freebies.errors.UsageError` with one line naming the file.
+boxes scaled to match; ``DetSplit.truth`` keeps them in the image's own pixels for COCO
+evaluation, with each box's COCO ``area`` and the crowd regions (``iscrowd``), which evaluation
+ignores and training never sees. Real annotations are messy, so boxes crossing the edge are
+clipped and boxes with no area are dropped, and the counts go into one summary line in
+``DetData.notes``. Anything a person must fix (a missing image, a malformed file, an unknown
+class) raises :class:`~freebies.errors.UsageError` with one line naming the file.
 
 Images are decoded by :func:`freebies.data.io.decode` and resized by torchvision.
 """
@@ -40,6 +41,7 @@ from freebies.errors import UsageError, nearest
 __all__ = [
     "DetData",
     "DetSplit",
+    "Truth",
     "letterbox",
     "letterboxed_split",
     "load_detection",
@@ -50,6 +52,15 @@ _FORMATS = ["coco", "voc", "yolo"]
 # The carved test set uses a fixed seed, so varying split_seed (which moves the validation
 # set) never moves the set the results are reported on.
 _TEST_SEED = 0
+
+
+class Truth(NamedTuple):
+    """One image's ground truth for COCO evaluation, in its original pixels, after cleaning."""
+
+    boxes: torch.Tensor  # float32 (m, 4) xyxy: the training boxes and the crowd regions
+    labels: torch.Tensor  # int64 (m,) class index 0..K-1
+    areas: torch.Tensor  # float64 (m,): the file's COCO `area`, else w x h (the size bins)
+    iscrowd: torch.Tensor  # bool (m,): crowd regions, ignore regions for COCO's evaluator
 
 
 @dataclass
@@ -68,12 +79,17 @@ class DetSplit:
     labels: list[torch.Tensor]  # int64 (n_i,), class index 0..K-1
     scales: torch.Tensor  # float64 (N, 4): (sx, sy, sx, sy), letterboxed = original * scale
     sizes: torch.Tensor  # int64 (N, 2): original (H, W)
-    orig_boxes: list[torch.Tensor]  # float32 (n_i, 4) xyxy, original pixels, after cleaning
+    truth: list[Truth]  # per image, what COCO evaluation compares with (crowd regions too)
     image_ids: list[int]  # the file's own image id (COCO), else the position in the split
     files: list[str]  # image paths, for messages and written predictions
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @property
+    def orig_boxes(self) -> list[torch.Tensor]:
+        """float32 (n_i, 4) xyxy: the training boxes in each image's original pixels."""
+        return [t.boxes[~t.iscrowd] for t in self.truth]
 
     def subset(self, idx: Sequence[int] | torch.Tensor) -> DetSplit:
         """The images at positions ``idx``, in that order (ids and files go with them)."""
@@ -85,7 +101,7 @@ class DetSplit:
             labels=[self.labels[i] for i in picked],
             scales=self.scales[t],
             sizes=self.sizes[t],
-            orig_boxes=[self.orig_boxes[i] for i in picked],
+            truth=[self.truth[i] for i in picked],
             image_ids=[self.image_ids[i] for i in picked],
             files=[self.files[i] for i in picked],
         )
@@ -186,14 +202,14 @@ def to_original(
 def letterboxed_split(image: torch.Tensor, size: int, file: str = "") -> DetSplit:
     """A one-image split without boxes, for predicting on a loose uint8 ``(3, H, W)`` image."""
     canvas, _, scale = letterbox(image, torch.zeros((0, 4)), size)
-    none = torch.zeros((0, 4), dtype=torch.float32)
+    none, no_labels = torch.zeros((0, 4), dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
     return DetSplit(
         images=canvas[None],
         boxes=[none],
-        labels=[torch.zeros(0, dtype=torch.int64)],
+        labels=[no_labels],
         scales=scale[None],
         sizes=torch.tensor([tuple(image.shape[-2:])], dtype=torch.int64),
-        orig_boxes=[none],
+        truth=[Truth(none, no_labels, torch.zeros(0).double(), torch.zeros(0, dtype=torch.bool))],
         image_ids=[0],
         files=[file],
     )
@@ -320,8 +336,8 @@ def _carve(items: list[Item], share: float, seed: int, spec: str) -> tuple[list[
 
 class _Loaded(NamedTuple):
     boxes: torch.Tensor
-    orig_boxes: torch.Tensor
     labels: torch.Tensor
+    truth: Truth
     scale: torch.Tensor
     size: tuple[int, int]
     clipped: int
@@ -368,7 +384,7 @@ def _build_split(items: list[Item], size: int, tally: _Tally) -> DetSplit:
         labels=[r.labels for r in loaded],
         scales=torch.stack([r.scale for r in loaded]) if loaded else torch.zeros((0, 4)).double(),
         sizes=torch.tensor([r.size for r in loaded], dtype=torch.int64).reshape(-1, 2),
-        orig_boxes=[r.orig_boxes for r in loaded],
+        truth=[r.truth for r in loaded],
         image_ids=[i if item.image_id is None else item.image_id for i, item in enumerate(items)],
         files=[str(item.path) for item in items],
     )
@@ -391,16 +407,31 @@ def _load_item(item: Item, out: torch.Tensor) -> _Loaded:
         )
     boxes, keep, clipped = _clip(boxes.reshape(-1, 4), h, w)
     orig = torch.from_numpy(boxes)
+    truth = _truth(item, orig.float(), keep)
+    train = ~truth.iscrowd  # crowd regions are for evaluation only
     scale = _letterbox_into(image, out)
     return _Loaded(
-        boxes=(orig * scale).float(),
-        orig_boxes=orig.float(),
-        labels=torch.from_numpy(item.labels[keep].astype(np.int64)),
+        boxes=(orig[train] * scale).float(),
+        labels=truth.labels[train],
+        truth=truth,
         scale=scale,
         size=(h, w),
         clipped=clipped,
         dropped=int((~keep).sum()),
     )
+
+
+def _truth(item: Item, boxes: torch.Tensor, keep: np.ndarray) -> Truth:
+    """The evaluation's ground truth of the cleaned ``boxes`` (float32 (m, 4), the ``keep``
+    rows of the item's): the file's area where it gave one, else w x h of the box."""
+    wide = boxes.double()
+    areas = (wide[:, 2] - wide[:, 0]) * (wide[:, 3] - wide[:, 1])
+    if item.areas is not None:
+        given = torch.from_numpy(item.areas[keep])
+        areas = torch.where(given.isnan(), areas, given)
+    crowd = np.zeros(len(boxes), bool) if item.crowd is None else item.crowd[keep]
+    labels = torch.from_numpy(item.labels[keep].astype(np.int64))
+    return Truth(boxes, labels, areas, torch.from_numpy(crowd))
 
 
 def _clip(boxes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, int]:

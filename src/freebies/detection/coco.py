@@ -3,7 +3,10 @@ pycocotools' COCOeval; the two agree to 1e-6), never from a formula of our own.
 
 Lin et al. 2014, "Microsoft COCO: Common Objects in Context", https://arxiv.org/abs/1405.0312:
 AP averaged over IoU 0.50:0.05:0.95, up to 100 detections per image, size bins by area
-(small < 32², medium < 96², large).
+(small < 32², medium < 96², large). Ground truth goes in as the file has it: each box's own
+``area`` (a segmentation's area on real COCO files) decides its size bin, and crowd regions
+(``iscrowd``) are ignore regions: a detection matched to one is neither a true nor a false
+positive. With both, the figures are pycocotools' on the original annotation file.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ def coco_metrics(
     sizes: torch.Tensor,
     classes: list[str],
     category_ids: list[int],
+    *,
+    areas: list[torch.Tensor] | None = None,
+    iscrowd: list[torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """COCO AP of `preds` against the ground truth, in percent.
 
@@ -32,6 +38,8 @@ def coco_metrics(
         gt_boxes, gt_labels: per image (m, 4) xyxy and (m,) class indices.
         sizes: (N, 2) image heights and widths; all boxes in those images' pixels.
         classes, category_ids: class names and the file's own category id of each index.
+        areas: per image (m,) COCO areas of the ground truth (default: each box's w x h).
+        iscrowd: per image (m,) bool, the crowd regions among gt_boxes (default: none).
 
     Returns:
         map, map_50, map_75, map_small, map_medium, map_large (None where a size bin has no
@@ -43,9 +51,12 @@ def coco_metrics(
     for i, (b, lab) in enumerate(zip(gt_boxes, gt_labels, strict=True)):
         h, w = sizes[i].tolist()
         images.append({"id": i, "height": h, "width": w})
-        for box, c in zip(_xywh(b), lab.tolist(), strict=True):
+        boxes = _xywh(b)
+        area = areas[i].tolist() if areas is not None else [x[2] * x[3] for x in boxes]
+        crowd = iscrowd[i].int().tolist() if iscrowd is not None else [0] * len(boxes)
+        for box, c, a, k in zip(boxes, lab.tolist(), area, crowd, strict=True):
             ann = {"id": len(annotations) + 1, "image_id": i, "category_id": category_ids[c]}
-            annotations.append({**ann, "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+            annotations.append({**ann, "bbox": box, "area": a, "iscrowd": k})
     for i, p in enumerate(preds):
         for box, s, c in zip(
             _xywh(p["boxes"]), p["scores"].tolist(), p["labels"].tolist(), strict=True

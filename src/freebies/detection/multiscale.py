@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -115,30 +116,54 @@ def tile_windows(
 ) -> list[tuple[int, int, int, int]]:
     """Overlapping windows (x0, y0, x1, y1) of one size that cover an h x w image.
 
-    Either `grid` = (rows, cols), each tile h / (rows - (rows - 1) * overlap) high (rounded up),
-    or `tile_size`: square tiles of that side (at most the image's), as many per axis as an
-    `overlap` share between neighbours needs. Tiles are spaced evenly with the first at 0 and
-    the last ending at the image's edge, so edge tiles have the full size too.
+    Neighbours share at least ``floor(overlap * tile)`` pixels (the overlap taken as the
+    decimal it is written as, 0.3 = 3/10; all arithmetic on integers). Either `grid` =
+    (rows, cols): the smallest tiles with which that many per axis keep the overlap; or
+    `tile_size`: square tiles of that side (at most the image's), as few per axis as keep it
+    (512 px, 64 px tiles, overlap 0.3: 11 per axis, 45 px apart). Tiles are spaced evenly
+    (rounded to whole pixels) with the first at 0 and the last ending at the image's edge, so
+    edge tiles have the full size too, and no two windows are the same.
     """
     if not 0 <= overlap < 1:
         raise ValueError(f"tiles: overlap must be in [0, 1), got {overlap}")
     if (grid is None) == (tile_size is None):
         raise ValueError("tiles: give exactly one of grid and tile_size")
+    share = Fraction(str(overlap))  # exact: float 0.3 * 64 would floor or ceil the wrong way
     if grid is not None:
         rows, cols = grid
         if rows < 1 or cols < 1 or rows > h or cols > w:
             raise ValueError(f"tiles: a {rows}x{cols} grid does not fit a {h}x{w} image")
-        th = math.ceil(h / (rows - (rows - 1) * overlap))
-        tw = math.ceil(w / (cols - (cols - 1) * overlap))
+        th, tw = _tile_for(h, rows, share), _tile_for(w, cols, share)
     else:
         if tile_size < 1:
             raise ValueError(f"tiles: tile_size must be >= 1, got {tile_size}")
         th, tw = min(tile_size, h), min(tile_size, w)
-        rows = max(1, math.ceil((h - th * overlap) / (th * (1 - overlap))))
-        cols = max(1, math.ceil((w - tw * overlap) / (tw * (1 - overlap))))
-    ys = [round(k * (h - th) / (rows - 1)) if rows > 1 else 0 for k in range(rows)]
-    xs = [round(k * (w - tw) / (cols - 1)) if cols > 1 else 0 for k in range(cols)]
+        rows, cols = _count_for(h, th, share), _count_for(w, tw, share)
+    ys, xs = _spread(h - th, rows), _spread(w - tw, cols)
     return [(x, y, x + tw, y + th) for y in ys for x in xs]
+
+
+def _step(tile: int, share: Fraction) -> int:
+    """The largest distance between neighbouring tiles that keeps floor(share * tile) shared."""
+    return tile - math.floor(share * tile)  # >= 1, as share < 1
+
+
+def _count_for(length: int, tile: int, share: Fraction) -> int:
+    """The fewest tiles of side `tile` that cover `length` keeping the overlap."""
+    return 1 + -(-(length - tile) // _step(tile, share))
+
+
+def _tile_for(length: int, count: int, share: Fraction) -> int:
+    """The smallest tile side with which `count` tiles cover `length` keeping the overlap (the
+    step grows with the tile, so the first side that works is the smallest)."""
+    return next(t for t in range(1, length + 1) if (count - 1) * _step(t, share) >= length - t)
+
+
+def _spread(room: int, count: int) -> list[int]:
+    """`count` starts from 0 to `room`, evenly spaced, each rounded half up to a whole pixel."""
+    if count == 1:
+        return [0]
+    return [(2 * k * room + count - 1) // (2 * (count - 1)) for k in range(count)]
 
 
 def tile_parts(
