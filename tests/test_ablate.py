@@ -399,8 +399,9 @@ def test_report_rebuilds_the_committed_fashion_mnist_report(tmp_path, capsys):
 # A trainer that is not `freebies train`: it honours the run-folder contract and its test NLL
 # is a formula of its settings. Label smoothing lowers it by 0.05, 0.06, 0.07 on seeds 0, 1, 2
 # (Δ -0.06, sd 0.01); mixup (0.2) raises it by 0.02, 0.03, 0.04 (Δ +0.03, sd 0.01).
-FAKE_TRAINER = """
-import argparse, json, sys
+# TRAINER_ARGS: the contract's arguments, as a fake trainer script's first lines.
+TRAINER_ARGS = """
+import argparse, json, os, signal, sys, time
 from pathlib import Path
 import yaml
 
@@ -410,9 +411,13 @@ for flag in ("--recipe", "--out", "--resume"):
 p.add_argument("--set", action="append", default=[])
 p.add_argument("--overwrite", action="store_true")
 a = p.parse_args()
+sets = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in a.set)}
+"""
+FAKE_TRAINER = (
+    TRAINER_ARGS
+    + """
 if a.resume:
     sys.exit("this test never interrupts a run")
-sets = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in a.set)}
 config = {}
 for key, value in sets.items():
     *parents, leaf = key.split(".")
@@ -432,6 +437,7 @@ summary = {"test_acc": 82.0, "test_nll": nll, "val_nll": nll + 0.002, "train_s":
 (out / "summary.json").write_text(json.dumps(summary))
 (out / "last.pt").write_bytes(b"")
 """
+)
 
 
 def _fake_grid(tmp_path: Path, out: Path, *extra: str) -> list[str]:

@@ -133,6 +133,26 @@ def _add_ablate(sub: Any) -> None:
     a.add_argument("--limit-train", type=int, metavar="N")
     a.add_argument("--limit-test", type=int, metavar="N")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    a.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="train only the I-th of N slices of the runs; shards share --out (locks/, results/)",
+    )
+    a.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        help="local: run --shards N shard processes here and wait; slurm: write "
+        "OUT/slurm/ablate.sbatch, an array job whose task I runs shard I/N",
+    )
+    a.add_argument("--shards", type=int, metavar="N", help="how many shards --launcher starts")
+    a.add_argument(
+        "--sbatch",
+        default="",
+        metavar="OPTIONS",
+        help='#SBATCH options for --launcher slurm, e.g. "--partition=gpu --gres=gpu:1"',
+    )
+    a.add_argument("--submit", action="store_true", help="submit the array job with sbatch")
+    a.set_defaults(ablate_parser=a)  # a launcher rebuilds each shard's command from it
 
 
 def _add_detect(sub: Any) -> None:
@@ -342,21 +362,24 @@ def _make_data(args: argparse.Namespace) -> None:
 
 
 def _ablate(args: argparse.Namespace) -> None:
+    import functools
     import shlex
 
-    from freebies.experiments import ablate
+    from freebies.experiments import ablate, shards
     from freebies.report.table import Metric
 
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    shard = shards.check_launch(args.shard, args.launcher, args.shards, args.sbatch, args.submit)
     recipe, trainer, metric = ablate.TASKS[args.task]
     args.recipe, args.trainer = args.recipe or recipe, args.trainer or trainer
     args.metric = args.metric or metric
     overrides = _overrides(args)
     seeds = ablate.grid_seeds(args.recipe, overrides, args.trainer, args.seeds)
-    entries = ablate.run_grid(
+    tricks = ablate.parse_tricks(args.tricks)
+    grid, variants = ablate.prepare(
         args.recipe,
-        ablate.parse_tricks(args.tricks),
+        tricks,
         seeds,
         args.mode,
         args.out,
@@ -366,14 +389,27 @@ def _ablate(args: argparse.Namespace) -> None:
         trainer=args.trainer,
         metric=Metric.parse(args.metric),
     )
+    if args.launcher:
+        argv_of = functools.partial(shards.shard_argv, args.ablate_parser, args)
+        kind, count = args.launcher, args.shards
+        print(ablate.launch(kind, count, grid, argv_of, sbatch=args.sbatch, submit=args.submit))
+        return
+    entries, missing = ablate.run_grid(tricks, grid, variants, bag=args.bag, shard=shard)
+    if missing:
+        print(
+            f"shard {shard[0]}/{shard[1]}: done; {len(missing)} runs are with other shards; "
+            f"`freebies report {args.out}` once they finish"
+        )
+        return
     print(f"{len(entries)} variants x {len(seeds)} seeds; wrote {args.out / 'report.md'}")
 
 
 def _report(args: argparse.Namespace) -> None:
-    from freebies.report.table import Metric, write_report
+    from freebies.experiments.shards import report
+    from freebies.report.table import Metric
 
     metric = Metric.parse(args.metric) if args.metric else None
-    write_report(args.dir, metric)
+    report(args.dir, metric)
     print((args.dir / f"report{f'-{metric.key}' if metric else ''}.md").read_text(), end="")
 
 

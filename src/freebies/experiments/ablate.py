@@ -36,7 +36,9 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from freebies import config
 from freebies.catalog import TRICKS
 from freebies.data.io import write_text
 from freebies.errors import UsageError, nearest
+from freebies.experiments import shards
 from freebies.report.table import (
     BASELINE,
     DEFAULT_METRIC,
@@ -203,8 +206,10 @@ class Grid:
         """The baseline of the grid's first seed (of its second, for the first seed's own
         student): a student never starts from its teacher's weights, and its teacher does not
         depend on how many seeds the grid has."""
-        first = self.seeds[0] if seed != self.seeds[0] else self.seeds[1]
-        return self.folder(Variant(BASELINE, "baseline", []), first)
+        return self.folder(Variant(BASELINE, "baseline", []), self.teacher_seed(seed))
+
+    def teacher_seed(self, seed: int) -> int:
+        return self.seeds[0] if seed != self.seeds[0] else self.seeds[1]
 
     def run_overrides(self, v: Variant, seed: int) -> dict[str, Any]:
         ov = {**self.overrides, **v.overrides, "train.seed": seed}
@@ -326,8 +331,9 @@ def _epochs_done(folder: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-def _train(grid: Grid, v: Variant, seed: int, bar: tqdm) -> str | None:
-    """Run (or resume) one training process; returns an error line, or None on success."""
+def _train(grid: Grid, v: Variant, seed: int, bar: tqdm, claim: shards.Claim) -> str | None:
+    """Run (or resume) one training process under `claim`, keeping its heartbeat; returns an
+    error line, or None on success."""
     folder = grid.folder(v, seed)
     if (folder / "summary.json").is_file():
         return None
@@ -348,8 +354,13 @@ def _train(grid: Grid, v: Variant, seed: int, bar: tqdm) -> str | None:
             )
         except OSError as e:
             raise UsageError(f"--trainer {grid.trainer!r} cannot start: {e.strerror}") from None
+        claim.set_trainer(proc.pid)
+        beat = time.monotonic()
         try:
             while not _finished(proc):
+                if time.monotonic() - beat > shards.HEARTBEAT_S:
+                    claim.heartbeat()
+                    beat = time.monotonic()
                 if start + _epochs_done(folder) > bar.n:  # only redraw on progress
                     bar.update(start + _epochs_done(folder) - bar.n)
         except KeyboardInterrupt:
@@ -440,7 +451,7 @@ def grid_seeds(recipe: str, overrides: dict[str, Any], trainer: str, count: int)
     return list(range(first, first + count))
 
 
-def run_grid(
+def prepare(
     recipe: str,
     tricks: list[tuple[str, dict]],
     seeds: list[int],
@@ -452,68 +463,183 @@ def run_grid(
     command: str,
     trainer: str = DEFAULT_TRAINER,
     metric: Metric = DEFAULT_METRIC,
-) -> list[dict]:
-    """Run every (variant, seed) not yet finished; keep results.jsonl and the report current."""
+) -> tuple[Grid, list[Variant]]:
+    """Check the grid before anything runs and record it in out/grid.json; its variants."""
     grid = Grid(recipe, seeds, out, overrides, command, trainer=trainer, metric=metric)
     _check_grid(grid, tricks, mode, bag)
     variants = grid.check(plan(tricks, mode))
-    _same_grid(
-        out,
-        {
-            "recipe": recipe,
-            "overrides": overrides,
-            "seeds": seeds,
-            "tricks": [list(t) for t in tricks],
-            "mode": mode,
-            "bag": bag,
-            "trainer": trainer,
-            "metric": metric.key,
-            "better": metric.better,
-        },
-    )
+    record = {
+        "recipe": recipe,
+        "overrides": overrides,
+        "seeds": seeds,
+        "tricks": [list(t) for t in tricks],
+        "mode": mode,
+        "bag": bag,
+        "trainer": trainer,
+        "metric": metric.key,
+        "better": metric.better,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with shards.merging(out):  # shards starting together write grid.json once
+        _same_grid(out, record)
+    return grid, variants
+
+
+def launch(
+    kind: str,
+    count: int,
+    grid: Grid,
+    argv_of: Callable[[str], list[str]],
+    *,
+    sbatch: str = "",
+    submit: bool = False,
+) -> str:
+    """`--launcher local`: run `count` shard processes here, wait, report. `--launcher slurm`:
+    write (and with `submit`, submit) an array job of `count` shards. What was done, in a line."""
+    if kind == "local":
+        try:
+            shards.run_local(argv_of, count, grid.out)
+        except KeyboardInterrupt:
+            raise GridInterrupted(str(grid.out)) from None
+        entries = shards.report(grid.out)
+        done = f"{len(entries)} variants x {len(grid.seeds)} seeds"
+        return f"{count} shards: {done}; wrote {grid.out / 'report.md'}"
+    script = grid.out / "slurm" / "ablate.sbatch"
+    if submit:
+        shards.need_sbatch(script)
+    text = shards.sbatch_script(argv_of, count, grid.out, sbatch, grid.command)
+    for folder in (script.parent, grid.out / "logs"):  # SLURM opens --output, never mkdirs
+        folder.mkdir(parents=True, exist_ok=True)
+    write_text(script, text)
+    if submit:
+        return f"wrote {script}; {shards.submit(script)}"
+    return f"wrote {script}; submit it with: sbatch {script}"
+
+
+def run_grid(
+    tricks: list[tuple[str, dict]],
+    grid: Grid,
+    variants: list[Variant],
+    *,
+    bag: bool,
+    shard: tuple[int, int] = (1, 1),
+) -> tuple[list[dict], list[str]]:
+    """Run this shard's (variant, seed) runs not yet finished, then dead claims of other
+    shards, then (with `bag`) the bag; keep results.jsonl and the report current. Returns
+    the report's entries and the runs of the grid still missing."""
+    runs = [(v, seed) for v in variants for seed in grid.seeds]
+    book = shards.Ledger(grid.out, [grid.folder(v, s).name for v, s in runs], bag)
     # The default trainer's epochs are known now; another's are learnt from its first run.
-    epochs = grid.cfg(variants[0], seeds[0]).train.epochs if grid.own else None
-    rows: dict[tuple[str, int], dict] = {}
-    bar = tqdm(
-        total=len(variants) * len(seeds) * epochs if epochs else None,
-        unit="epoch",
-        desc="ablate",
-        dynamic_ncols=True,
-    )
+    epochs = grid.cfg(variants[0], grid.seeds[0]).train.epochs if grid.own else None
+    worker = Worker(grid, book, shard, len(shards.take(runs, shard)), epochs)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    entries: list[dict] = []
     try:
-        todo = list(variants)
-        while todo:
-            v = todo.pop(0)
-            for seed in seeds:
-                error = _train(grid, v, seed, bar)
-                if error and v.kind == "baseline":
-                    raise UsageError(f"the baseline run (seed {seed}) failed: {error}")
-                rows[v.name, seed] = (
-                    grid.result(v, seed) if error is None else grid.row(v, seed) | {"error": error}
-                )
-                if v.kind == "baseline":
-                    _check_metric(grid, rows[v.name, seed], bag)
-                    if epochs is None:
-                        epochs = _epochs_done(grid.folder(v, seed))
-                        bar.total = len(variants) * len(seeds) * epochs
-                bar.update(len(rows) * epochs - bar.n)
-                write_text(
-                    out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows.values())
-                )
-            entries = write_report(out)  # current after every variant
-            if not todo and bag and v.kind != "bag":
-                chosen = choose_bag(grid, list(rows.values()), tricks)
-                if chosen is not None:
-                    for seed in seeds:
-                        grid.same_config(chosen, seed)
-                    todo.append(chosen)
-                    bar.total += len(seeds) * epochs
+        for v, seed in shards.take(runs, shard):
+            worker.train(v, seed, retry=True)
+        for v, seed in runs:  # runs of shards that died
+            worker.train(v, seed, unclaimed=False)
+        if bag:
+            worker.wait(runs)
+            chosen = worker.bag(tricks)
+            for seed in grid.seeds if chosen else []:
+                worker.train(chosen, seed)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        bar.close()
-    return entries
+        worker.bar.close()
+    return worker.report()
+
+
+class Worker:
+    """One process's share of a grid: trains the runs it claims, records their rows."""
+
+    def __init__(
+        self, grid: Grid, book: shards.Ledger, shard: tuple[int, int], runs: int, epochs: int | None
+    ) -> None:
+        self.grid, self.book, self.shard, self.epochs = grid, book, shard, epochs
+        self.runs, self.done = runs, 0  # runs this process accounts for on its bar
+        label = "ablate" if shard == (1, 1) else f"shard {shard[0]}/{shard[1]}"
+        self.bar = tqdm(total=None, unit="epoch", desc=label, dynamic_ncols=True)
+        self._count(0)
+
+    def _count(self, runs: int, extra: int = 0) -> None:
+        """Move the bar by `runs` finished runs (`extra` of them beyond the slice)."""
+        self.done, self.runs = self.done + runs, self.runs + extra
+        if self.epochs:
+            self.bar.total = self.runs * self.epochs
+            self.bar.update(self.done * self.epochs - self.bar.n)
+
+    def train(self, v: Variant, seed: int, *, retry: bool = False, unclaimed: bool = True) -> bool:
+        """Train (or resume) one run unless it is finished or another process holds it;
+        whether it is finished now. `retry` (this shard's own slice) trains a failed run
+        again; `unclaimed=False` takes only a run whose claim is dead."""
+        run = self.grid.folder(v, seed).name
+        trained = False
+        if self._todo(run, retry):
+            claim = shards.claim(self.grid.out, run, self.shard, unclaimed=unclaimed)
+            if claim is None:
+                return False
+            trained = self._todo(run, retry)  # else finished between the look and the claim
+            if trained:
+                self._run(v, seed, claim)
+        if retry or trained:
+            self._count(1, extra=int(not retry))
+        return True
+
+    def _run(self, v: Variant, seed: int, claim: shards.Claim) -> None:
+        """Train one claimed run and record its row (an error row for a failed trick)."""
+        grid = self.grid
+        if v.overrides.get("distill.teacher") == TEACHER:  # the student needs its teacher
+            self.wait([(Variant(BASELINE, "baseline", []), grid.teacher_seed(seed))])
+        error = _train(grid, v, seed, self.bar, claim)
+        if error and v.kind == "baseline":
+            raise UsageError(f"the baseline run (seed {seed}) failed: {error}")
+        row = grid.result(v, seed) if error is None else grid.row(v, seed) | {"error": error}
+        if v.kind == "baseline":
+            _check_metric(grid, row, self.book.bag)
+        self.book.record(grid.folder(v, seed).name, row)
+        if self.epochs is None:
+            self.epochs = _epochs_done(grid.folder(v, seed)) or None
+        # results.jsonl after every run; the report (plots: ~1 s) once a variant is complete
+        self.report(all(self.book.row(grid.folder(v, s).name) for s in grid.seeds))
+
+    def _todo(self, run: str, retry: bool) -> bool:
+        row = self.book.row(run)
+        return row is None or (retry and "error" in row)
+
+    def wait(self, runs: list[tuple[Variant, int]]) -> None:
+        """Until every run in `runs` is finished, training any that no live process holds."""
+        pending = list(runs)
+        while pending:
+            pending = [(v, seed) for v, seed in pending if not self.train(v, seed)]
+            if pending:
+                time.sleep(shards.POLL_S)
+
+    def bag(self, tricks: list[tuple[str, dict]]) -> Variant | None:
+        """The bag, chosen once for the whole grid by the first shard to get here."""
+        with shards.merging(self.grid.out):
+            choice = self.book.choice()
+            if choice is None:
+                rows, _ = self.book.merge()
+                chosen = choose_bag(self.grid, rows, tricks)
+                seeds = self.grid.seeds if chosen else []
+                names = [self.grid.folder(chosen, s).name for s in seeds]
+                choice = {"runs": names, "variant": asdict(chosen) if chosen else None}
+                self.book.choose(choice)
+        if choice["variant"] is None:
+            return None
+        chosen = Variant(**choice["variant"])
+        for seed in self.grid.seeds:
+            self.grid.same_config(chosen, seed)
+        return chosen
+
+    def report(self, plots: bool = True) -> tuple[list[dict], list[str]]:
+        """Merge the finished runs into results.jsonl and (with `plots`, once a baseline has
+        finished) rebuild the report; the entries and the runs still missing."""
+        with shards.merging(self.grid.out):
+            rows, missing = self.book.merge()
+            if not plots or not any(r["variant"] == BASELINE and "error" not in r for r in rows):
+                return [], missing
+            return write_report(self.grid.out), missing
 
 
 def _check_grid(grid: Grid, tricks: list[tuple[str, dict]], mode: str, bag: bool) -> None:
