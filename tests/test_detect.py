@@ -9,8 +9,6 @@ from FREEBIES_BCCD or ../shared/data/bccd when present. Every training run is ti
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import socket
@@ -25,11 +23,12 @@ from PIL import Image
 from torch import nn
 from torchvision.models.detection.fcos import FCOSHead
 
-from detfake import Scene, cycled_scenes, save_image, write_coco
+from detfake import Scene, cycled_scenes, pycocotools_eval, save_image, write_coco
 from freebies import checkpoint, config, detect, engine
 from freebies.checkpoint import Checkpoint
 from freebies.cli import main
 from freebies.data.detection import letterboxed_split, load_detection
+from freebies.data.io import decode
 from freebies.detection import model as det_model
 from freebies.detection.coco import coco_metrics
 from freebies.detection.model import BACKBONES, Head, build_detector
@@ -254,25 +253,14 @@ def half_right(boxes, labels):
 
 def pycocotools_metrics(preds, boxes, labels, sizes, classes, ids):
     """The same numbers from pycocotools' COCOeval, the reference implementation."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     images, anns, results = [], [], []
     for i, (b, lab) in enumerate(zip(boxes, labels, strict=True)):
         h, w = sizes[i].tolist()
         images.append({"id": i + 1, "height": h, "width": w})
         for (x1, y1, x2, y2), c in zip(b.tolist(), lab.tolist(), strict=True):
             box = [x1, y1, x2 - x1, y2 - y1]
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": i + 1,
-                    "category_id": ids[c],
-                    "bbox": box,
-                    "area": box[2] * box[3],
-                    "iscrowd": 0,
-                }
-            )
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": ids[c],
+                         "bbox": box, "area": box[2] * box[3], "iscrowd": 0})  # fmt: skip
     for i, p in enumerate(preds):
         for (x1, y1, x2, y2), s, c in zip(
             p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True
@@ -281,25 +269,10 @@ def pycocotools_metrics(preds, boxes, labels, sizes, classes, ids):
                 {"image_id": i + 1, "category_id": ids[c], "bbox": [x1, y1, x2 - x1, y2 - y1]}
                 | {"score": s}
             )
-    gt = COCO()
-    gt.dataset = {
-        "images": images,
-        "annotations": anns,
-        "categories": [{"id": c, "name": n} for c, n in zip(ids, classes, strict=True)],
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    keys = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
-    out = {k: (None if v < 0 else 100 * float(v)) for k, v in zip(keys, ev.stats[:6], strict=True)}
-    per_class = {}
-    for name, cid in zip(classes, ids, strict=True):
-        p = ev.eval["precision"][:, :, ev.params.catIds.index(cid), 0, -1]
-        per_class[name] = 100 * float(p[p > -1].mean()) if (p > -1).any() else None
-    return out, per_class
+    categories = [{"id": c, "name": n} for c, n in zip(ids, classes, strict=True)]
+    doc = {"images": images, "annotations": anns, "categories": categories}
+    ref = pycocotools_eval(doc, results, classes, ids)
+    return {k: v for k, v in ref.items() if k != "ap_per_class"}, ref["ap_per_class"]
 
 
 def test_coco_metrics_agree_with_pycocotools_on_a_half_right_case():
@@ -393,13 +366,13 @@ def test_predict_image_maps_back_names_classes_and_draw_paints_them(tmp_path):
         "scores": torch.tensor([0.9, 0.2]),
         "labels": torch.tensor([2, 0]),
     }
-    found = detect.predict_image(Oracle([dets]), path, info, 0.5)
+    found = detect.predict_image(Oracle([dets]), decode(path), info, 0.5)
     assert len(found) == 1  # the 0.2 box is under the threshold
     assert found[0]["class"] == "fox" and found[0]["category_id"] == 12
     assert found[0]["score"] == pytest.approx(0.9)
     assert found[0]["box_xyxy"] == pytest.approx([4.0, 10.0, 30.0, 50.0], abs=0.01)
     png = tmp_path / "out.png"
-    detect.draw(path, found, png)
+    detect.draw(decode(path), found, png)
     with Image.open(png) as im:
         assert im.size == (36, 60)  # the original image, not the letterbox
         color = (0x42, 0xD4, 0xF4)  # palette[12 % 7]
@@ -613,6 +586,11 @@ def test_detect_train_writes_the_run_folder(trained, coco_dir):
     rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"map", "val_map", "val_map_50"} <= rows[-1].keys()  # the last epoch is evaluated
+    for r in rows:  # the loss's parts, logged per epoch, add up to the loss
+        parts = [r[f"train_{p}"] for p in detect.LOSS_PARTS]
+        assert all(p > 0 for p in parts) and sum(parts) == pytest.approx(r["train_loss"])
+    assert (trained / "results.csv").read_text().count("\n") == 3  # header + 2 epochs
+    assert (trained / "best.pt").is_file()  # val_map decides which epoch is kept
     summary = json.loads((trained / "summary.json").read_text())
     assert SUMMARY_KEYS | {"infer_macs", "params", "val_map"} <= summary.keys()
     assert summary["map"] == rows[-1]["map"] and summary["val_map"] == rows[-1]["val_map"]
@@ -660,6 +638,48 @@ def test_detect_predict_writes_a_png_and_json_per_image(trained, coco_dir, tmp_p
         x1, y1, x2, y2 = d["box_xyxy"]
         assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h  # original pixels
         assert CAT_IDS[CLASSES.index(d["class"])] == d["category_id"]
+
+
+def test_detect_predict_takes_folders_and_globs_and_keeps_relative_names(
+    trained, coco_dir, tmp_path, capsys
+):
+    """Two `te000.png` in different folders keep both outputs; one COCO results file."""
+    a, b = tmp_path / "in" / "a", tmp_path / "in" / "b"
+    for d in (a, b):
+        d.mkdir(parents=True)
+        (d / "te000.png").write_bytes((coco_dir / "te000.png").read_bytes())
+    (b / "te001.png").write_bytes((coco_dir / "te001.png").read_bytes())
+    out = tmp_path / "pred"
+    rc, stdout, err = run_cli(
+        capsys, "detect", "predict", str(trained / "last.pt"), str(a), str(b / "*.png"),
+        "-o", str(out), "--score-thr", "0", "--save-json",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "predictions.json (" in stdout
+    for rel in ("a/te000", "b/te000", "b/te001"):
+        assert (out / f"{rel}.png").is_file() and (out / f"{rel}.json").is_file(), rel
+    results = json.loads((out / "predictions.json").read_text())
+    per_image = [json.loads((out / f"{r}.json").read_text()) for r in ("a/te000", "b/te000")]
+    assert len(results) == sum(len(d["detections"]) for d in per_image) + len(
+        json.loads((out / "b/te001.json").read_text())["detections"]
+    )
+    assert {r["image_id"] for r in results} <= {0, 1, 2}
+    first = per_image[0]["detections"][0]
+    x1, y1, x2, y2 = first["box_xyxy"]
+    assert results[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=0.01)
+
+
+def test_detect_predict_refusals_create_nothing(trained, coco_dir, tmp_path, capsys):
+    ckpt, image = str(trained / "last.pt"), str(coco_dir / "te000.png")
+    afile = tmp_path / "taken.txt"
+    afile.write_text("keep me")
+    line = usage_error(capsys, "detect", "predict", ckpt, image, "-o", str(afile))
+    assert "is a file; give a folder" in line and afile.read_text() == "keep me"
+    out = tmp_path / "never"
+    line = usage_error(
+        capsys, "detect", "predict", ckpt, str(tmp_path / "no" / "*.jpg"), "-o", str(out)
+    )
+    assert "no image file there" in line and not out.exists()
 
 
 def test_detect_eval_refuses_a_classification_checkpoint(tmp_path, capsys):
@@ -815,3 +835,25 @@ def test_torchrun_two_processes_train_and_gather_every_test_image(coco_dir, tmp_
     result = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("map", "map_50", "map_75", "map_small"):
         assert result[key] == pytest.approx(summary[key], abs=1e-9), key
+
+
+def test_detect_export_writes_a_checked_onnx_graph(trained, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    from freebies.detection.export import OUTPUTS
+
+    out = tmp_path / "det.onnx"
+    line = usage_error(
+        capsys, "detect", "export", str(trained / "last.pt"), "-o", str(tmp_path / "x.pt")
+    )
+    assert "ending in .onnx" in line
+    rc, printed, err = run_cli(capsys, "detect", "export", str(trained / "last.pt"), "-o", str(out))
+    assert rc == 0, err
+    assert "raw outputs within" in printed and "detections found" in printed
+    session = ort.InferenceSession(str(out))
+    assert [o.name for o in session.get_outputs()] == list(OUTPUTS)
+    x = torch.rand(3, 3, 128, 128).numpy()  # any batch: the batch dimension is dynamic
+    cls, reg, ctr, anchors = session.run(None, {"images": x})
+    assert cls.shape[:2] == reg.shape[:2] == ctr.shape[:2] == (3, len(anchors))
+    assert cls.shape[2] == len(CLASSES)
+    line = usage_error(capsys, "detect", "export", str(trained / "last.pt"), "-o", str(out))
+    assert "already exists" in line

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -169,6 +170,11 @@ def infer_macs(cfg: ClassifyConfig, num_classes: int, shape: tuple[int, ...]) ->
     model = plain_fused(cfg, num_classes, shape[0])
     views = (2 if cfg.train.tta else 1) * (3 if cfg.train.tta_shift else 1)
     return count_macs(model, torch.zeros(1, *shape)) * views
+
+
+def train_size(cfg: ClassifyConfig) -> int:
+    """How many training images the recipe's data hold (after its split and limits)."""
+    return len(prepare(cfg.data).train_x)
 
 
 def load_data(cfg: ClassifyConfig) -> Splits:
@@ -418,6 +424,7 @@ def evaluate_checkpoint(
         tta_shift=cfg.train.tta_shift if tta else 0,
         autocast=autocast,
         workers=cfg.data.workers,
+        progress=sys.stderr.isatty(),
     )
     return {"test_acc": result["acc"], "test_nll": result["nll"], "test_ece": result["ece"]}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,9 @@ def _add_ablate(sub: Any) -> None:
 
 def _add_detect(sub: Any) -> None:
     """The `detect` command group."""
-    d = sub.add_parser("detect", help="object detection: train | eval | predict | make-data")
+    d = sub.add_parser(
+        "detect", help="object detection: train | eval | predict | export | make-data"
+    )
     dsub = d.add_subparsers(dest="detect_command", required=True)
     _add_train(
         dsub, "a detector", "detect", DETECT_DATA_HELP, "fcos_mobilenet_v3_small, fcos_resnet18"
@@ -171,19 +174,32 @@ def _add_detect(sub: Any) -> None:
     _add_multiscale(e)
 
     p = dsub.add_parser("predict", help="draw a checkpoint's detections on images")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("checkpoint", type=Path, help="last.pt or best.pt of a detection run")
+    p.add_argument("images", nargs="+", help="image files, folders (every image below), globs")
     p.add_argument("-o", "--out", type=Path, required=True, help="folder for PNGs and JSON")
     p.add_argument("--score-thr", type=float, default=0.3, help="draw boxes above this score")
+    p.add_argument(
+        "--save-json", action="store_true", help="also OUT/predictions.json, COCO results format"
+    )
     _add_multiscale(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
+    x = dsub.add_parser("export", help="write a detector as ONNX, checked on test images")
+    x.add_argument("checkpoint", type=Path, help="last.pt or best.pt of a detection run")
+    x.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    x.add_argument("--data", help="data for the check images (default: the run's test split)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
     m = dsub.add_parser("make-data", help="write the Fashion scenes dataset (COCO format)")
-    m.add_argument("--out", type=Path, required=True)
-    m.add_argument("--train", type=int, default=None, help="training scenes")
-    m.add_argument("--val", type=int, default=None, help="validation scenes")
-    m.add_argument("--test", type=int, default=None, help="test scenes")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--out",
+        type=Path,
+        help="folder to write (default: where `freebies detect train` reads its default data)",
+    )
+    m.add_argument("--train", type=int, default=None, help="training scenes (2000)")
+    m.add_argument("--val", type=int, default=None, help="validation scenes (200)")
+    m.add_argument("--test", type=int, default=None, help="test scenes (500)")
+    m.add_argument("--seed", type=int, default=None, help="the set's seed (0)")
 
 
 def _add_multiscale(p: argparse.ArgumentParser) -> None:
@@ -205,14 +221,14 @@ def _add_multiscale(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="tiles sized so the median small training object reaches 32 input pixels",
     )
-    g.add_argument("--overlap", type=float, default=0.2, help="tile overlap share (0.2)")
+    g.add_argument("--overlap", type=float, help="tile overlap share, with tiles (0.2)")
     g.add_argument(
         "--merge",
         choices=["ios", "nms"],
         help="ios: join boxes by intersection over the smaller (default with tiles); nms: "
         "IoU suppression (default for the pyramid alone)",
     )
-    g.add_argument("--merge-thr", type=float, default=0.5, help="IoS / IoU threshold (0.5)")
+    g.add_argument("--merge-thr", type=float, help="IoS / IoU threshold of --merge (0.5)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -263,7 +279,11 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fuse", help="fold ACNet blocks and conv+BN pairs into plain convs")
     f.add_argument("checkpoint", type=Path)
     f.add_argument("-o", "--output", type=Path, required=True, help="deploy checkpoint to write")
-    f.add_argument("--export", choices=["torchscript", "onnx"], help="also write an export")
+    f.add_argument(
+        "--export",
+        choices=["onnx", "torch"],
+        help="also write OUTPUT.onnx (ONNX) or OUTPUT.pt2 (torch.export), checked on test images",
+    )
     f.add_argument("--data", help="data for the check batch (default: the run's test split)")
     f.add_argument("--batch", type=int, default=256, help="check and timing batch size")
     f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
@@ -284,7 +304,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _task(args: argparse.Namespace) -> Any:
     """The task module a command runs."""
-    if args.command == "detect":
+    return _task_module("detect" if args.command == "detect" else "classify")
+
+
+def _task_module(task: str) -> Any:
+    """The module of a task: its train, eval, predict entry points and its data size."""
+    if task == "detect":
         from freebies import detect
 
         return detect
@@ -298,7 +323,8 @@ def _train(args: argparse.Namespace) -> None:
         args.recipe, _overrides(args), args.out, resume=args.resume, overwrite=args.overwrite
     )
     line = f"{_task(args).headline(summary)} after {summary['epochs_run']} epochs"
-    print(f"final {line} ({summary['wall_s']:.0f} s); run folder {out}")
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun, not once per process
+        print(f"final {line} ({summary['wall_s']:.0f} s); run folder {out}")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -351,14 +377,33 @@ def _detect_predict(args: argparse.Namespace) -> None:
         score_thr=args.score_thr,
         device=args.device,
         multiscale=multiscale,
+        save_json=args.save_json,
+    )
+
+
+def _detect_export(args: argparse.Namespace) -> None:
+    from freebies import detect
+
+    raw, share = detect.export_checkpoint(
+        args.checkpoint, args.output, spec=args.data, overwrite=args.overwrite
+    )
+    print(
+        f"wrote {args.output}: raw outputs within {raw:.2g} of PyTorch's; {share:.0%} of the "
+        "model's detections found by the reference post-processing (README: Export)"
     )
 
 
 def _make_data(args: argparse.Namespace) -> None:
+    import shlex
+
     from freebies import detect
 
     out = detect.make_data(args.out, args.seed, train=args.train, val=args.val, test=args.test)
-    print(f"Fashion scenes in {out}; train with: freebies detect train --data coco:{out}")
+    if args.out is None:
+        print(f"Fashion scenes in {out}, where `freebies detect train` reads them (--data scenes)")
+    else:
+        data = shlex.quote(f"coco:{out}")
+        print(f"Fashion scenes in {out}; train on them with: freebies detect train --data {data}")
 
 
 def _ablate(args: argparse.Namespace) -> None:
@@ -440,9 +485,7 @@ def _schedule(args: argparse.Namespace) -> None:
     cfg = config.load(args.recipe, config.parse_set(args.set))
     spe = args.steps_per_epoch
     if spe is None:
-        from freebies.data.splits import prepare
-
-        spe = len(prepare(cfg.data).train_x) // cfg.train.batch_size
+        spe = _task_module(cfg.task).train_size(cfg) // cfg.train.batch_size
     if spe < 1:
         raise UsageError(
             "no full batch per epoch: lower train.batch_size or pass --steps-per-epoch N (N >= 1)"
@@ -494,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train": _train,
                 "eval": _detect_eval,
                 "predict": _detect_predict,
+                "export": _detect_export,
                 "make-data": _make_data,
             }[args.detect_command]
         commands[args.command](args)

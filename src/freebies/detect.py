@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from freebies import catalog, checkpoint, config, engine
 from freebies.build import make_training, recipe_errors, shuffled_batches
@@ -35,10 +36,11 @@ from freebies.data.detection import (
     load_detection,
     to_original,
 )
-from freebies.data.io import decode
+from freebies.data.io import decode, image_paths, output_stems, write_text
 from freebies.data.loader import channel_stats, eval_batches
 from freebies.deploy import count_macs
 from freebies.detection.coco import coco_metrics
+from freebies.detection.draw import draw_detections
 from freebies.detection.model import BACKBONES, build_detector
 from freebies.detection.multiscale import native_size, small_box_side
 from freebies.detection.transforms import resize_boxes
@@ -188,6 +190,11 @@ def load_data(cfg: DetectConfig) -> DetData:
     return data
 
 
+def train_size(cfg: DetectConfig) -> int:
+    """How many training images the recipe's data hold (after its split and limits)."""
+    return len(load_data(cfg).train)
+
+
 def check_training(cfg: DetectConfig, data: DetData) -> None:
     """What training needs of the data: a full batch, and a validation set to stop early on."""
     if cfg.train.batch_size > len(data.train):
@@ -309,8 +316,16 @@ def evaluate_split(
         preds = [p for shard in shards for p in shard]
     seconds = time.perf_counter() - t0
     preds.sort(key=lambda p: p["index"])
+    truth = split.truth  # crowd regions and the files' areas too: pycocotools' figures
     metrics = coco_metrics(
-        preds, split.orig_boxes, split.labels, split.sizes, data_classes, category_ids
+        preds,
+        [t.boxes for t in truth],
+        [t.labels for t in truth],
+        split.sizes,
+        data_classes,
+        category_ids,
+        areas=[t.areas for t in truth],
+        iscrowd=[t.iscrowd for t in truth],
     )
     return {**metrics, "img_per_s": len(split) / max(seconds, 1e-9)}
 
@@ -342,17 +357,10 @@ def load_detector(ckpt: Any) -> nn.Module:
 
 
 def predict_image(
-    model: nn.Module, path: Path, info: dict[str, Any], score_thr: float, **kw: Any
+    model: nn.Module, image: torch.Tensor, info: dict[str, Any], score_thr: float, **kw: Any
 ) -> list[dict[str, Any]]:
-    """Detections above `score_thr` on one image file, in its own pixels, with class names."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
-    try:
-        with Image.open(path) as im:
-            image = pil_to_tensor(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as e:
-        raise UsageError(f"cannot read image {path} ({type(e).__name__}); check the file") from None
+    """Detections above `score_thr` on one uint8 image (3, H, W), in its own pixels, with
+    class names and the file's category ids."""
     split = letterboxed_split(image, info["image_size"])
     det = predict(model, split, batch_size=1, **kw)[0]
     keep = det["scores"] >= score_thr
@@ -369,22 +377,14 @@ def predict_image(
     ]
 
 
-def draw(path: Path, found: list[dict[str, Any]], out: Path) -> None:
-    """The image with its boxes, class names and scores drawn on it, as a PNG."""
+def draw(image: torch.Tensor, found: list[dict[str, Any]], out: Path) -> None:
+    """The uint8 image (3, H, W) with its detections drawn, saved as a PNG."""
     from PIL import Image
-    from torchvision.utils import draw_bounding_boxes
 
-    image = decode(path)  # uint8 (3, H, W)
-    palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6"]
-    if found:  # draw_bounding_boxes warns on an empty set
-        image = draw_bounding_boxes(
-            image,
-            torch.tensor([f["box_xyxy"] for f in found], dtype=torch.float32),
-            labels=[f"{f['class']} {f['score']:.2f}" for f in found],
-            colors=[palette[f["category_id"] % len(palette)] for f in found],
-            width=2,
-        )
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(out)  # torchvision.io's is deprecated
+    boxes = torch.tensor([f["box_xyxy"] for f in found], dtype=torch.float32).reshape(-1, 4)
+    labels = [f"{f['class']} {f['score']:.2f}" for f in found]
+    drawn = draw_detections(image, boxes, labels, [f["category_id"] for f in found])
+    Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out)  # torchvision.io's is deprecated
 
 
 def summary_keys(final: dict[str, Any]) -> dict[str, Any]:
@@ -404,74 +404,143 @@ train = partial(engine.train, "detect", build, "detect")
 def headline(summary: dict[str, Any]) -> str:
     """The final figure of a run, for its last line."""
     m = summary["map"]  # None when the test set has no boxes
-    return f"test map {m:.2f}" if m is not None else "test map n/a (no boxes in the test set)"
+    return f"test map {m:.2f}%" if m is not None else "test map n/a (no boxes in the test set)"
 
 
-def multiscale_infer(
-    model: nn.Module,
-    info: dict[str, Any],
+def check_multiscale(
     *,
     pyramid: str | None = None,
     tiles: str | None = None,
     tile_size: int | None = None,
     auto_tiles: bool = False,
     snip: float | None = None,
-    overlap: float = 0.2,
+    overlap: float | None = None,
     merge: str | None = None,
-    merge_thr: float = 0.5,
+    merge_thr: float | None = None,
 ) -> dict[str, Any]:
-    """predict()'s `infer` for the small-object options given (empty when none), and its
-    description: pyramid factors "1,1.5,2", a tile grid "RxC" or a tile size in input pixels,
-    SNIP's size filter, and the merge rule (see freebies.detection.multiscale)."""
+    """The small-object options of `detect eval | predict`, checked before anything loads (one
+    line UsageErrors) and parsed: pyramid factors "1,1.5,2" -> scales, a tile grid "RxC" ->
+    grid, a tile size in input pixels or --auto-tiles, SNIP's size filter, the tiles' overlap
+    (0.2 when not given) and the merge rule and threshold (0.5)."""
     from freebies.detection import multiscale as ms
 
-    size = info["image_size"]
     try:
         scales = [float(v) for v in pyramid.split(",")] if pyramid else []
     except ValueError:
         raise UsageError(f"--pyramid takes factors such as 1,1.5,2, got {pyramid!r}") from None
+    try:
+        ms.check_scales(scales)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     grid = None
     if tiles:
         rows, x, cols = tiles.lower().partition("x")
-        if not (x and rows.isdigit() and cols.isdigit()):
+        if not (x and rows.isdigit() and cols.isdigit() and int(rows) * int(cols) > 0):
             raise UsageError(f"--tiles takes ROWSxCOLS such as 2x2, got {tiles!r}")
         grid = (int(rows), int(cols))
-    if auto_tiles:
-        tile_size = ms.auto_tile_size(info.get("small_box_side"), size, size)
-        if tile_size is None:
-            print(
-                "freebies: note: --auto-tiles: no tiling pays here (no small training boxes, "
-                "or tiles as large as the image); one full pass"
-            )
-    if snip is not None and not (scales or grid or tile_size):
-        raise UsageError("--snip filters the passes of --pyramid and the tiles; give one of them")
-    try:
-        windows = None
-        if grid or tile_size:
-            windows = ms.tile_windows(size, size, grid=grid, tile_size=tile_size, overlap=overlap)
-        ms.check_scales(scales)
-        if not (0 < merge_thr <= 1):
-            raise ValueError(f"--merge-thr must be in (0, 1], got {merge_thr}")
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    if tile_size is not None and tile_size < 1:
+        raise UsageError(f"--tile-size is a tile side in pixels >= 1, got {tile_size}")
+    if snip is not None and not 0 < snip < float("inf"):
+        raise UsageError(f"--snip is a box side in pixels > 0, got {snip}")
+    tiled = bool(grid or tile_size or auto_tiles)
+    for flag, given, needs in (
+        ("--snip", snip, "filters the passes of --pyramid and the tiles"),
+        ("--merge", merge, "joins the passes of --pyramid and the tiles"),
+        ("--merge-thr", merge_thr, "is the threshold that joins the passes of --pyramid and tiles"),
+    ):
+        if given is not None and not (scales or tiled):
+            raise UsageError(f"{flag} {needs}; give one of them (or drop {flag})")
+    if overlap is not None and not tiled:
+        raise UsageError(
+            "--overlap is the tiles' overlap; give --tiles, --tile-size or --auto-tiles (or drop"
+            " --overlap)"
+        )
+    if overlap is not None and not 0 <= overlap < 1:
+        raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
+    if merge_thr is not None and not 0 < merge_thr <= 1:
+        raise UsageError(f"--merge-thr must be in (0, 1], got {merge_thr}")
+    given = {"overlap": overlap, "snip": snip, "merge": merge, "merge_thr": merge_thr}
+    return {
+        "scales": scales,
+        "grid": grid,
+        "tile_size": tile_size,
+        "auto_tiles": auto_tiles,
+        "snip": snip,
+        "overlap": 0.2 if overlap is None else overlap,
+        "merge": merge,
+        "merge_thr": 0.5 if merge_thr is None else merge_thr,
+        "given": {f"--{k.replace('_', '-')}": v for k, v in given.items() if v is not None},
+    }
+
+
+def multiscale_infer(model: nn.Module, info: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """predict()'s `infer` for the small-object options (`check_multiscale`'s keywords), and
+    its description; empty when they leave the single pass (see freebies.detection.multiscale).
+    Options that would add nothing (--auto-tiles finding no tiling pays, one tile as large as
+    the input, --pyramid 1) are dropped with a warning that names what went with them."""
+    from freebies.detection import multiscale as ms
+
+    o, size = check_multiscale(**options), info["image_size"]
+    windows, why = _tiles(o, size, info.get("small_box_side"))
+    scales = o["scales"]
+    if not windows and scales == [1.0]:
+        scales, why = [], why or "--pyramid 1 is the single pass"
+    if why:
+        unused = ["--overlap"] + ([] if scales else ["--snip", "--merge", "--merge-thr"])
+        dropped = [f"{k} {v}" for k, v in o["given"].items() if k in unused]
+        print(
+            f"freebies: warning: {why}; {'the pyramid alone' if scales else 'one full pass'}"
+            + (f" ({', '.join(dropped)} unused)" if dropped else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     if not scales and not windows:
         return {}
     kw = dict(
         scales=scales or [1.0],
         windows=windows,
         input_size=size,
-        snip=snip,
-        merge=merge,
-        threshold=merge_thr,
+        snip=o["snip"],
+        merge=o["merge"],
+        threshold=o["merge_thr"],
         detections=getattr(model, "detections_per_img", 100),
     )
     what = (f"pyramid {scales}" if scales else "") + (
         f"{' + ' if scales else ''}{len(windows)} tiles of {windows[0][2] - windows[0][0]} px "
-        f"+ full pass, merge {merge or 'ios'}"
+        f"+ full pass, merge {o['merge'] or 'ios'}"
         if windows
         else ""
     )
     return {"infer": lambda x: ms.multiscale_detect(model, x, **kw), "what": what}
+
+
+def _tiles(
+    o: dict[str, Any], size: int, small_side: float | None
+) -> tuple[list[tuple[int, int, int, int]] | None, str]:
+    """The tile windows of checked options `o` on a `size` input, or None; and, when tiles
+    were asked for but would add nothing, why."""
+    from freebies.detection import multiscale as ms
+
+    tile_size = o["tile_size"]
+    if o["auto_tiles"]:
+        tile_size = ms.auto_tile_size(small_side, size, size)
+        if tile_size is None:
+            return None, (
+                "--auto-tiles: no tiling pays here (no small training boxes, or tiles as large"
+                " as the image)"
+            )
+    if not (o["grid"] or tile_size):
+        return None, ""
+    try:
+        windows = ms.tile_windows(
+            size, size, grid=o["grid"], tile_size=tile_size, overlap=o["overlap"]
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if len(windows) > 1:
+        return windows, ""
+    flag = f"--tiles {o['grid'][0]}x{o['grid'][1]}" if o["grid"] else f"--tile-size {tile_size}"
+    return None, f"{flag} is one tile as large as the {size} px input: no tiles"
 
 
 def evaluate_checkpoint(
@@ -485,6 +554,7 @@ def evaluate_checkpoint(
     """`freebies detect eval`: COCO AP of a checkpoint on the test split of the data it was
     trained on (or `spec`'s); with `multiscale` options (`multiscale_infer`), also the single
     pass's figures and the cost ratio."""
+    check_multiscale(**(multiscale or {}))  # a mistyped option costs no load
     ckpt = checkpoint.load(path, "detect")
     cfg = config.from_dict(ckpt.config, "detect")
     cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, limit
@@ -518,35 +588,107 @@ def evaluate_checkpoint(
 
 def predict_files(
     path: Path,
-    images: list[Path],
+    inputs: list[str],
     out: Path,
     *,
     score_thr: float = 0.3,
     device: str = "auto",
     multiscale: dict[str, Any] | None = None,
-) -> None:
-    """`freebies detect predict`: each image with its detections drawn (PNG) and listed
-    (JSON) in folder `out`."""
+    save_json: bool = False,
+) -> list[Path]:
+    """`freebies detect predict`: for every image named by `inputs` (files, folders, globs),
+    its detections drawn (PNG) and listed (JSON) in folder `out` under its path relative to
+    the inputs' common folder; with `save_json`, also all of them in COCO's results format
+    (out/predictions.json). Nothing is created when the command is refused. Returns the
+    images."""
     if not 0 <= score_thr < 1:
         raise UsageError(f"--score-thr must be in [0, 1), got {score_thr}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out} is a file; give a folder for the PNG and JSON outputs")
+    check_multiscale(**(multiscale or {}))
+    images = image_paths(inputs)
     ckpt = checkpoint.load(path, "detect")
     model = load_detector(ckpt).to(pick_device(device))
     multi = multiscale_infer(model, ckpt.data, **(multiscale or {}))
-    out.mkdir(parents=True, exist_ok=True)
-    for image in images:
-        found = predict_image(model, image, ckpt.data, score_thr, infer=multi.get("infer"))
-        png, js = out / f"{image.stem}.png", out / f"{image.stem}.json"
-        draw(image, found, png)
-        js.write_text(json.dumps({"image": str(image), "detections": found}, indent=1) + "\n")
-        print(f"{image}: {len(found)} boxes -> {png}")
+    results, quiet = [], len(images) < 2 or not sys.stderr.isatty()
+    named = zip(tqdm(images, unit="image", disable=quiet), output_stems(images), strict=True)
+    for i, (image, stem) in enumerate(named):
+        pixels = decode(image)
+        found = predict_image(model, pixels, ckpt.data, score_thr, infer=multi.get("infer"))
+        (out / stem).parent.mkdir(parents=True, exist_ok=True)
+        draw(pixels, found, (out / stem).with_suffix(".png"))
+        doc = {"image": str(image), "detections": found}
+        write_text((out / stem).with_suffix(".json"), json.dumps(doc, indent=1) + "\n")
+        results += [coco_result(i, image, f) for f in found]
+        tqdm.write(f"{image}: {len(found)} boxes -> {(out / stem).with_suffix('.png')}")
+    if save_json:
+        write_text(out / "predictions.json", json.dumps(results) + "\n")
+        print(f"wrote {out / 'predictions.json'} ({len(results)} detections, COCO results)")
+    return images
 
 
-def make_data(out: Path, seed: int = 0, **counts: int | None) -> Path:
+def coco_result(image_id: int, image: Path, found: dict[str, Any]) -> dict[str, Any]:
+    """One detection in COCO's results format (bbox [x, y, w, h]); image_id is the image's
+    position in the run, and file_name says which file it is."""
+    x1, y1, x2, y2 = found["box_xyxy"]
+    box = [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
+    return {
+        "image_id": image_id,
+        "file_name": str(image),
+        "category_id": found["category_id"],
+        "bbox": box,
+        "score": found["score"],
+    }
+
+
+def export_checkpoint(
+    path: Path, output: Path, *, spec: str | None = None, samples: int = 4, overwrite: bool = False
+) -> tuple[float, float]:
+    """`freebies detect export`: the detector of a checkpoint as an ONNX graph
+    (`freebies.detection.export`), checked before it is kept on the first `samples` test
+    images of its data (or `spec`'s): onnxruntime's raw outputs against PyTorch's, and the
+    detections that the reference post-processing makes of them against the eager detector's
+    (reported, not required: an untrained detector's near-tied scores swap at the top-k
+    edge). Returns (largest raw difference, share of the eager detections found)."""
+    from freebies.deploy import onnx_runner
+    from freebies.detection.export import export_onnx, matched_share, postprocess
+
+    if output.suffix != ".onnx":
+        raise UsageError(f"-o {output}: give a file name ending in .onnx")
+    if output.exists() and not overwrite:
+        raise UsageError(f"{output} already exists; pass --overwrite or choose another -o")
+    run = onnx_runner()
+    ckpt = checkpoint.load(path, "detect")
+    model, size = load_detector(ckpt), ckpt.data["image_size"]
+    cfg = config.from_dict(ckpt.config, "detect")
+    cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, samples
+    cfg.data.image_size, cfg.data.spec = size, spec or cfg.data.spec
+    x = load_data(cfg).test.images[:samples].float() / 255
+    output.parent.mkdir(parents=True, exist_ok=True)
+    dense = export_onnx(model, size, output)
+    got = [torch.from_numpy(a) for a in run(output, {"images": x.numpy()})]
+    with torch.no_grad():
+        raw = max(float((a - b).abs().max()) for a, b in zip(got, dense(x), strict=True))
+        share = matched_share(model(list(x)), postprocess(model, got, dense.level_sizes, size))
+    if not raw <= 1e-3:  # detections may swap near-tied scores at the top-k edge: reported
+        output.unlink()
+        raise UsageError(f"the ONNX graph's outputs differ from the model's by {raw:.3g}")
+    return raw, share
+
+
+def make_data(out: Path | None = None, seed: int | None = None, **counts: int | None) -> Path:
     """`freebies detect make-data`: write the Fashion scenes set (COCO format) to `out`, with
-    `train` / `val` / `test` scenes when given."""
-    from freebies.data.scenes import make_scenes
+    `train` / `val` / `test` scenes and `seed` when given; without `out`, the default set
+    where `detect train` (data.spec=scenes) reads it."""
+    from freebies.data.scenes import ensure_scenes
 
     counts = {k: n for k, n in counts.items() if n is not None}
     if any(n < 1 for n in counts.values()):
         raise UsageError("--train, --val and --test must be >= 1")
-    return make_scenes(out, seed=seed, **{f"n_{k}": n for k, n in counts.items()})
+    if out is None and (counts or seed is not None):
+        raise UsageError(
+            "--train, --val, --test and --seed make another set than the default one `detect"
+            " train` reads; give --out DIR too, then train with --data coco:DIR"
+        )
+    kw = {f"n_{k}": n for k, n in counts.items()}
+    return ensure_scenes(out, **kw, **({} if seed is None else {"seed": seed}))

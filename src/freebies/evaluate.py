@@ -12,6 +12,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from freebies.data.folder import FolderImages
 from freebies.data.loader import eval_batches, normalize
@@ -65,8 +66,10 @@ def evaluate(
     rank: int = 0,
     world: int = 1,
     workers: int = 4,
+    progress: bool = False,
 ) -> dict[str, float]:
-    """Score uint8 images x: (N, C, H, W) with labels y: (N,) -> {acc (0-100), nll, ece}.
+    """Score uint8 images x: (N, C, H, W) with labels y: (N,) -> {acc (0-100), nll, ece};
+    `progress` shows a bar with its ETA (for `freebies eval`; training evaluates quietly).
 
     Images are read on the device of `y` (in memory, or streamed from a folder).
 
@@ -78,7 +81,9 @@ def evaluate(
     model.eval()
     nll = torch.zeros((), dtype=torch.float64, device=y.device)
     sums = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=y.device)
-    for xb, yb in eval_batches(x, y, batch_size, rank=rank, world=world, workers=workers):
+    batches = eval_batches(x, y, batch_size, rank=rank, world=world, workers=workers)
+    total = -(-len(y) // (batch_size * world))
+    for xb, yb in tqdm(batches, total=total, unit="batch", disable=not progress, leave=False):
         xb = normalize(xb, mean, std, channels_last)
         views = [xb, xb.flip(3)] if tta else [xb]
         shifted = [shift(v, s) for v in views for s in (tta_shift, -tta_shift)] if tta_shift else []
