@@ -325,7 +325,8 @@ def test_voc_boxes_are_clipped_dropped_and_counted(tmp_path: Path):
     data = load_detection(f"voc:{tmp_path}", image_size=32)
     first = tmp_path / "Annotations" / "tr000.xml"
     assert data.notes == [
-        f"clipped 2 boxes to the image (first: {first}); dropped 2 zero-area boxes (first: {first})"
+        f"clipped 2 boxes to the image ({first}); dropped 2 boxes: 1 zero-area ({first}); "
+        f"1 outside the image ({first})"
     ]
     assert data.train.orig_boxes[0].tolist() == [[0, 2, 10, 12], [20, 30, 64, 48]]
     assert data.train.labels[0].tolist() == [0, 1]
@@ -521,6 +522,23 @@ def test_bccd_counts():
     assert data.classes == ["Platelets", "RBC", "WBC"]
     kept = sum(len(b) for s in splits for b in s.boxes)
     assert kept == 4886  # 4,888 in the files, less the two zero-area boxes
-    assert len(data.notes) == 1 and data.notes[0].startswith("dropped 2 zero-area boxes")
+    assert len(data.notes) == 1 and data.notes[0].startswith("dropped 2 boxes: 2 zero-area")
     assert all(s.sizes.tolist() == [[480, 640]] * len(s) for s in splits)
     assert torch.equal(data.train.scales[0], torch.tensor([0.5] * 4, dtype=torch.float64))
+
+
+def test_the_cleaning_note_says_why_each_box_was_dropped_and_names_the_files(tmp_path: Path):
+    """An inverted box and one outside the image are not "zero-area"; every file is named,
+    the first three of each kind, then how many more."""
+    train = scenes(6, "tr")
+    for s in train:  # 64x48 or 36x60 images
+        s.boxes, s.labels = np.array([[10.0, 10, 5, 20], [2, 2, 8, 8]]), np.array([0, 1])
+    train[0].boxes = np.array([[100.0, 1, 120, 9], [4, 4, 4, 9], [2, 2, 8, 8]])
+    train[0].labels = np.array([0, 1, 2])
+    write_voc(tmp_path, {"train": train, "test": scenes(1, "te")}, CLASSES, ext=".png")
+    note = load_detection(f"voc:{tmp_path}", image_size=32).notes[0]
+    ann = tmp_path / "Annotations"
+    assert note.startswith(f"dropped 7 boxes: 1 zero-area ({ann / 'tr000.xml'}); ")
+    named = ", ".join(str(ann / f"tr00{i}.xml") for i in (1, 2, 3))
+    assert f"5 inverted ({named} and 2 more files)" in note
+    assert note.endswith(f"1 outside the image ({ann / 'tr000.xml'})")

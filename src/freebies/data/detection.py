@@ -340,33 +340,45 @@ class _Loaded(NamedTuple):
     truth: Truth
     scale: torch.Tensor
     size: tuple[int, int]
-    clipped: int
-    dropped: int
+    changes: dict[str, int]  # what cleaning did to this image's boxes: kind -> count
+
+
+DROPS = ("zero-area", "inverted", "outside the image")  # why a box is dropped
+NAMED = 3  # files named per kind in the cleaning note
 
 
 class _Tally:
-    """Counts of what cleaning changed, with the first file of each kind, in load order."""
+    """What cleaning changed, per kind (clipped, or dropped and why), with the files it
+    happened in (in load order)."""
 
     def __init__(self) -> None:
-        self.clipped = self.dropped = 0
-        self.first_clipped: Path | None = None
-        self.first_dropped: Path | None = None
+        self.counts: dict[str, int] = {}
+        self.files: dict[str, list[Path]] = {}
 
-    def add(self, source: Path, clipped: int, dropped: int) -> None:
-        if clipped and self.first_clipped is None:
-            self.first_clipped = source
-        if dropped and self.first_dropped is None:
-            self.first_dropped = source
-        self.clipped += clipped
-        self.dropped += dropped
+    def add(self, source: Path, changes: dict[str, int]) -> None:
+        for kind, n in changes.items():
+            if n:
+                self.counts[kind] = self.counts.get(kind, 0) + n
+                files = self.files.setdefault(kind, [])
+                files += [] if source in files else [source]
 
     def parts(self) -> list[str]:
         out = []
-        if self.clipped:
-            out.append(f"clipped {self.clipped} boxes to the image (first: {self.first_clipped})")
-        if self.dropped:
-            out.append(f"dropped {self.dropped} zero-area boxes (first: {self.first_dropped})")
+        if self.counts.get("clipped"):
+            out.append(
+                f"clipped {self.counts['clipped']} boxes to the image ({self.where('clipped')})"
+            )
+        dropped = [k for k in DROPS if self.counts.get(k)]
+        if dropped:
+            total = sum(self.counts[k] for k in dropped)
+            kinds = "; ".join(f"{self.counts[k]} {k} ({self.where(k)})" for k in dropped)
+            out.append(f"dropped {total} boxes: {kinds}")
         return out
+
+    def where(self, kind: str) -> str:
+        files = self.files[kind]
+        more = f" and {len(files) - NAMED} more files" if len(files) > NAMED else ""
+        return ", ".join(map(str, files[:NAMED])) + more
 
 
 def _build_split(items: list[Item], size: int, tally: _Tally) -> DetSplit:
@@ -377,7 +389,7 @@ def _build_split(items: list[Item], size: int, tally: _Tally) -> DetSplit:
 
     loaded = parallel_map(one, range(len(items)))
     for item, r in zip(items, loaded, strict=True):
-        tally.add(item.source, r.clipped, r.dropped)
+        tally.add(item.source, r.changes)
     return DetSplit(
         images=images,
         boxes=[r.boxes for r in loaded],
@@ -405,7 +417,7 @@ def _load_item(item: Item, out: torch.Tensor) -> _Loaded:
         boxes = np.stack(
             [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], 1
         )
-    boxes, keep, clipped = _clip(boxes.reshape(-1, 4), h, w)
+    boxes, keep, changes = _clip(boxes.reshape(-1, 4), h, w)
     orig = torch.from_numpy(boxes)
     truth = _truth(item, orig.float(), keep)
     train = ~truth.iscrowd  # crowd regions are for evaluation only
@@ -416,8 +428,7 @@ def _load_item(item: Item, out: torch.Tensor) -> _Loaded:
         truth=truth,
         scale=scale,
         size=(h, w),
-        clipped=clipped,
-        dropped=int((~keep).sum()),
+        changes=changes,
     )
 
 
@@ -434,11 +445,22 @@ def _truth(item: Item, boxes: torch.Tensor, keep: np.ndarray) -> Truth:
     return Truth(boxes, labels, areas, torch.from_numpy(crowd))
 
 
-def _clip(boxes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Boxes clipped to the image, minus those left with no area; (kept, keep mask, clipped)."""
+def _clip(boxes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Boxes clipped to the image, minus those left with no area: (kept, keep mask, counts of
+    clipped boxes and of dropped ones by why: zero-area or inverted as written, or (with an
+    area) wholly outside the image)."""
     inside = boxes.copy()
     inside[:, 0::2] = inside[:, 0::2].clip(0, w)
     inside[:, 1::2] = inside[:, 1::2].clip(0, h)
     keep = (inside[:, 2] > inside[:, 0]) & (inside[:, 3] > inside[:, 1])
     changed = (inside != boxes).any(axis=1)
-    return inside[keep], keep, int((changed & keep).sum())
+    dx, dy = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    inverted = (dx < 0) | (dy < 0)
+    flat = ~inverted & ((dx == 0) | (dy == 0))
+    changes = {
+        "clipped": int((changed & keep).sum()),
+        "zero-area": int((~keep & flat).sum()),
+        "inverted": int((~keep & inverted).sum()),
+        "outside the image": int((~keep & ~flat & ~inverted).sum()),
+    }
+    return inside[keep], keep, changes
