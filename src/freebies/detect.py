@@ -274,11 +274,13 @@ def predict(
     rank: int = 0,
     world: int = 1,
     infer: Callable[[torch.Tensor], list[dict[str, torch.Tensor]]] | None = None,
+    progress: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """Detections on this rank's shard of `split`, in each image's original pixels (CPU).
 
     `infer` maps a float batch (N, 3, S, S) in [0, 1] to the detections in its pixels
     (e.g. `freebies.detection.multiscale.multiscale_detect`); default: one plain pass.
+    `progress` shows a bar with its ETA (`freebies detect eval`).
     Returns one {"index", "boxes" (n, 4) xyxy, "scores", "labels"} per image of the shard.
     """
     was_training = model.training
@@ -286,7 +288,9 @@ def predict(
     dev = next(model.parameters()).device
     idx = torch.arange(len(split))
     out = []
-    for xb, ib in eval_batches(split.images, idx, batch_size, rank=rank, world=world):
+    batches = eval_batches(split.images, idx, batch_size, rank=rank, world=world)
+    total = -(-len(split) // (batch_size * world))
+    for xb, ib in tqdm(batches, total=total, unit="batch", disable=not progress, leave=False):
         x = xb.to(dev).float() / 255
         with autocast or contextlib.nullcontext():
             dets = infer(x) if infer is not None else model(list(x.unbind(0)))
@@ -571,7 +575,7 @@ def evaluate_checkpoint(
     info = dict(ckpt.data)  # checkpoints from before --auto-tiles: the data's training boxes
     info.setdefault("small_box_side", small_box_side(data.train.boxes))
     multi = multiscale_infer(model, info, **(multiscale or {}))
-    kw = dict(batch_size=cfg.train.eval_batch_size)
+    kw = dict(batch_size=cfg.train.eval_batch_size, progress=sys.stderr.isatty())
     result = evaluate_split(model, data.test, data.classes, data.category_ids, **kw)
     if multi:
         single = result

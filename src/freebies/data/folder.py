@@ -15,8 +15,7 @@ from freebies.data.images import ImageData, resize_batch
 from freebies.data.io import IMAGE_EXTENSIONS, decode, is_gray, parallel_map, read_header
 from freebies.errors import UsageError, nearest
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderImages", "load_folder"]
-
+__all__ = ["FolderImages", "load_folder"]
 
 
 def _list_split(split_dir: Path) -> dict[str, list[Path]]:
