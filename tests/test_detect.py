@@ -825,6 +825,7 @@ def test_torchrun_two_processes_train_and_gather_every_test_image(coco_dir, tmp_
         [*torchrun, "-m", "freebies", *args], env=env, capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("final test map") == 1, res.stdout  # once, not once per rank
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
     evaluate = ["detect", "eval", str(out / "last.pt"), "--limit-test", "7"]

@@ -28,6 +28,9 @@ def plot_curves(
 
     # The train loss is on augmented, label-smoothed targets, so it sits above the test NLL.
     ax_loss.plot(epochs, [r["train_loss"] for r in metrics], "o-", label="train (as trained)")
+    for key in dict.fromkeys(k for r in metrics for k in r if k.startswith("train_")):
+        if key != "train_loss":  # the loss's parts (detection: focal, GIoU, centre-ness)
+            ax_loss.plot(*series(key), ".--", label=key.removeprefix("train_"))
     for key, label in (("test_loss", "test"), ("val_loss", "val")):
         if any(key in r for r in metrics):
             ax_loss.plot(*series(key), "o-", label=label)
