@@ -114,7 +114,7 @@ def test_early_stop_reason_reads_validation_only():
     assert early_stop_reason([{"epoch": 1, "test_acc": 10.0}], 1) is None
     maps = [{"epoch": 1, "val_map": 0.31}, {"epoch": 2, "val_map": 0.30}]
     assert early_stop_reason(maps, 1, "val_map") == (
-        "early stop: val_map has not improved for 1 evaluations (best 0.31 at epoch 1)"
+        "early stop: val_map has not improved for 1 evaluations (best 0.31% at epoch 1)"
     )
 
 
