@@ -33,3 +33,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings():
+    """Each test sees its own warnings: freebies.errors.warn says a message once per process."""
+    from freebies import errors
+
+    errors._WARNED.clear()
+    yield

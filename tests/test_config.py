@@ -219,3 +219,11 @@ def test_a_run_shorter_than_its_warmup_warms_up_over_half_of_it(capsys):
         config.from_dict(
             {**config.to_dict(config.ClassifyConfig()), "sched": {"warmup_epochs": 40}}
         )
+
+
+def test_a_format1_config_yaml_is_a_recipe_of_either_task():
+    """`--recipe RUN/config.yaml` of a run from before per-task configs reruns it."""
+    det = config.load(str(FIXTURES / "format1_detect.yaml"), task="detect")
+    assert isinstance(det, config.DetectConfig) and det.det.mixup == 1.5
+    clf = config.load(str(FIXTURES / "format1_classify" / "config.yaml"))
+    assert isinstance(clf, config.ClassifyConfig) and clf.aug.cutmix == 1.0

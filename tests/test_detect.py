@@ -649,21 +649,24 @@ def test_detect_predict_takes_folders_and_globs_and_keeps_relative_names(
         d.mkdir(parents=True)
         (d / "te000.png").write_bytes((coco_dir / "te000.png").read_bytes())
     (b / "te001.png").write_bytes((coco_dir / "te001.png").read_bytes())
+    (tmp_path / "in" / "c").mkdir()
+    for name in ("x.1.png", "x.2.png", "y.png", "y.jpg"):  # dotted names; one stem twice
+        (tmp_path / "in" / "c" / name).write_bytes((coco_dir / "te000.png").read_bytes())
     out = tmp_path / "pred"
     rc, stdout, err = run_cli(
         capsys, "detect", "predict", str(trained / "last.pt"), str(a), str(b / "*.png"),
-        "-o", str(out), "--score-thr", "0", "--save-json",
+        str(tmp_path / "in" / "c"), "-o", str(out), "--score-thr", "0", "--save-json",
     )  # fmt: skip
     assert rc == 0, err
     assert "predictions.json (" in stdout
-    for rel in ("a/te000", "b/te000", "b/te001"):
+    for rel in ("a/te000", "b/te000", "b/te001", "c/x.1", "c/x.2", "c/y.png", "c/y.jpg"):
         assert (out / f"{rel}.png").is_file() and (out / f"{rel}.json").is_file(), rel
     results = json.loads((out / "predictions.json").read_text())
     per_image = [json.loads((out / f"{r}.json").read_text()) for r in ("a/te000", "b/te000")]
-    assert len(results) == sum(len(d["detections"]) for d in per_image) + len(
-        json.loads((out / "b/te001.json").read_text())["detections"]
-    )
-    assert {r["image_id"] for r in results} <= {0, 1, 2}
+    docs = [p for p in out.rglob("*.json") if p.name != "predictions.json"]
+    assert len(docs) == 7
+    assert len(results) == sum(len(json.loads(p.read_text())["detections"]) for p in docs)
+    assert {r["image_id"] for r in results} <= set(range(7))
     first = per_image[0]["detections"][0]
     x1, y1, x2, y2 = first["box_xyxy"]
     assert results[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=0.01)

@@ -58,7 +58,7 @@ def test_auto_follows_the_probe_and_caches_it_per_cpu_and_key(unpinned, tmp_path
     assert all("avx512_bf16" in k and torch.__version__ in k for k in cache)
 
 
-def test_probes_repeat_until_they_agree_or_decide_fp32_and_say_so(unpinned):
+def test_probes_repeat_until_they_agree_or_decide_fp32_and_say_so(unpinned, tmp_path):
     """A busy machine once measured 0.62x then 1.25x for the same step: no verdict from that."""
     unpinned.setattr(runtime, "cpu_flags", lambda: {"amx_bf16"})
 
@@ -71,6 +71,8 @@ def test_probes_repeat_until_they_agree_or_decide_fp32_and_say_so(unpinned):
     assert agreed_speedup(sequence(1.05, 1.12, 1.3, 1.31))[1] == [1.05, 1.12, 1.3, 1.31]
     choice, reason = choose_precision("auto", CPU, sequence(0.62, 1.25, 0.7, 1.4), "busy")
     assert choice == "fp32" and "probes disagreed (0.62x, 1.25x, 0.70x, 1.40x" in reason
+    cache = tmp_path / "home" / ".cache" / "freebies" / "precision.json"
+    assert not cache.exists()  # not kept: the next run probes again
 
 
 def test_the_probe_times_both_precisions_interleaved():

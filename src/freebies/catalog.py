@@ -100,7 +100,6 @@ TRICKS: tuple[Trick, ...] = (
     DET_RANDOM_SHAPES,
     SYNC_BN,
 )
-BY_NAME = {t.name: t for t in TRICKS}
 
 
 def for_task(task: str) -> tuple[Trick, ...]:

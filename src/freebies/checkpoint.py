@@ -28,7 +28,8 @@ READS = (1, 2)
 class Checkpoint:
     """A freebies checkpoint (format 2).
 
-    The engine writes one as `last.pt` after every epoch and on Ctrl-C / SIGTERM;
+    The engine writes one as `last.pt` after every epoch and on Ctrl-C / SIGTERM (and copies
+    it to `best.pt` after the best validation epoch so far);
     `freebies fuse` writes a deploy checkpoint (`deploy=True`, no training state).
     """
 

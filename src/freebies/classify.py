@@ -38,6 +38,7 @@ from freebies.deploy import (
     count_macs,
     fuse_and_check,
     load_model,
+    onnx_runner,
     plain_fused,
     report_table,
 )
@@ -446,6 +447,8 @@ def fuse_checkpoint(
         raise UsageError(f"--batch must be >= 1, got {batch}")
     if output.exists() and not overwrite:
         raise UsageError(f"{output} already exists; pass --overwrite or choose another -o")
+    if export == "onnx":
+        onnx_runner()  # the export extra is there, before anything is written
     ckpt = checkpoint.load(path, "classify")
     if ckpt.deploy:
         raise UsageError(f"{path} is already a fused deploy checkpoint")

@@ -1,5 +1,5 @@
-"""The `freebies` command: train | eval | fuse | detect {train,eval,predict,make-data} |
-ablate | report | tricks | schedule | bench.
+"""The `freebies` command: train | eval | fuse | detect {train,eval,predict,export,make-data}
+| ablate | report | tricks | schedule | bench.
 
 The CLI parses flags and dispatches: each task module (`freebies.classify`, `freebies.detect`)
 holds its train, eval and predict entry points. Mistakes a person can fix end in one line on

@@ -8,7 +8,6 @@ expected type. The resolved recipe is saved in every run folder as ``config.yaml
 from __future__ import annotations
 
 import dataclasses
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any, ClassVar
 import yaml
 
 from freebies import catalog
-from freebies.errors import UsageError, nearest
+from freebies.errors import UsageError, nearest, warn
 
 
 @dataclass
@@ -459,6 +458,8 @@ def load(
     """Defaults <- recipe YAML <- overrides, validated, as the config of `task` (default: the
     recipe's own). A recipe of another task is refused, naming the command that trains it."""
     data = read_yaml(find_recipe(recipe))
+    if "task" not in data and {"aug", "det"} <= data.keys():  # a format-1 run's config.yaml
+        data = {"task": task or "classify", **migrate(data, task or "classify")}
     own = data.pop("task", "classify")
     task = task or own
     if own != task:
@@ -475,10 +476,9 @@ def clamp_warmup(cfg: Config) -> Config:
     warmup, epochs = cfg.sched.warmup_epochs, cfg.train.epochs
     if epochs > 0 and warmup >= epochs:
         cfg.sched.warmup_epochs = epochs / 2
-        print(
-            f"freebies: warning: sched.warmup_epochs={warmup:g} is not shorter than the run "
-            f"(train.epochs={epochs}); warming up over {epochs / 2:g} epochs instead",
-            file=sys.stderr,
+        warn(
+            f"sched.warmup_epochs={warmup:g} is not shorter than the run "
+            f"(train.epochs={epochs}); warming up over {epochs / 2:g} epochs instead"
         )
     return cfg
 

@@ -1,4 +1,4 @@
-"""Deployment: fold a trained model into plain convolutions, check it, time it, save it.
+"""Deploying a classifier: fold it into plain convolutions, check it, time it, export it.
 
 Every ACNet block (Ding et al. 2019, arXiv:1908.03930) and every conv+BN pair is folded by
 `freebies.models.acnet.fuse_model`. The fused model is checked against the unfused one on a
@@ -23,6 +23,7 @@ from freebies.checkpoint import Checkpoint
 from freebies.config import ClassifyConfig
 from freebies.errors import UsageError
 from freebies.models.acnet import fuse_model
+from freebies.tricks.ema import ema_weights
 
 MAX_ABS_DIFF = 1e-4  # fp32 tolerance between the fused and the unfused model
 
@@ -167,7 +168,7 @@ def export(model: nn.Module, x: torch.Tensor, fmt: str, path: Path) -> float:
         with torch.no_grad():
             got = torch.export.load(str(path)).module()(x)
     else:
-        run = onnx_runner()
+        run = onnx_runner()  # fuse_checkpoint checked it before writing anything
         torch.onnx.export(
             model,
             (x[:2],),
@@ -181,6 +182,7 @@ def export(model: nn.Module, x: torch.Tensor, fmt: str, path: Path) -> float:
     with torch.no_grad():
         diff = float((got - model(x)).abs().max())
     if not diff <= MAX_ABS_DIFF:
+        path.unlink()
         raise UsageError(f"the exported {path} differs from the model by {diff:.3g}; not kept")
     return diff
 
@@ -189,8 +191,9 @@ def onnx_runner() -> Any:
     """A function (path, inputs) -> outputs running an ONNX file with onnxruntime; a one-line
     error when the export extra is missing."""
     try:
-        import onnx  # noqa: F401  (torch.onnx needs it to write the file)
+        import onnx  # noqa: F401  (torch.onnx needs it and onnxscript to write the file)
         import onnxruntime
+        import onnxscript  # noqa: F401
     except ImportError:
         raise UsageError(
             "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'freebies[export]'"
@@ -214,6 +217,6 @@ def load_model(ckpt: Checkpoint) -> nn.Module:
         model = build_model(cfg, num_classes, in_channels).eval()
     state = ckpt.model
     if ckpt.ema is not None:  # a run with EMA is evaluated and deployed with its EMA weights
-        state = {k[len("module.") :]: v for k, v in ckpt.ema.items() if k.startswith("module.")}
+        state = ema_weights(ckpt.ema)
     model.load_state_dict(state)
     return model

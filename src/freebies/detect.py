@@ -45,8 +45,9 @@ from freebies.detection.model import BACKBONES, build_detector
 from freebies.detection.multiscale import native_size, small_box_side
 from freebies.detection.transforms import resize_boxes
 from freebies.distributed import Dist, pick_device
-from freebies.errors import UsageError, nearest
+from freebies.errors import UsageError, nearest, warn
 from freebies.runtime import autocast_for
+from freebies.tricks.ema import ema_weights
 
 MODELS = tuple(f"fcos_{b}" for b in BACKBONES)
 LOSS_PARTS = ("classification", "bbox_regression", "bbox_ctrness")  # FCOS's, logged per epoch
@@ -186,7 +187,7 @@ def load_data(cfg: DetectConfig) -> DetData:
         limit_test=cfg.data.limit_test,
     )
     for note in data.notes:
-        print(f"freebies: warning: {note}", file=sys.stderr, flush=True)
+        warn(note)
     return data
 
 
@@ -355,7 +356,7 @@ def load_detector(ckpt: Any) -> nn.Module:
     model = make_detector(cfg, ckpt.data)
     state = ckpt.model
     if ckpt.ema is not None:
-        state = {k.removeprefix("module."): v for k, v in ckpt.ema.items() if k != "n_averaged"}
+        state = ema_weights(ckpt.ema)
     model.load_state_dict(state)
     return model.eval()
 
@@ -492,11 +493,9 @@ def multiscale_infer(model: nn.Module, info: dict[str, Any], **options: Any) -> 
     if why:
         unused = ["--overlap"] + ([] if scales else ["--snip", "--merge", "--merge-thr"])
         dropped = [f"{k} {v}" for k, v in o["given"].items() if k in unused]
-        print(
-            f"freebies: warning: {why}; {'the pyramid alone' if scales else 'one full pass'}"
-            + (f" ({', '.join(dropped)} unused)" if dropped else ""),
-            file=sys.stderr,
-            flush=True,
+        warn(
+            f"{why}; {'the pyramid alone' if scales else 'one full pass'}"
+            + (f" ({', '.join(dropped)} unused)" if dropped else "")
         )
     if not scales and not windows:
         return {}
@@ -616,15 +615,16 @@ def predict_files(
     multi = multiscale_infer(model, ckpt.data, **(multiscale or {}))
     results, quiet = [], len(images) < 2 or not sys.stderr.isatty()
     named = zip(tqdm(images, unit="image", disable=quiet), output_stems(images), strict=True)
-    for i, (image, stem) in enumerate(named):
+    for i, (image, name) in enumerate(named):
+        png, js = out / f"{name}.png", out / f"{name}.json"
         pixels = decode(image)
         found = predict_image(model, pixels, ckpt.data, score_thr, infer=multi.get("infer"))
-        (out / stem).parent.mkdir(parents=True, exist_ok=True)
-        draw(pixels, found, (out / stem).with_suffix(".png"))
+        png.parent.mkdir(parents=True, exist_ok=True)
+        draw(pixels, found, png)
         doc = {"image": str(image), "detections": found}
-        write_text((out / stem).with_suffix(".json"), json.dumps(doc, indent=1) + "\n")
+        write_text(js, json.dumps(doc, indent=1) + "\n")
         results += [coco_result(i, image, f) for f in found]
-        tqdm.write(f"{image}: {len(found)} boxes -> {(out / stem).with_suffix('.png')}")
+        tqdm.write(f"{image}: {len(found)} boxes -> {png}")
     if save_json:
         write_text(out / "predictions.json", json.dumps(results) + "\n")
         print(f"wrote {out / 'predictions.json'} ({len(results)} detections, COCO results)")
@@ -665,7 +665,7 @@ def export_checkpoint(
     ckpt = checkpoint.load(path, "detect")
     model, size = load_detector(ckpt), ckpt.data["image_size"]
     cfg = config.from_dict(ckpt.config, "detect")
-    cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, samples
+    cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, 1, samples
     cfg.data.image_size, cfg.data.spec = size, spec or cfg.data.spec
     x = load_data(cfg).test.images[:samples].float() / 255
     output.parent.mkdir(parents=True, exist_ok=True)

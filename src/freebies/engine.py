@@ -42,7 +42,7 @@ from freebies.distributed import (
     setup,
     teardown,
 )
-from freebies.errors import UsageError
+from freebies.errors import UsageError, warn
 from freebies.report.logs import log_scalars, tensorboard_writer, write_csv
 from freebies.report.plots import plot_curves
 from freebies.report.table import Metric
@@ -246,7 +246,7 @@ def train(
     recipe = recipe or default_recipe
     cfg = config.load(recipe, overrides, task)
     for note in config.advice(cfg):
-        print(f"freebies: warning: {note}", file=sys.stderr)
+        warn(note)
     name = Path(recipe).stem
     out = out or Path("runs") / f"{name}-{cfg.model.name}-seed{cfg.train.seed}"
     return run(cfg, out, build, recipe=name, overwrite=overwrite, progress=progress), out
@@ -279,6 +279,8 @@ def run(
                 f"train.batch_size={cfg.train.batch_size} must divide evenly over "
                 f"{d.world} processes"
             )
+        if cfg.train.tensorboard:
+            tensorboard_writer(None)  # every rank refuses, before anything is written
         if cfg.train.threads > 0 and d.device.type == "cpu":
             torch.set_num_threads(cfg.train.threads)
         if d.device.type == "cuda":
@@ -455,6 +457,9 @@ class _Run:
     def keep_best(self, row: dict[str, Any]) -> None:
         """Copy last.pt (just saved) to best.pt when `row` is the best on the selected
         validation metric so far (rank 0)."""
+        val = [k for k in row if k.startswith("val_")]
+        if self.d.main and val and self.select not in row:
+            warn(f"no {self.select} to choose best.pt on; the validation keys are {', '.join(val)}")
         if self.d.main and row.get(self.select) is not None:
             if best_row(self.state.metrics, self.select) is row:
                 tmp = self.out / "best.pt.tmp"
@@ -590,8 +595,11 @@ def best_keys(metrics: list[dict], key: str) -> dict[str, Any]:
     }
 
 
-def _fmt(key: str, value: float) -> str:
-    """Accuracy and COCO AP are percentages; everything else a plain number."""
+def _fmt(key: str, value: float | None) -> str:
+    """Accuracy and COCO AP are percentages; everything else a plain number; None is n/a
+    (COCO AP of a split without boxes)."""
+    if value is None:
+        return "n/a"
     percent = key.endswith("_acc") or key.removeprefix("val_").startswith("map")
     return f"{value:.2f}%" if percent else f"{value:.4g}"
 

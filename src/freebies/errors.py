@@ -15,3 +15,17 @@ def nearest(word: str, choices: list[str]) -> str:
 
     match = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+_WARNED: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """One 'freebies: warning: ...' line on stderr: once per process for the same message
+    (a grid loads a recipe per run), and only on rank 0 under torchrun."""
+    import os
+    import sys
+
+    if message not in _WARNED and os.environ.get("RANK", "0") == "0":
+        _WARNED.add(message)
+        print(f"freebies: warning: {message}", file=sys.stderr, flush=True)

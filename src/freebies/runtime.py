@@ -138,9 +138,10 @@ def choose_precision(
     if not isinstance(cache.get(entry), dict):  # absent, or a single probe of older versions
         speedup, seen = agreed_speedup(probe)
         cache[entry], source = {"speedup": speedup, "probes": seen}, "probe"
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_text(path, json.dumps(cache, indent=1) + "\n")
+        if speedup is not None:  # a busy machine's disagreement is not a verdict to keep
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_text(path, json.dumps(cache, indent=1) + "\n")
     speedup, seen = cache[entry]["speedup"], cache[entry]["probes"]
     if speedup is None:
         runs = ", ".join(f"{v:.2f}x" for v in seen)

@@ -34,8 +34,9 @@ def one_line(e: BaseException) -> str:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Atomic text write (temporary file, then rename), for files rewritten while in use."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Atomic text write (temporary file, then rename), for files rewritten while in use; the
+    temporary name carries the pid, so processes sharing a folder never write one file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -126,8 +127,12 @@ def image_paths(inputs: list[str]) -> list[Path]:
 
 
 def output_stems(paths: list[Path]) -> list[Path]:
-    """A distinct relative name (no suffix) per image: its path below the inputs' common
-    folder, so two `img.jpg` in different folders never overwrite each other's outputs."""
+    """A distinct relative name per image, to which an output's suffix is appended: its path
+    below the inputs' common folder without the suffix (`a/img`), or with it where two images
+    would share that name (`a/img.jpg`, `a/img.png`), so no output overwrites another."""
     resolved = [p.resolve() for p in paths]
     root = Path(os.path.commonpath([p.parent for p in resolved]))
-    return [p.relative_to(root).with_suffix("") for p in resolved]
+    rel = [p.relative_to(root) for p in resolved]
+    bare = [r.parent / r.stem for r in rel]
+    clash = {b for b in bare if bare.count(b) > 1}
+    return [r if b in clash else b for r, b in zip(rel, bare, strict=True)]

@@ -64,7 +64,13 @@ GAP = 2  # px kept free between boxes, so that neighbouring items never touch
 SPLITS = ("train", "val", "test")
 _VAL_FROM = 50_000  # training items from here on feed the validation scenes
 _JSONS = ["scenes.json", *(f"instances_{s}.json" for s in SPLITS)]
-_OURS = {"images", *_JSONS, *(f"{j}.tmp" for j in _JSONS)}  # all a scenes folder may hold
+_OURS = {"images", *_JSONS}  # all a scenes folder may hold, with write_text's NAME.PID.tmp
+
+
+def _is_tmp(name: str) -> bool:
+    """A temporary file of `write_text` for one of the scenes' JSON files."""
+    base, _, rest = name.partition(".json.")
+    return f"{base}.json" in _JSONS and rest.endswith(".tmp")
 
 
 @dataclass
@@ -243,7 +249,7 @@ def _clear_previous(out: Path) -> None:
             f"scenes: {out} is not empty and holds no Fashion scenes (no scenes.json);"
             " choose an empty or new folder"
         )
-    stray = [e for e in entries if e not in _OURS]
+    stray = [e for e in entries if e not in _OURS and not _is_tmp(e)]
     images = out / "images"
     if images.is_dir():
         for sub in sorted(images.iterdir()):

@@ -35,8 +35,9 @@ def write_csv(path: Path, metrics: list[dict[str, Any]]) -> None:
     write_text(path, buf.getvalue())
 
 
-def tensorboard_writer(folder: Path) -> Any:
-    """A TensorBoard SummaryWriter logging into `folder` (needs the tensorboard package)."""
+def tensorboard_writer(folder: Path | None) -> Any:
+    """A TensorBoard SummaryWriter logging into `folder` (needs the tensorboard package); with
+    None, only the check that the package is there."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -44,7 +45,7 @@ def tensorboard_writer(folder: Path) -> Any:
             "train.tensorboard=true needs the tensorboard package: pip install "
             "'freebies[tensorboard]' (or tensorboard), or set train.tensorboard=false"
         ) from None
-    return SummaryWriter(log_dir=str(folder))
+    return None if folder is None else SummaryWriter(log_dir=str(folder))
 
 
 def log_scalars(writer: Any, row: dict[str, Any]) -> None:

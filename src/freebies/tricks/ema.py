@@ -47,6 +47,12 @@ def ema_model(model: nn.Module, decay: float, warmup: bool = False) -> AveragedM
     return AveragedModel(model, multi_avg_fn=fn, use_buffers=True)
 
 
+def ema_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The averaged model's own state_dict from an AveragedModel's (`module.` prefix off,
+    `n_averaged` left out): what evaluation and deployment load."""
+    return {k.removeprefix("module."): v for k, v in state.items() if k.startswith("module.")}
+
+
 EMA = Trick(
     "ema",
     ("classify", "detect"),

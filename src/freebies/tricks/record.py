@@ -69,10 +69,6 @@ class Trick:
     # The callable the step calls, built from the recipe once per run; None when it is off.
     build: Callable[[Settings], Callable[..., Any] | None] | None = None
 
-    def rules(self, s: Settings) -> list[Rule]:
-        """Every rule of this trick on the resolved recipe `s`."""
-        return [k.rule(s[k.name]) for k in self.keys] + (self.check(s) if self.check else [])
-
     def plain(self) -> dict[str, Any]:
         """The record as JSON-safe data (`freebies tricks --json`)."""
         keys = [
