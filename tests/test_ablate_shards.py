@@ -110,7 +110,9 @@ def test_three_local_shards_give_the_rows_of_one_process(tmp_path, capsys):
     assert _rows(three) == _rows(one) and len(_rows(one)) == 6  # 4 runs and the bag's 2
     claims = _claims(three)
     assert all(len(c) == 1 for c in claims.values())  # every run trained exactly once
-    assert {c[0]["shard"] for c in claims.values()} == {"1/3", "2/3", "3/3"}
+    # Which shard trained what depends on timing: a shard that starts late finds the
+    # unclaimed runs of its slice taken by the others once they finished their own.
+    assert {c[0]["shard"] for c in claims.values()} <= {"1/3", "2/3", "3/3"}
     assert json.loads((three / "bag.json").read_text())["variant"]["tricks"] == ["label_smoothing"]
     assert run_cli(capsys, "report", str(three))[0] == 0
 
