@@ -43,7 +43,7 @@ from freebies.distributed import (
     teardown,
 )
 from freebies.errors import UsageError, warn
-from freebies.report.logs import log_scalars, tensorboard_writer, write_csv
+from freebies.report.logs import log_scalars, require_tensorboard, tensorboard_writer, write_csv
 from freebies.report.plots import plot_curves
 from freebies.report.table import Metric
 from freebies.runtime import choose_precision, git_commit, machine, peak_mem_mb
@@ -280,7 +280,7 @@ def run(
                 f"{d.world} processes"
             )
         if cfg.train.tensorboard:
-            tensorboard_writer(None)  # every rank refuses, before anything is written
+            require_tensorboard()  # every rank refuses, before anything is written
         if cfg.train.threads > 0 and d.device.type == "cpu":
             torch.set_num_threads(cfg.train.threads)
         if d.device.type == "cuda":
@@ -364,8 +364,8 @@ class _Run:
             loss, parts = task.step(batch, epoch, step)
             update(loss, task.training)
             logs[step, 0] = loss.detach()
-            for i, part in enumerate(parts, start=1):
-                logs[step, i] = part
+            if parts:
+                logs[step, 1:] = torch.stack(parts)
             done = step + 1
             if done % SYNC_EVERY == 0 or done == steps:
                 lo = max(first, (done - 1) // SYNC_EVERY * SYNC_EVERY)

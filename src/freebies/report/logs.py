@@ -8,25 +8,15 @@ import io
 from pathlib import Path
 from typing import Any
 
+from freebies.config import flatten
 from freebies.data.io import write_text
 from freebies.errors import UsageError
-
-
-def flat_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A metrics row with nested mappings flattened (`ap_per_class.RBC`)."""
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
 
 
 def write_csv(path: Path, metrics: list[dict[str, Any]]) -> None:
     """results.csv: a column per key any row has (first-seen order), empty where a row lacks
     it (an epoch without evaluation); rewritten atomically each epoch."""
-    rows = [flat_row(r) for r in metrics]
+    rows = [flatten(r) for r in metrics]  # nested keys as `ap_per_class.RBC`
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, columns, restval="", lineterminator="\n")
@@ -35,9 +25,8 @@ def write_csv(path: Path, metrics: list[dict[str, Any]]) -> None:
     write_text(path, buf.getvalue())
 
 
-def tensorboard_writer(folder: Path | None) -> Any:
-    """A TensorBoard SummaryWriter logging into `folder` (needs the tensorboard package); with
-    None, only the check that the package is there."""
+def require_tensorboard() -> type:
+    """TensorBoard's SummaryWriter, or a one-line UsageError when the package is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -45,12 +34,17 @@ def tensorboard_writer(folder: Path | None) -> Any:
             "train.tensorboard=true needs the tensorboard package: pip install "
             "'freebies[tensorboard]' (or tensorboard), or set train.tensorboard=false"
         ) from None
-    return None if folder is None else SummaryWriter(log_dir=str(folder))
+    return SummaryWriter
+
+
+def tensorboard_writer(folder: Path) -> Any:
+    """A TensorBoard SummaryWriter logging into `folder`."""
+    return require_tensorboard()(log_dir=str(folder))
 
 
 def log_scalars(writer: Any, row: dict[str, Any]) -> None:
     """Every numeric value of a metrics row as a scalar at step = its epoch."""
-    for key, value in flat_row(row).items():
+    for key, value in flatten(row).items():
         if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
             writer.add_scalar(key, value, row["epoch"])
     writer.flush()

@@ -24,6 +24,7 @@ when no generator is given) and read with ``.item()``, because slicing needs Pyt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -238,36 +239,46 @@ MIX_KEYS = (
     Key("aug.mix_mode", str, choices=("switch", "alternate")),
     Key("aug.switch_prob", list, "[0, inf)", note="one weight per mixer that is on"),
 )
-MIXUP = Trick(
-    "mixup",
-    ("classify",),
-    (Key("aug.mixup", float, "[0, inf)", note="the Beta alpha; 0 = off"), *MIX_KEYS),
-    {"aug.mixup": 0.2},
+
+
+def _mixer(fn: Callable, param: str, on: float, paper: str, link: str, card: str) -> Trick:
+    """The record of one mixing trick `fn`: its strength key `aug.<name>` (the Beta `param`),
+    the keys and rules every mixer shares, and a builder binding the strength."""
+    key = f"aug.{fn.__name__}"
+    return Trick(
+        fn.__name__,
+        ("classify",),
+        (Key(key, float, "[0, inf)", note=f"the Beta {param}; 0 = off"), *MIX_KEYS),
+        {key: on},
+        paper,
+        link,
+        card,
+        check=_mixing_rules,
+        build=lambda s: when(s[key], lambda: partial(fn, **{param: s[key]})),
+    )
+
+
+MIXUP = _mixer(
+    mixup,
+    "alpha",
+    0.2,
     "Zhang et al. 2018",
     "https://arxiv.org/abs/1710.09412",
     "blend pairs of images and their targets with lambda ~ Beta(alpha, alpha)",
-    check=_mixing_rules,
-    build=lambda s: when(s["aug.mixup"], lambda: partial(mixup, alpha=s["aug.mixup"])),
 )
-CUTMIX = Trick(
-    "cutmix",
-    ("classify",),
-    (Key("aug.cutmix", float, "[0, inf)", note="the Beta alpha; 0 = off"), *MIX_KEYS),
-    {"aug.cutmix": 1.0},
+CUTMIX = _mixer(
+    cutmix,
+    "alpha",
+    1.0,
     "Yun et al. 2019",
     "https://arxiv.org/abs/1905.04899",
     "paste a box from a partner image; targets weighted by the true pasted area",
-    check=_mixing_rules,
-    build=lambda s: when(s["aug.cutmix"], lambda: partial(cutmix, alpha=s["aug.cutmix"])),
 )
-RICAP = Trick(
-    "ricap",
-    ("classify",),
-    (Key("aug.ricap", float, "[0, inf)", note="the Beta beta; 0 = off"), *MIX_KEYS),
-    {"aug.ricap": 0.3},
+RICAP = _mixer(
+    ricap,
+    "beta",
+    0.3,
     "Takahashi et al. 2018",
     "https://arxiv.org/abs/1811.09030",
     "patch crops of four images together; targets weighted by patch areas",
-    check=_mixing_rules,
-    build=lambda s: when(s["aug.ricap"], lambda: partial(ricap, beta=s["aug.ricap"])),
 )
