@@ -7,9 +7,14 @@ All images are non-square (H = 48, W = 64) and tiny, so the file stays cheap on 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
+from freebies.detection import transforms
 from freebies.detection.transforms import crop_boxes, expand_boxes, resize_boxes
 
 H, W = 48, 64
@@ -168,16 +173,85 @@ def test_crop_moves_boxes_with_their_pixels_and_keeps_says_which():
     assert 0 < cropped < len(boxes) - 1 and off_centre > 0 and too_small > 0
 
 
-def test_crop_needs_a_box_with_the_iou_of_its_mode():
-    # a 4 x 4 box has IoU < 0.1 with any crop of at least 20 x 15 pixels: never cropped; a box
-    # over the whole image has IoU = the crop's share of the image: cropped in most modes
-    tiny, whole = torch.tensor([[30.0, 20.0, 34.0, 24.0]]), torch.tensor([[0.0, 0.0, W, H]])
+TINY, WHOLE = torch.tensor([[30.0, 20.0, 34.0, 24.0]]), torch.tensor([[0.0, 0.0, W, H]])
+
+
+def test_crop_needs_a_box_with_the_iou_of_its_mode(monkeypatch):
+    # without the unconstrained mode: a 4 x 4 box has IoU < 0.1 with any crop of at least
+    # 20 x 15 pixels: never cropped; a box over the whole image has IoU = the crop's share of
+    # the image: cropped in most modes
+    monkeypatch.setattr(transforms, "_MIN_IOUS", (math.inf, 0.1, 0.3, 0.5, 0.7, 0.9))
+    tiny, whole = TINY, WHOLE
     boxes = [tiny, whole] * 16
     x = painted(boxes)
     out, out_boxes, keeps = crop_boxes(x, boxes, torch.Generator().manual_seed(11))
     assert all(torch.equal(out[i], x[i]) for i in range(0, 32, 2))
     assert all(torch.equal(out_boxes[i], tiny) and bool(keeps[i].all()) for i in range(0, 32, 2))
     assert sum(not torch.equal(out[i], x[i]) for i in range(1, 32, 2)) > 8
+
+
+def test_crop_has_an_unconstrained_mode():
+    # only the unconstrained mode (any crop holding a box centre) can crop around a 4 x 4 box
+    boxes = [TINY] * 64
+    x = painted(boxes)
+    out, out_boxes, keeps = crop_boxes(x, boxes, torch.Generator().manual_seed(19))
+    cropped = [i for i in range(64) if not torch.equal(out[i], x[i])]
+    # drawn before "whole image" with probability 1/2, then found within the trials
+    assert 16 < len(cropped) < 48
+    for i in cropped:
+        left, top, cw, ch = read_crop(out[i])
+        assert left < 32 < left + cw and top < 22 < top + ch  # the box centre is inside
+        assert bool(keeps[i].all()) and len(out_boxes[i]) == 1  # and the box is kept
+
+
+def test_crop_keeps_an_image_no_crop_can_satisfy_whole_and_stops(monkeypatch):
+    # no box, or only boxes centred on the border (no crop holds them strictly inside), even
+    # when "whole image" is never drawn: the search gives up after its rounds
+    border = torch.tensor([[-4.0, 20.0, 4.0, 28.0], [W - 3.0, H - 3.0, W + 3.0, H + 3.0]])
+    boxes = [torch.zeros(0, 4), border, border[:1], torch.zeros(0, 4)]
+    x = painted(boxes)
+    for modes in ((0.0,), transforms._MIN_IOUS):
+        monkeypatch.setattr(transforms, "_MIN_IOUS", modes)
+        out, out_boxes, keeps = crop_boxes(x, boxes, torch.Generator().manual_seed(20))
+        assert torch.equal(out, x)
+        assert all(torch.equal(o, b) for o, b in zip(out_boxes, boxes, strict=True))
+        assert all(bool(k.all()) and len(k) == len(b) for k, b in zip(keeps, boxes, strict=True))
+
+
+def bccd_like(g: torch.Generator, n: int, h: int, w: int) -> list[torch.Tensor]:
+    """`n` images' boxes as in BCCD (blood cells): 5 to 20 boxes a side 20 to 80 pixels."""
+    out = []
+    for _ in range(n):
+        k = int(torch.randint(5, 21, (), generator=g))
+        wh = torch.randint(20, 81, (k, 2), generator=g)
+        xy = (torch.rand(k, 2, generator=g) * (torch.tensor([w, h]) - wh + 1)).floor()
+        out.append(torch.cat([xy, xy + wh], 1).float())
+    return out
+
+
+def test_crop_crops_as_often_as_torchvisions_random_iou_crop():
+    # the share of cropped images over 10 draws of 40 BCCD-like images; each share's binomial
+    # standard error is at most sqrt(p (1 - p) / 400); the old rule (no unconstrained mode,
+    # no redraw) cropped 16% here against torchvision's 69%
+    h, w, reps = 320, 416, 10
+    g = torch.Generator().manual_seed(21)
+    boxes = bccd_like(g, 40, h, w)
+    x = torch.rand(len(boxes), 1, h, w, generator=g)
+    ours = 0
+    for _ in range(reps):
+        out, _, _ = crop_boxes(x, boxes, g)
+        ours += sum(not torch.equal(o, i) for o, i in zip(out, x, strict=True))
+    crop, img, theirs = v2.RandomIoUCrop(), tv_tensors.Image(torch.zeros(1, h, w)), 0
+    with torch.random.fork_rng():
+        torch.manual_seed(22)
+        for _ in range(reps):
+            for b in boxes:
+                o, _ = crop(img, tv_tensors.BoundingBoxes(b, format="XYXY", canvas_size=(h, w)))
+                theirs += o.shape[-2:] != (h, w)  # a crop is always smaller than the image
+    n = reps * len(boxes)
+    p = (ours + theirs) / (2 * n)
+    se = math.sqrt(p * (1 - p) * 2 / n)  # of the difference of the two shares
+    assert abs(ours - theirs) / n <= max(4 * se, 0.08), (ours / n, theirs / n)
 
 
 def test_crop_with_min_scale_1_changes_nothing():

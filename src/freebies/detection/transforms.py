@@ -7,7 +7,9 @@ x's device; the output batch keeps its shape (N, C, H, W), as a fixed-size batch
 - SSD's zoom out and IoU-constrained crop: Liu et al. 2016, "SSD: Single Shot MultiBox
   Detector", https://arxiv.org/abs/1512.02325 (section 2.2, data augmentation); both are in
   Zhang et al. 2019, "Bag of Freebies for Training Object Detection Neural Networks",
-  https://arxiv.org/abs/1902.04103 (section 3.3).
+  https://arxiv.org/abs/1902.04103 (section 3.3). The crop follows torchvision's v2
+  ``RandomIoUCrop``: an unconstrained mode besides SSD's minimum IoUs, and a new mode drawn
+  after failed trials.
 - Random shapes (a new input size every few steps, from YOLOv3): Zhang et al. 2019, section 3.5.
 
 Written by hand: torchvision's v2 ``RandomZoomOut`` / ``RandomIoUCrop`` transform one sample
@@ -28,8 +30,11 @@ from torchvision.ops import box_iou
 from freebies.tricks.checks import check_generator, check_images
 from freebies.tricks.record import Key, Settings, Trick, when
 
-# SSD's crop modes: the minimum IoU between the crop and a box; inf is "keep the whole image".
-_MIN_IOUS = (math.inf, 0.1, 0.3, 0.5, 0.7, 0.9)
+# SSD's crop modes, as torchvision's v2 RandomIoUCrop: the minimum IoU between the crop and a box
+# whose centre it holds; inf keeps the whole image, 0.0 takes any crop holding a box centre.
+_MIN_IOUS = (math.inf, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+# Rounds of (mode, `trials` crops) before an image that never found a crop is kept whole.
+_ROUNDS = 50
 
 
 def hflip_boxes(
@@ -156,6 +161,29 @@ def expand_boxes(
     return out, out_boxes
 
 
+def _trial_crops(
+    h: int, w: int, pad: torch.Tensor, least: torch.Tensor, min_scale: float, trials: int, draw
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`trials` random crops for each of k images: the crops (k, T, 4) xyxy, whether each is
+    accepted (k, T), and whether each box's centre lies strictly inside it (k, T, M), given the
+    boxes `pad` (k, M, 4) and each image's minimum IoU `least` (k,)."""
+    k = len(pad)
+    # round() first: 0.3 * 10 is 3.0000000000000004, whose ceiling would leave out width 3
+    cw = torch.randint(math.ceil(round(min_scale * w, 9)), w + 1, (k, trials), **draw)
+    ch = torch.randint(math.ceil(round(min_scale * h, 9)), h + 1, (k, trials), **draw)
+    u = torch.rand(2, k, trials, dtype=torch.float64, **draw)
+    left = torch.minimum((u[0] * (w - cw + 1)).long(), w - cw)
+    top = torch.minimum((u[1] * (h - ch + 1)).long(), h - ch)
+    crops = torch.stack([left, top, left + cw, top + ch], -1)  # (k, T, 4)
+    centre = ((pad[:, :, :2] + pad[:, :, 2:]) / 2)[:, None]  # (k, 1, M, 2)
+    c = crops[:, :, None].double()  # (k, T, 1, 4)
+    inside = ((c[..., :2] < centre) & (centre < c[..., 2:])).all(-1)  # (k, T, M)
+    best = box_iou(crops.double(), pad).masked_fill(~inside, -1.0).amax(-1)  # (k, T)
+    aspect = (cw * h) / (ch * w)  # the crop's w / h relative to the image's
+    valid = (aspect >= 0.5) & (aspect <= 2.0) & inside.any(-1) & (best >= least[:, None])
+    return crops, valid, inside
+
+
 def _search_crops(
     x: torch.Tensor,
     boxes: list[torch.Tensor],
@@ -163,38 +191,37 @@ def _search_crops(
     min_scale: float,
     trials: int,
 ) -> tuple[list[list[int] | None], torch.Tensor]:
-    """SSD's crop search, all images and trials at once: each image's first accepted crop
-    [left, top, right, bottom] (None: keep the image whole), and (N, max n_i) whether each
-    box's centre lies strictly inside that crop."""
+    """SSD's crop search, as torchvision's RandomIoUCrop but all images at once, in rounds:
+    each image still searching draws a mode, then `trials` crops; one that accepts none draws
+    again next round. Returns each image's accepted crop [left, top, right, bottom] (None: keep
+    the image whole) and (N, max n_i) whether each box's centre lies strictly inside it."""
     n, _, h, w = x.shape
     dev = x.device
     draw = {"generator": generator, "device": dev}
-    mode = torch.randint(len(_MIN_IOUS), (n,), **draw)
-    # round() first: 0.3 * 10 is 3.0000000000000004, whose ceiling would leave out width 3
-    cw = torch.randint(math.ceil(round(min_scale * w, 9)), w + 1, (n, trials), **draw)
-    ch = torch.randint(math.ceil(round(min_scale * h, 9)), h + 1, (n, trials), **draw)
-    u = torch.rand(2, n, trials, dtype=torch.float64, **draw)
-    left = torch.minimum((u[0] * (w - cw + 1)).long(), w - cw)
-    top = torch.minimum((u[1] * (h - ch + 1)).long(), h - ch)
-    crops = torch.stack([left, top, left + cw, top + ch], -1)  # (N, T, 4)
     # Boxes padded to (N, M, 4); a padding box's centre (-1, -1) is outside every crop.
     pad = torch.full(
         (n, max(1, *(len(b) for b in boxes)), 4), -1.0, dtype=torch.float64, device=dev
     )
     for i, b in enumerate(boxes):
         pad[i, : len(b)] = b
-    centre = ((pad[:, :, :2] + pad[:, :, 2:]) / 2)[:, None]  # (N, 1, M, 2)
-    c = crops[:, :, None].double()  # (N, T, 1, 4)
-    inside = ((c[..., :2] < centre) & (centre < c[..., 2:])).all(-1)  # (N, T, M)
-    best = box_iou(crops.double(), pad).masked_fill(~inside, -1.0).amax(-1)  # (N, T)
-    aspect = (cw * h) / (ch * w)  # the crop's w / h relative to the image's
-    valid = (aspect >= 0.5) & (aspect <= 2.0) & inside.any(-1)
-    valid &= best >= torch.tensor(_MIN_IOUS, dtype=torch.float64, device=dev)[mode][:, None]
-    first = valid.int().argmax(1)  # the first accepted trial (0 when none is)
-    rows = torch.arange(n, device=dev)
-    accepted, chosen = valid.any(1).tolist(), crops[rows, first].tolist()
-    centred = inside[rows, first]
-    return [cr if ok else None for ok, cr in zip(accepted, chosen, strict=True)], centred
+    min_ious = torch.tensor(_MIN_IOUS, dtype=torch.float64, device=dev)
+    found = torch.zeros(n, 4, dtype=torch.long, device=dev)
+    accepted = torch.zeros(n, dtype=torch.bool, device=dev)
+    centred = torch.zeros(pad.shape[:2], dtype=torch.bool, device=dev)
+    todo = torch.tensor([i for i, b in enumerate(boxes) if len(b)], dtype=torch.long, device=dev)
+    for _ in range(_ROUNDS):
+        least = min_ious[torch.randint(len(_MIN_IOUS), (len(todo),), **draw)]
+        todo, least = todo[least < 1], least[least < 1]  # a mode >= 1 keeps the image whole
+        if len(todo) == 0:
+            break
+        crops, valid, inside = _trial_crops(h, w, pad[todo], least, min_scale, trials, draw)
+        ok, first = valid.any(1), valid.int().argmax(1)  # the first accepted trial
+        rows = torch.arange(len(todo), device=dev)[ok]
+        found[todo[ok]], centred[todo[ok]] = crops[rows, first[ok]], inside[rows, first[ok]]
+        accepted[todo[ok]] = True
+        todo = todo[~ok]
+    chosen = found.tolist()
+    return [cr if ok else None for ok, cr in zip(accepted.tolist(), chosen, strict=True)], centred
 
 
 def crop_boxes(
@@ -209,13 +236,14 @@ def crop_boxes(
     """SSD's random IoU-constrained crop (Liu et al. 2016; Zhang et al. 2019, section 3.3),
     resized back to the input size.
 
-    Each image draws a mode from (whole image, 0.1, 0.3, 0.5, 0.7, 0.9). For the whole image, or
-    an image without boxes, nothing changes. Otherwise up to `trials` crops are drawn: integer
-    width in [min_scale * W, W] and height in [min_scale * H, H], at a uniform integer position
-    inside the image; a crop is rejected when its w / h relative to W / H is outside [0.5, 2],
-    when no box has its centre strictly inside it, or when the largest IoU between the crop and
-    those boxes is below the mode's (the rule of torchvision's v2 RandomIoUCrop). The first
-    accepted crop is used; when none is, the image is kept whole.
+    The rule of torchvision's v2 RandomIoUCrop: each image draws a minimum IoU from (whole image,
+    0, 0.1, 0.3, 0.5, 0.7, 0.9). For the whole image, or an image without boxes, nothing changes.
+    Otherwise up to `trials` crops are drawn: integer width in [min_scale * W, W] and height in
+    [min_scale * H, H], at a uniform integer position inside the image; a crop is rejected when
+    its w / h relative to W / H is outside [0.5, 2], when no box has its centre strictly inside
+    it, or when the largest IoU between the crop and those boxes is below the minimum (0: any
+    crop holding a box centre). The first accepted crop is used; when none is, the image draws a
+    new minimum and tries again, and after 50 such rounds it is kept whole.
 
     On a crop [l, t, r, b] of size (cw, ch): the boxes whose centre lies strictly inside are
     kept, the others dropped; a kept box is clipped to the crop, shifted by (l, t) and scaled by
@@ -229,7 +257,7 @@ def crop_boxes(
         boxes: N float tensors (n_i, 4), xyxy pixels in x's frame.
         generator: optional source of randomness, on x's device.
         min_scale: the smallest crop side as a fraction of the image's, in (0, 1].
-        trials: crops drawn per image before it is kept whole, >= 1.
+        trials: crops drawn per image for each minimum IoU it draws, >= 1.
         min_size: the smallest width and height (output pixels) of a kept box, >= 0.
 
     Returns:
@@ -340,7 +368,8 @@ DET_CROP = Trick(
     {"det.crop": True},
     "Zhang et al. 2019 (detection bag of freebies)" + "; Liu et al. 2016 (SSD)",
     "https://arxiv.org/abs/1512.02325",
-    "random crop with a minimum IoU to some box, boxes clipped, tiny ones dropped",
+    "random crop with a minimum IoU (or none) to some box, redrawn until one fits or the whole "
+    "image is drawn; boxes clipped, tiny ones dropped",
     build=lambda s: when(
         s["det.crop"], lambda: partial(crop_boxes, min_scale=s["det.crop_min_scale"])
     ),
