@@ -29,11 +29,16 @@ from detfake import (
 )
 from freebies.data.detection import (
     DetSplit,
+    batch_shape,
+    image_stats,
     letterbox,
     letterboxed_split,
     load_detection,
+    pad_shape,
+    shape_groups,
     to_original,
 )
+from freebies.data.loader import channel_stats
 from freebies.errors import UsageError
 
 CLASSES = ["cat", "dog", "fox"]
@@ -310,6 +315,58 @@ def test_letterboxed_split_of_a_loose_image():
     split = letterboxed_split(torch.zeros((3, 30, 60), dtype=torch.uint8), 32, "a.png")
     assert len(split) == 1 and split.images.shape == (1, 3, 32, 32)
     assert split.sizes.tolist() == [[30, 60]] and split.boxes[0].shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    "h, w, size, shape",
+    [(480, 640, 416, (320, 416)), (640, 480, 416, (416, 320)), (450, 600, 300, (256, 300)),
+     (100, 100, 64, (64, 64)), (5, 300, 64, (32, 64))],
+)  # fmt: skip
+def test_rect_letterbox_keeps_the_aspect_ratio_padded_to_32(h, w, size, shape):
+    image = torch.randint(1, 256, (3, h, w), dtype=torch.uint8)
+    boxes = torch.tensor([[w * 0.31, h * 0.17, w * 0.77, h * 0.93]])
+    square, square_boxes, square_scale = letterbox(image, boxes, size)
+    canvas, out, scale = letterbox(image, boxes, size, rect=True)
+    assert canvas.shape == (3, *shape)
+    assert pad_shape(canvas.shape[-2:], size, True) == shape  # its own pad shape
+    # the same pixels and boxes as the square letterbox, less padding
+    assert torch.equal(canvas, square[:, : shape[0], : shape[1]])
+    assert torch.equal(out, square_boxes) and torch.equal(scale, square_scale)
+    assert pad_shape((h, w), size, False) == (size, size)
+
+
+def test_rect_splits_share_one_canvas_and_batch_by_orientation(tmp_path: Path):
+    sizes = ((48, 64), (96, 40))  # landscape -> 96 x 128 at 128 px, portrait -> 128 x 53
+    written = {k: make_scenes(4, prefix=k, sizes=sizes) for k in ("train", "test")}
+    write_coco(tmp_path, written, CLASSES)
+    data = load_detection(f"coco:{tmp_path}", image_size=128)
+    squares = load_detection(f"coco:{tmp_path}", image_size=128, rect=False)
+    split = data.train
+    assert split.images.shape[-2:] == (128, 128)  # one canvas that covers both orientations
+    assert split.shapes.tolist() == [[96, 128], [128, 64]] * 2
+    assert shape_groups(split.shapes).tolist() == [0, 1, 0, 1]
+    assert torch.equal(split.images, squares.train.images)  # the same pixels, at the top-left
+    assert squares.train.shapes.tolist() == [[128, 128]] * 4
+    assert batch_shape(split.shapes[[0, 2]]) == (96, 128)
+    assert batch_shape(split.shapes) == (128, 128)
+    assert split.subset([1]).shapes.tolist() == [[128, 64]]
+
+
+def test_image_stats_leave_out_the_padding():
+    flat = letterboxed_split(torch.full((3, 48, 80), 200, dtype=torch.uint8), 64)
+    mean, std = image_stats(flat)
+    assert mean.tolist() == [200.0] * 3 and std.tolist() == [0.0] * 3
+    assert channel_stats(flat.images)[0][0] < 150  # the canvas's stats count the padding
+    # against the resized image's own statistics
+    image = torch.randint(0, 256, (3, 61, 97), dtype=torch.uint8)
+    split = letterboxed_split(image, 64, rect=True)
+    from torchvision.transforms.v2 import functional as F
+
+    own = F.resize(image, [40, 64], antialias=True)
+    ref_mean, ref_std = channel_stats(own[None])
+    got_mean, got_std = image_stats(split)
+    torch.testing.assert_close(got_mean, ref_mean, rtol=0, atol=1e-9)
+    torch.testing.assert_close(got_std, ref_std, rtol=0, atol=1e-9)
 
 
 # --------------------------------------------------------------------------------------------

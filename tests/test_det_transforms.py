@@ -15,7 +15,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from freebies.detection import transforms
-from freebies.detection.transforms import crop_boxes, expand_boxes, resize_boxes
+from freebies.detection.transforms import crop_boxes, expand_boxes, resize_boxes, shape_like
 
 H, W = 48, 64
 
@@ -361,3 +361,15 @@ def test_all_three_run_on_cuda():
     assert all(int(k.sum()) == len(o) for o, k in zip(cb, keeps, strict=True))
     out, rb = resize_boxes(x, boxes, 40)
     assert out.shape[-2:] == (40, 40) and all(o.is_cuda for o in rb)
+
+
+def test_random_shapes_keep_a_rectangular_batch_aspect():
+    assert shape_like(256, 416, 416) == (256, 256)
+    assert shape_like(256, 320, 416) == (192, 256)  # 196.9 -> 192
+    assert shape_like(288, 416, 320) == (288, 224)  # 221.5 -> 224
+    assert shape_like(96, 32, 416) == (32, 96)  # never below one stride
+    x = torch.rand(2, 3, 40, 80) * 255
+    boxes = [torch.tensor([[8.0, 4.0, 72.0, 36.0]]), torch.zeros((0, 4))]
+    out, moved = resize_boxes(x, boxes, (20, 60))
+    assert out.shape == (2, 3, 20, 60)
+    torch.testing.assert_close(moved[0], torch.tensor([[6.0, 2.0, 54.0, 18.0]]))

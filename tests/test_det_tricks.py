@@ -16,7 +16,7 @@ from detfake import cycled_scenes, write_coco
 from freebies import config
 from freebies.cli import main
 from freebies.detection import model as det_model
-from freebies.detection.mixup import mix_detection
+from freebies.detection.mixup import mix_detection, mixup_until
 from freebies.detection.model import build_detector
 from freebies.detection.transforms import DET_RANDOM_SHAPES, random_shape
 from helpers import usage_error
@@ -184,6 +184,13 @@ def test_mixup_is_seeded_and_off_at_alpha_zero():
     assert off[0] is x and all(
         torch.equal(w, torch.ones(len(b))) for w, b in zip(off[3], boxes, strict=True)
     )
+
+
+def test_mixup_is_off_for_the_last_tenth_by_default():
+    # GluonCV's YOLOv3 (the paper's recipe): 200 epochs, the last 20 without mixup
+    assert [mixup_until(e, None) for e in (200, 30, 10, 9, 1)] == [180, 27, 9, 9, 1]
+    assert mixup_until(30, 0) == 30 and mixup_until(30, 5) == 25
+    assert config.load("detect").det.mixup_off_epochs is None
 
 
 @pytest.mark.parametrize(

@@ -445,6 +445,10 @@ def test_every_layer_trains_with_live_batchnorm(backbone):
     assert params and all(p.requires_grad for p in params)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(m.momentum == 0.1 and m.track_running_stats for m in bns)
+    # each backbone's own eps, as torchvision builds it (MobileNetV3: 1e-3, ResNet: 1e-5)
+    reference = getattr(torchvision.models, backbone)(weights=None)
+    eps = {m.eps for m in reference.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert len(eps) == 1 and {m.eps for m in model.backbone.body.modules() if m in bns} == eps
     frozen = torchvision.ops.FrozenBatchNorm2d
     assert not any(isinstance(m, frozen) for m in model.modules())
     before = [m.running_mean.clone() for m in bns]

@@ -2,7 +2,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from freebies.data.loader import channel_stats, epoch_order, normalize, train_batches
+from freebies.data.loader import (
+    channel_stats,
+    epoch_order,
+    group_steps,
+    grouped_batches,
+    normalize,
+    train_batches,
+)
 from freebies.tricks.geometric import random_crop, random_flip
 
 
@@ -92,3 +99,35 @@ def test_start_step_skips_exactly():
     full = [yb for _, _, yb in train_batches(x, y, 8, seed=0, epoch=0)]
     tail = [yb for _, _, yb in train_batches(x, y, 8, seed=0, epoch=0, start_step=4)]
     assert all(torch.equal(a, b) for a, b in zip(full[4:], tail, strict=True))
+
+
+def test_grouped_batches_hold_one_group_each_and_equal_plain_batches_for_one_group():
+    order = epoch_order(50, seed=3, epoch=1)
+    one = grouped_batches(order, torch.zeros(50, dtype=torch.int64), 8)
+    assert torch.equal(one, order[:48].view(6, 8))  # today's batches when all share a shape
+    groups = (torch.arange(50) % 3 == 0).long()  # 17 portrait, 33 landscape
+    batches = grouped_batches(order, groups, 8)
+    assert batches.shape == (group_steps(groups, 8), 8) == (2 + 4, 8)
+    assert all(len(set(groups[b].tolist())) == 1 for b in batches)
+    assert len(set(batches.flatten().tolist())) == batches.numel()  # no image twice
+    # a batch is emitted when its bucket fills: the batches come in order of their last image
+    where = {i: k for k, i in enumerate(order.tolist())}
+    last = [max(where[i] for i in b.tolist()) for b in batches]
+    assert last == sorted(last)
+
+
+def test_train_batches_with_groups_split_each_global_batch_across_ranks():
+    x, y = torch.arange(40).view(40, 1), torch.arange(40)
+    groups = (torch.arange(40) >= 25).long()
+    full = [i for i, _, _ in train_batches(x, y, 4, seed=0, epoch=2, groups=groups)]
+    ranks = [
+        [i for i, _, _ in train_batches(x, y, 4, seed=0, epoch=2, rank=r, world=2, groups=groups)]
+        for r in range(2)
+    ]
+    assert len(full) == group_steps(groups, 4) == 6 + 3
+    for k, batch in enumerate(full):
+        assert torch.equal(torch.cat([ranks[0][k], ranks[1][k]]), batch)
+    resumed = [
+        i for i, _, _ in train_batches(x, y, 4, seed=0, epoch=2, start_step=5, groups=groups)
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(resumed, full[5:], strict=True))

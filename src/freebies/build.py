@@ -141,10 +141,16 @@ def wrap(net: nn.Module, d: Dist, compile: bool) -> nn.Module:
 
 
 def shuffled_batches(
-    x: Any, y: torch.Tensor, cfg: Config, d: Dist, workers: int = 0
+    x: Any,
+    y: torch.Tensor,
+    cfg: Config,
+    d: Dist,
+    workers: int = 0,
+    groups: torch.Tensor | None = None,
 ) -> Callable[[int, int], Iterator[tuple[torch.Tensor, ...]]]:
     """A task's `batches`: (epoch, first step) -> this rank's (indices, images, labels) batches
-    of the training set (x, y), in the global order seeded by the run seed and the epoch."""
+    of the training set (x, y), in the global order seeded by the run seed and the epoch;
+    with `groups`, each batch from one group (`freebies.data.loader.grouped_batches`)."""
     return lambda epoch, first: train_batches(
         x,
         y,
@@ -155,4 +161,5 @@ def shuffled_batches(
         world=d.world,
         start_step=first,
         workers=workers,
+        groups=groups,
     )

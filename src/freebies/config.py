@@ -40,6 +40,7 @@ class ClassifyDataCfg(DataCfg):
 class DetectDataCfg(DataCfg):
     spec: str = "scenes"  # see `freebies detect train --help` for the forms
     test_split: float = 0.2  # a flat YOLO folder: seeded share held out for test
+    rect: bool = True  # keep aspect ratios: batch shapes padded to 32, not to a square
 
 
 @dataclass
@@ -97,7 +98,7 @@ class DetCfg:
     detections: int = 100  # detections per image at most (COCO's maximum)
     # The bag of freebies for detection (Zhang et al. 2019), each off by default.
     mixup: float = 0.0  # visually coherent mixup: lambda ~ Beta(a, a), 1.5 in the paper; 0 = off
-    mixup_off_epochs: int = 0  # train the last N epochs without mixup
+    mixup_off_epochs: int | None = None  # no mixup in the last N epochs; null: a tenth
     label_smoothing: float = 0.0  # epsilon for the classification head's foreground targets
     hflip: bool = False  # random horizontal flip, boxes flipped with the image
     expand: bool = False  # SSD zoom out onto a mean-filled canvas
@@ -491,7 +492,14 @@ def from_dict(d: dict, task: str = "classify") -> Config:
     task = d.pop("task", None) or task
     if task not in CONFIGS:
         raise UsageError(f"config task {task!r} is not one of {', '.join(CONFIGS)}")
-    return validate(apply(CONFIGS[task](), migrate(d, task) if fmt1 else d))
+    d = migrate(d, task) if fmt1 else d
+    saved = flatten(d)
+    added = {k: v for k, v in ADDED.get(task, {}).items() if k not in saved}
+    return validate(apply(apply(CONFIGS[task](), d), added))
+
+
+# Keys added since checkpoint format 2, with what a saved config that lacks them trained with.
+ADDED = {"detect": {"data.rect": False}}
 
 
 def migrate(d: dict, task: str) -> dict:

@@ -32,18 +32,22 @@ from freebies.config import DetectConfig
 from freebies.data.detection import (
     DetData,
     DetSplit,
+    batch_shape,
+    image_stats,
     letterboxed_split,
     load_detection,
+    shape_groups,
     to_original,
 )
 from freebies.data.io import decode, image_paths, output_stems, write_text
-from freebies.data.loader import channel_stats, eval_batches
+from freebies.data.loader import group_steps
 from freebies.deploy import count_macs
 from freebies.detection.coco import coco_metrics
 from freebies.detection.draw import draw_detections
+from freebies.detection.mixup import mixup_until
 from freebies.detection.model import BACKBONES, build_detector
 from freebies.detection.multiscale import native_size, small_box_side
-from freebies.detection.transforms import resize_boxes
+from freebies.detection.transforms import resize_boxes, shape_like
 from freebies.distributed import Dist, pick_device
 from freebies.errors import UsageError, nearest, warn
 from freebies.runtime import autocast_for
@@ -62,6 +66,7 @@ class DetStep:
     net: nn.Module  # the unwrapped detector (the EMA averages it)
     model: nn.Module  # what runs forward: `net`, or its DDP / compiled wrapper
     gen: torch.Generator  # this rank's augmentation stream
+    shapes: torch.Tensor  # int64 (N, 2): each training image's batch shape (h, w), on device
     boxes: list[torch.Tensor]  # training boxes per image, xyxy letterboxed pixels, on device
     labels: list[torch.Tensor]  # training labels per image, on device
     steps_per_epoch: int
@@ -80,7 +85,8 @@ class DetStep:
 def detect_step(
     s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: int
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One training step on batch (indices (N,), uint8 images (N, 3, S, S), indices (N,)).
+    """One training step on batch (indices (N,), uint8 images (N, 3, H, W) on the split's
+    canvas, indices (N,)); the images are cut to the batch's shape first.
 
     Returns the loss, classification (sigmoid focal) + box (GIoU) + centre-ness, each
     normalised by the global batch's foreground locations (their weights under mixup), and
@@ -89,15 +95,16 @@ def detect_step(
     idx, xb, _ = batch
     ids = idx.tolist()
     boxes, labels = [s.boxes[i] for i in ids], [s.labels[i] for i in ids]
+    h, w = batch_shape(s.shapes[idx])
     # 1. box-aware augmentation and random shapes (float pixels, batched, per-image draws)
-    x, targets = augment(s, xb.float(), boxes, labels, epoch)
-    size = s.shape(epoch * s.steps_per_epoch + step) if s.shape else None
-    if size is not None:
+    x, targets = augment(s, xb[..., :h, :w].float(), boxes, labels, epoch)
+    if s.shape:
+        size = shape_like(s.shape(epoch * s.steps_per_epoch + step), h, w)
         x, scaled = resize_boxes(x, [t["boxes"] for t in targets], size)
         targets = [{**t, "boxes": b} for t, b in zip(targets, scaled, strict=True)]
     # 2. forward and loss: the detector normalises, batches and matches locations to boxes
     images = list((x / 255).unbind(0))
-    with s.autocast, native_size(s.net, size, size) if size else contextlib.nullcontext():
+    with s.autocast, native_size(s.net, *x.shape[-2:]):
         losses = s.model(images, targets)
     loss = sum(v.float() for v in losses.values())
     return loss, [losses[k].detach().float() for k in LOSS_PARTS]
@@ -107,10 +114,10 @@ def augment(
     s: DetStep, x: torch.Tensor, boxes: list[torch.Tensor], labels: list[torch.Tensor], epoch: int
 ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     """The recipe's detection tricks in GluonCV's order (Zhang et al. 2019): mixup, colour
-    jitter, expand, crop, flip. x: float pixels (N, C, S, S). Returns the images and the
+    jitter, expand, crop, flip. x: float pixels (N, C, H, W). Returns the images and the
     detector's targets; "weights" (per box) only under mixup."""
     g, weights = s.gen, None
-    if s.mixup and epoch < s.cfg.train.epochs - s.cfg.det.mixup_off_epochs:
+    if s.mixup and epoch < mixup_until(s.cfg.train.epochs, s.cfg.det.mixup_off_epochs):
         x, boxes, labels, weights = s.mixup(x, boxes, labels, generator=g)
     if s.jitter:
         x = s.jitter(x, generator=g)
@@ -185,6 +192,7 @@ def load_data(cfg: DetectConfig) -> DetData:
         split_seed=cfg.data.split_seed,
         limit_train=cfg.data.limit_train,
         limit_test=cfg.data.limit_test,
+        rect=cfg.data.rect,
     )
     for note in data.notes:
         warn(note)
@@ -196,24 +204,34 @@ def train_size(cfg: DetectConfig) -> int:
     return len(load_data(cfg).train)
 
 
-def check_training(cfg: DetectConfig, data: DetData) -> None:
-    """What training needs of the data: a full batch, and a validation set to stop early on."""
-    if cfg.train.batch_size > len(data.train):
+def check_training(cfg: DetectConfig, data: DetData) -> int:
+    """What training needs of the data: a full batch, and a validation set to stop early on.
+    Returns the steps per epoch: the full batches of each shape group (`shape_groups`)."""
+    batch = cfg.train.batch_size
+    if batch > len(data.train):
         raise UsageError(
-            f"train.batch_size={cfg.train.batch_size} is larger than the training set "
+            f"train.batch_size={batch} is larger than the training set "
             f"({len(data.train)} images); lower --batch-size"
         )
+    steps = group_steps(shape_groups(data.train.shapes), batch)
+    if steps == 0:
+        raise UsageError(
+            f"train.batch_size={batch}: neither the landscape nor the portrait images fill a "
+            "batch; lower --batch-size or set data.rect=false"
+        )
     engine.check_early_stop(cfg.train.early_stop_patience, data.val is not None)
+    return steps
 
 
-def data_info(data: DetData, image_size: int) -> dict[str, Any]:
+def data_info(data: DetData, image_size: int, rect: bool) -> dict[str, Any]:
     """What a detection checkpoint records about its data."""
-    mean, std = channel_stats(data.train.images[:512])  # float64, pixel units
+    mean, std = image_stats(data.train)  # float64, pixel units, padding left out
     return {
         "fingerprint": data.fingerprint,
         "classes": data.classes,
         "category_ids": data.category_ids,
         "image_size": image_size,
+        "rect": rect,
         "mean": (mean / 255).tolist(),
         "std": (std / 255).clamp(min=1e-3).tolist(),
         "split_rule": data.split_rule,
@@ -224,13 +242,12 @@ def data_info(data: DetData, image_size: int) -> dict[str, Any]:
 def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = None) -> engine.Task:
     """The detection task for the engine: data, detector and what trains it, the step."""
     data, dev = load_data(cfg), d.device
-    check_training(cfg, data)
-    info = data_info(data, cfg.data.image_size or IMAGE_SIZE)
+    steps_per_epoch = check_training(cfg, data)
+    info = data_info(data, cfg.data.image_size or IMAGE_SIZE, cfg.data.rect)
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     net = make_detector(cfg, info).to(dev)
     batch = cfg.train.batch_size
-    steps_per_epoch = len(data.train) // batch
-    train_x = data.train.images.to(dev)
+    train_x, groups = data.train.images.to(dev), shape_groups(data.train.shapes)
     precision = engine.decide_precision(cfg, d, recorded_precision)
     t = make_training(cfg, net, d, steps_per_epoch)
     s = DetStep(
@@ -238,6 +255,7 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
         net=t.net,
         model=t.model,
         gen=t.gen,
+        shapes=data.train.shapes.to(dev),
         boxes=[b.to(dev) for b in data.train.boxes],
         labels=[lab.to(dev) for lab in data.train.labels],
         steps_per_epoch=steps_per_epoch,
@@ -252,7 +270,9 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
         training=t,
         steps_per_epoch=steps_per_epoch,
         batch_size=batch,
-        batches=shuffled_batches(train_x, torch.arange(len(train_x), device=dev), cfg, d),
+        batches=shuffled_batches(
+            train_x, torch.arange(len(train_x), device=dev), cfg, d, groups=groups
+        ),
         step=lambda b, epoch, i: detect_step(s, b, epoch, i),
         evaluate=lambda final: eval_row(s, data, d),
         summary=summary_keys,
@@ -279,7 +299,8 @@ def predict(
 ) -> list[dict[str, torch.Tensor]]:
     """Detections on this rank's shard of `split`, in each image's original pixels (CPU).
 
-    `infer` maps a float batch (N, 3, S, S) in [0, 1] to the detections in its pixels
+    Batches hold images of one shape group, cut to their batch shape.
+    `infer` maps a float batch (N, 3, h, w) in [0, 1] to the detections in its pixels
     (e.g. `freebies.detection.multiscale.multiscale_detect`); default: one plain pass.
     `progress` shows a bar with its ETA (`freebies detect eval`).
     Returns one {"index", "boxes" (n, 4) xyxy, "scores", "labels"} per image of the shard.
@@ -287,15 +308,17 @@ def predict(
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    idx = torch.arange(len(split))
+    mine = list(range(rank, len(split), world))
+    groups = shape_groups(split.shapes)[mine].tolist() if mine else []
+    ordered = [i for _, i in sorted(zip(groups, mine, strict=True))]  # one shape group a batch
+    index = [ordered[k : k + batch_size] for k in range(0, len(ordered), batch_size)]
     out = []
-    batches = eval_batches(split.images, idx, batch_size, rank=rank, world=world)
-    total = -(-len(split) // (batch_size * world))
-    for xb, ib in tqdm(batches, total=total, unit="batch", disable=not progress, leave=False):
-        x = xb.to(dev).float() / 255
-        with autocast or contextlib.nullcontext():
+    for ib in tqdm(index, unit="batch", disable=not progress, leave=False):
+        h, w = batch_shape(split.shapes[ib])
+        x = split.images[ib, :, :h, :w].to(dev).float() / 255
+        with autocast or contextlib.nullcontext(), native_size(model, h, w):
             dets = infer(x) if infer is not None else model(list(x.unbind(0)))
-        out += [in_original(det, split, i) for i, det in zip(ib.tolist(), dets, strict=True)]
+        out += [in_original(det, split, i) for i, det in zip(ib, dets, strict=True)]
     model.train(was_training)
     return out
 
@@ -366,7 +389,9 @@ def predict_image(
 ) -> list[dict[str, Any]]:
     """Detections above `score_thr` on one uint8 image (3, H, W), in its own pixels, with
     class names and the file's category ids."""
-    split = letterboxed_split(image, info["image_size"])
+    # the pyramid and the tiles are laid out on the square input
+    rect = info.get("rect", False) and kw.get("infer") is None
+    split = letterboxed_split(image, info["image_size"], rect=rect)
     det = predict(model, split, batch_size=1, **kw)[0]
     keep = det["scores"] >= score_thr
     return [
@@ -557,11 +582,15 @@ def evaluate_checkpoint(
     """`freebies detect eval`: COCO AP of a checkpoint on the test split of the data it was
     trained on (or `spec`'s); with `multiscale` options (`multiscale_infer`), also the single
     pass's figures and the cost ratio."""
-    check_multiscale(**(multiscale or {}))  # a mistyped option costs no load
+    o = check_multiscale(**(multiscale or {}))  # a mistyped option costs no load
     ckpt = checkpoint.load(path, "detect")
     cfg = config.from_dict(ckpt.config, "detect")
     cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, limit
     cfg.data.image_size = ckpt.data["image_size"]
+    # the pyramid and the tiles are laid out on the square input
+    cfg.data.rect = ckpt.data.get("rect", False) and not (
+        o["scales"] or o["grid"] or o["tile_size"] or o["auto_tiles"]
+    )
     if spec is not None:
         cfg.data.spec = spec
     data = load_data(cfg)
@@ -667,6 +696,7 @@ def export_checkpoint(
     cfg = config.from_dict(ckpt.config, "detect")
     cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, 1, samples
     cfg.data.image_size, cfg.data.spec = size, spec or cfg.data.spec
+    cfg.data.rect = False  # the graph takes size x size inputs
     x = load_data(cfg).test.images[:samples].float() / 255
     output.parent.mkdir(parents=True, exist_ok=True)
     dense = export_onnx(model, size, output)

@@ -8,13 +8,18 @@ Splits, for every format: the test set is the files' test split, else their vali
 (COCO's own habit: report on val), else a seeded ``test_split`` share of training. When no
 validation split is left, ``val_split`` carves a seeded one from training (``split_seed``).
 
-Every image is letterboxed to ``image_size`` x ``image_size`` (:func:`letterbox`), and its
-boxes scaled to match; ``DetSplit.truth`` keeps them in the image's own pixels for COCO
-evaluation, with each box's COCO ``area`` and the crowd regions (``iscrowd``), which evaluation
-ignores and training never sees. Real annotations are messy, so boxes crossing the edge are
-clipped and boxes with no area are dropped, and the counts go into one summary line in
-``DetData.notes``. Anything a person must fix (a missing image, a malformed file, an unknown
-class) raises :class:`~freebies.errors.UsageError` with one line naming the file.
+Every image is letterboxed (:func:`letterbox`): its longer side resized to ``image_size``,
+its aspect ratio kept, and its boxes scaled to match. With ``rect`` (the default) each image's
+batch shape is its own size rounded up to a multiple of 32, so that batches of similar shape
+carry little padding (aspect-ratio grouping, :func:`shape_groups`); without it every image
+sits on an ``image_size`` square. ``DetSplit.images`` holds all images on one canvas that
+covers every shape, each at its top-left. ``DetSplit.truth`` keeps the boxes in the image's
+own pixels for COCO evaluation, with each box's COCO ``area`` and the crowd regions
+(``iscrowd``), which evaluation ignores and training never sees. Real annotations are messy,
+so boxes crossing the edge are clipped and boxes with no area are dropped, and the counts go
+into one summary line in ``DetData.notes``. Anything a person must fix (a missing image, a
+malformed file, an unknown class) raises :class:`~freebies.errors.UsageError` with one line
+naming the file.
 
 Images are decoded by :func:`freebies.data.io.decode` and resized by torchvision.
 """
@@ -42,9 +47,13 @@ __all__ = [
     "DetData",
     "DetSplit",
     "Truth",
+    "batch_shape",
+    "image_stats",
     "letterbox",
     "letterboxed_split",
     "load_detection",
+    "pad_shape",
+    "shape_groups",
     "to_original",
 ]
 
@@ -74,7 +83,8 @@ class DetSplit:
     factor would put boxes up to half a pixel off the pixels they cover.
     """
 
-    images: torch.Tensor  # uint8 (N, 3, S, S), letterboxed (see letterbox)
+    images: torch.Tensor  # uint8 (N, 3, H, W), letterboxed at the top-left (see letterbox)
+    shapes: torch.Tensor  # int64 (N, 2): each image's batch shape (h, w), within (H, W)
     boxes: list[torch.Tensor]  # float32 (n_i, 4) xyxy, letterboxed pixels
     labels: list[torch.Tensor]  # int64 (n_i,), class index 0..K-1
     scales: torch.Tensor  # float64 (N, 4): (sx, sy, sx, sy), letterboxed = original * scale
@@ -97,6 +107,7 @@ class DetSplit:
         t = torch.tensor(picked, dtype=torch.int64)
         return DetSplit(
             images=self.images[t],
+            shapes=self.shapes[t],
             boxes=[self.boxes[i] for i in picked],
             labels=[self.labels[i] for i in picked],
             scales=self.scales[t],
@@ -143,45 +154,83 @@ def _cat(tensors: list[torch.Tensor], empty: tuple[int, ...], dtype: torch.dtype
 
 
 def letterbox(
-    image: torch.Tensor, boxes: torch.Tensor, size: int
+    image: torch.Tensor, boxes: torch.Tensor, size: int, rect: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fit an image into a ``size`` x ``size`` canvas, keeping its aspect ratio.
+    """Fit an image into a canvas whose longer side is ``size``, keeping its aspect ratio.
 
     The rule: ``s = size / max(H, W)``; the image is resized (bilinear, antialiased, on uint8)
     to ``new_h = round(H * s)`` by ``new_w = round(W * s)`` (the longer side is exactly
     ``size``; halves round up), pasted at the top-left of a zero canvas, and the boxes are
     multiplied by the factors actually applied, ``sx = new_w / W`` and ``sy = new_h / H``.
-    Top-left placement means no offset: mapping back is a division, ``boxes / scale``.
+    Top-left placement means no offset: mapping back is a division, ``boxes / scale``. The
+    canvas is ``size`` x ``size``, or with ``rect`` :func:`pad_shape` of the resized image.
 
     Args:
         image: uint8 ``(C, H, W)`` (or ``(..., C, H, W)``).
         boxes: ``(n, 4)`` xyxy in the image's pixels (any float dtype, kept).
-        size: the canvas side in pixels.
+        size: the longer side in pixels.
+        rect: pad to a multiple of 32 instead of to a square.
 
     Returns:
-        ``(canvas (C, size, size), boxes (n, 4) in canvas pixels, scale)``, where ``scale`` is
+        ``(canvas (C, h, w), boxes (n, 4) in canvas pixels, scale)``, where ``scale`` is
         float64 ``(4,)`` = ``(sx, sy, sx, sy)``.
     """
-    canvas = image.new_zeros((*image.shape[:-2], size, size))
-    scale = _letterbox_into(image, canvas)
+    resized, scale = _fit(image, size)
+    h, w = pad_shape(resized.shape[-2:], size, rect)
+    canvas = image.new_zeros((*image.shape[:-2], h, w))
+    canvas[..., : resized.shape[-2], : resized.shape[-1]] = resized
     return canvas, (boxes.double() * scale).to(boxes.dtype), scale
 
 
-def _letterbox_into(image: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
-    """Resize ``image`` into the top-left of a zeroed square ``canvas``; the (4,) scale."""
+def _fit(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` resized so that its longer side is ``size``, and the (4,) scale applied."""
     from torchvision.transforms.v2 import functional as F
 
-    size = canvas.shape[-1]
     h, w = image.shape[-2:]
     s = size / max(h, w)
     new_h = size if h >= w else max(1, math.floor(h * s + 0.5))
     new_w = size if w >= h else max(1, math.floor(w * s + 0.5))
-    # Writing straight into the canvas (no temporary) halves the time of a BCCD load.
-    if (new_h, new_w) == (h, w):
-        canvas[..., :new_h, :new_w] = image
-    else:
-        canvas[..., :new_h, :new_w] = F.resize(image, [new_h, new_w], antialias=True)
-    return torch.tensor([new_w / w, new_h / h] * 2, dtype=torch.float64)
+    if (new_h, new_w) != (h, w):
+        image = F.resize(image, [new_h, new_w], antialias=True)
+    return image, torch.tensor([new_w / w, new_h / h] * 2, dtype=torch.float64)
+
+
+def pad_shape(fitted: Sequence[int], size: int, rect: bool) -> tuple[int, int]:
+    """The batch shape (h, w) of an image letterboxed to ``fitted`` (h, w): ``size`` x
+    ``size``, or with ``rect`` each side rounded up to a multiple of 32 (the detector's
+    largest stride that FCOS pads to anyway), never beyond ``size``."""
+    if not rect:
+        return size, size
+    h, w = (min(-(-int(v) // 32) * 32, size) for v in fitted)
+    return h, w
+
+
+def batch_shape(shapes: torch.Tensor) -> tuple[int, int]:
+    """The (h, w) that holds every image of a batch: the largest of their ``shapes`` rows."""
+    h, w = shapes.amax(0).tolist()
+    return int(h), int(w)
+
+
+def shape_groups(shapes: torch.Tensor) -> torch.Tensor:
+    """int64 (N,): 0 for landscape or square batch shapes, 1 for portrait ones; batches drawn
+    within a group carry little padding (detectron2's aspect-ratio grouping)."""
+    return (shapes[:, 0] > shapes[:, 1]).long()
+
+
+def image_stats(split: DetSplit, limit: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (float64, pixel units) of the images' own pixels, the padding
+    left out; from up to ``limit`` images spread evenly over the split."""
+    n, c = len(split), split.images.shape[1]
+    sums, squares, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c).double(), 0
+    for i in torch.linspace(0, n - 1, min(n, limit)).round().long().unique().tolist():
+        h, w = (split.sizes[i] * split.scales[i, [1, 0]]).round().long().tolist()
+        pixels = split.images[i, :, :h, :w].reshape(c, -1).double()
+        sums += pixels.sum(1)
+        squares += (pixels * pixels).sum(1)
+        count += pixels.shape[1]
+    mean = sums / max(count, 1)
+    var = (squares - count * mean * mean) / max(count - 1, 1)
+    return mean, var.clamp(min=0).sqrt()
 
 
 def to_original(
@@ -199,12 +248,15 @@ def to_original(
     return out
 
 
-def letterboxed_split(image: torch.Tensor, size: int, file: str = "") -> DetSplit:
+def letterboxed_split(
+    image: torch.Tensor, size: int, file: str = "", rect: bool = False
+) -> DetSplit:
     """A one-image split without boxes, for predicting on a loose uint8 ``(3, H, W)`` image."""
-    canvas, _, scale = letterbox(image, torch.zeros((0, 4)), size)
+    canvas, _, scale = letterbox(image, torch.zeros((0, 4)), size, rect)
     none, no_labels = torch.zeros((0, 4), dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
     return DetSplit(
         images=canvas[None],
+        shapes=torch.tensor([canvas.shape[-2:]], dtype=torch.int64),
         boxes=[none],
         labels=[no_labels],
         scales=scale[None],
@@ -228,11 +280,12 @@ def load_detection(
     split_seed: int = 0,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    rect: bool = True,
 ) -> DetData:
     """Load the detection dataset named by ``spec`` (forms in the module docstring).
 
     Args:
-        image_size: the letterbox canvas side, pixels.
+        image_size: the letterboxed images' longer side, pixels.
         val_split: share of training carved as a seeded validation set when the files have
             none (0 = no validation set).
         test_split: share of training held out (fixed seed) when the files have no test or
@@ -240,6 +293,7 @@ def load_detection(
         split_seed: seed of the validation carve.
         limit_train, limit_test: keep only the first N training / test (and validation)
             images, for smoke runs.
+        rect: keep each image's aspect ratio in its batch shape (:func:`pad_shape`).
     """
     _check_options(image_size, val_split, test_split, limit_train, limit_test)
     read = _read_spec(spec)
@@ -251,7 +305,7 @@ def load_detection(
             if name in splits:
                 splits[name] = splits[name][:limit_test]
     tally = _Tally()
-    built = {name: _build_split(items, image_size, tally) for name, items in splits.items()}
+    built = {name: _build_split(items, image_size, rect, tally) for name, items in splits.items()}
     notes = [*read.notes, *tally.parts()]
     return DetData(
         train=built["train"],
@@ -335,6 +389,7 @@ def _carve(items: list[Item], share: float, seed: int, spec: str) -> tuple[list[
 
 
 class _Loaded(NamedTuple):
+    image: torch.Tensor  # uint8 (3, h, w), the longer side at the letterbox size
     boxes: torch.Tensor
     labels: torch.Tensor
     truth: Truth
@@ -381,17 +436,17 @@ class _Tally:
         return ", ".join(map(str, files[:NAMED])) + more
 
 
-def _build_split(items: list[Item], size: int, tally: _Tally) -> DetSplit:
-    images = torch.zeros((len(items), 3, size, size), dtype=torch.uint8)
-
-    def one(i: int) -> _Loaded:
-        return _load_item(items[i], images[i])
-
-    loaded = parallel_map(one, range(len(items)))
-    for item, r in zip(items, loaded, strict=True):
-        tally.add(item.source, r.changes)
+def _build_split(items: list[Item], size: int, rect: bool, tally: _Tally) -> DetSplit:
+    loaded = parallel_map(lambda item: _load_item(item, size), items)
+    shapes = [pad_shape(r.image.shape[-2:], size, rect) for r in loaded]
+    h, w = torch.tensor(shapes).amax(0).tolist() if shapes else (size, size)
+    images = torch.zeros((len(items), 3, h, w), dtype=torch.uint8)
+    for i, r in enumerate(loaded):
+        images[i, :, : r.image.shape[1], : r.image.shape[2]] = r.image
+        tally.add(items[i].source, r.changes)
     return DetSplit(
         images=images,
+        shapes=torch.tensor(shapes, dtype=torch.int64).reshape(-1, 2),
         boxes=[r.boxes for r in loaded],
         labels=[r.labels for r in loaded],
         scales=torch.stack([r.scale for r in loaded]) if loaded else torch.zeros((0, 4)).double(),
@@ -402,8 +457,8 @@ def _build_split(items: list[Item], size: int, tally: _Tally) -> DetSplit:
     )
 
 
-def _load_item(item: Item, out: torch.Tensor) -> _Loaded:
-    """Decode, clean and letterbox one image into ``out`` (3, size, size), already zeros."""
+def _load_item(item: Item, size: int) -> _Loaded:
+    """Decode and clean one image, and resize it so that its longer side is ``size``."""
     image = decode(item.path, fix="replace it or remove it from the annotations")
     h, w = image.shape[1:]
     if item.size is not None and item.size != (h, w):
@@ -421,8 +476,9 @@ def _load_item(item: Item, out: torch.Tensor) -> _Loaded:
     orig = torch.from_numpy(boxes)
     truth = _truth(item, orig.float(), keep)
     train = ~truth.iscrowd  # crowd regions are for evaluation only
-    scale = _letterbox_into(image, out)
+    image, scale = _fit(image, size)
     return _Loaded(
+        image=image,
         boxes=(orig[train] * scale).float(),
         labels=truth.labels[train],
         truth=truth,

@@ -76,19 +76,22 @@ def train_batches(
     world: int = 1,
     start_step: int = 0,
     workers: int = 4,
+    groups: torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield this rank's (dataset indices, uint8 images, labels) for each global batch.
 
     The last incomplete global batch is dropped so every step sees `batch_size` images and
     every rank the same share. `start_step` skips batches already trained (exact resume).
+    With `groups` (an int64 group per image), each batch holds one group (`grouped_batches`).
     Images come back on the device of `y`.
     """
     local = batch_size // world
-    order = epoch_order(len(x), seed, epoch).to(y.device)
-    index = [
-        order[step * batch_size + rank * local : step * batch_size + (rank + 1) * local]
-        for step in range(start_step, len(x) // batch_size)
-    ]
+    order = epoch_order(len(x), seed, epoch)
+    if groups is None:
+        batches = order[: len(x) // batch_size * batch_size].view(-1, batch_size)
+    else:
+        batches = grouped_batches(order, groups, batch_size)
+    index = [b[rank * local : (rank + 1) * local].to(y.device) for b in batches[start_step:]]
     if isinstance(x, torch.Tensor):
         for idx in index:
             yield idx, x[idx], y[idx]
@@ -96,6 +99,26 @@ def train_batches(
         streamed = _stream(x, y, [i.cpu().tolist() for i in index], workers)
         for idx, (xb, yb) in zip(index, streamed, strict=True):
             yield idx, xb, yb
+
+
+def grouped_batches(order: torch.Tensor, groups: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(steps, batch_size) indices: `order` dealt into one bucket per group, a batch emitted
+    whenever a bucket fills (detectron2's aspect-ratio grouping); what is left in a bucket at
+    the end is dropped. With one group these are `order`'s consecutive chunks."""
+    buckets: dict[int, list[int]] = {}
+    out = []
+    for i, g in zip(order.tolist(), groups.cpu()[order].tolist(), strict=True):
+        bucket = buckets.setdefault(g, [])
+        bucket.append(i)
+        if len(bucket) == batch_size:
+            out.append(bucket)
+            buckets[g] = []
+    return torch.tensor(out, dtype=torch.int64).reshape(-1, batch_size)
+
+
+def group_steps(groups: torch.Tensor, batch_size: int) -> int:
+    """How many batches `grouped_batches` makes per epoch."""
+    return int((torch.bincount(groups) // batch_size).sum()) if len(groups) else 0
 
 
 def eval_batches(

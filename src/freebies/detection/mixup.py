@@ -75,12 +75,23 @@ def mix_detection(
     return mixed, out_boxes, out_labels, out_weights
 
 
+def mixup_until(epochs: int, off: int | None) -> int:
+    """The first epoch trained without detection mixup: the last `off` epochs are clean, by
+    default the last tenth (Zhang et al. 2019, after GluonCV's YOLOv3: 20 of 200)."""
+    return epochs - (epochs // 10 if off is None else off)
+
+
 DET_MIXUP = Trick(
     "det_mixup",
     ("detect",),
     (
         Key("det.mixup", float, "[0, inf)", note="the Beta alpha, 1.5 in the paper; 0 = off"),
-        Key("det.mixup_off_epochs", int, "[0, inf)", note="no mixup in the last N epochs"),
+        Key(
+            "det.mixup_off_epochs",
+            int,
+            "[0, inf)",
+            note="no mixup in the last N epochs; null = the last tenth",
+        ),
     ),
     {"det.mixup": 1.5},
     "Zhang et al. 2019 (detection bag of freebies)",

@@ -6,7 +6,8 @@ https://arxiv.org/abs/1904.01355 (anchor-free: one point per location, centre-ne
 
 torchvision's backbone helpers are built for pretrained weights: frozen BatchNorm, only the last
 stages trainable, strides 16 and 32 only. From scratch every layer trains, BatchNorm is the
-ordinary one with momentum 0.1 (the default 0.01 lags behind weights that move fast), and the
+ordinary one with momentum 0.1 (the default 0.01 lags behind weights that move fast) and each
+backbone's own eps (MobileNetV3: 1e-3; ResNet: 1e-5), and the
 FPN starts at stride 8, where small objects are found. Nothing here downloads weights;
 `backbone_weights` loads a user's local state dict instead.
 """
@@ -43,11 +44,12 @@ BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18")
 def _trunk(name: str) -> tuple[nn.Module, dict[str, str], list[int]]:
     """The backbone's feature trunk, its stride-8/16/32 layers and their channels."""
     bn = partial(nn.BatchNorm2d, momentum=0.1)
+    mobile_bn = partial(bn, eps=1e-3)  # MobileNetV3's own eps (torchvision, the paper's TF code)
     if name == "mobilenet_v3_small":
-        trunk = mobilenet_v3_small(weights=None, norm_layer=bn).features
+        trunk = mobilenet_v3_small(weights=None, norm_layer=mobile_bn).features
         return trunk, _layers(3, 8, 12), [24, 48, 576]
     if name == "mobilenet_v3_large":
-        trunk = mobilenet_v3_large(weights=None, norm_layer=bn).features
+        trunk = mobilenet_v3_large(weights=None, norm_layer=mobile_bn).features
         return trunk, _layers(6, 12, 16), [40, 112, 960]
     if name == "resnet18":
         net = resnet18(weights=None, norm_layer=bn)

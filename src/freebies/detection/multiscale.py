@@ -45,9 +45,13 @@ def native_size(model: nn.Module, h: int, w: int) -> Iterator[None]:
     """Let a torchvision detector's transform keep an (h, w) input at its size.
 
     GeneralizedRCNNTransform scales by min(min_size / min(h, w), max_size / max(h, w)); with
-    min_size = min(h, w) and max_size = max(h, w) that factor is exactly 1.
+    min_size = min(h, w) and max_size = max(h, w) that factor is exactly 1. A model
+    without such a transform is left as it is.
     """
-    t = model.transform
+    t = getattr(model, "transform", None)
+    if t is None:
+        yield
+        return
     before = t.min_size, t.max_size
     t.min_size, t.max_size = (min(h, w),), max(h, w)
     try:

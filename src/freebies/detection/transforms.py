@@ -294,26 +294,34 @@ def crop_boxes(
 
 
 def resize_boxes(
-    x: torch.Tensor, boxes: list[torch.Tensor], size: int
+    x: torch.Tensor, boxes: list[torch.Tensor], size: int | tuple[int, int]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Resize the whole batch to size x size, and its boxes: the input size of "random shapes"
-    training (Zhang et al. 2019, section 3.5, from YOLOv3).
+    """Resize the whole batch to `size` (h, w), or size x size, and its boxes: the input size of
+    "random shapes" training (Zhang et al. 2019, section 3.5, from YOLOv3).
 
     Args:
         x: images (N, C, H, W), float, pixel values in 0..255.
         boxes: N float tensors (n_i, 4), xyxy pixels in x's frame.
-        size: the new height and width, a positive int.
+        size: the new height and width, positive ints (one int: a square).
 
     Returns:
-        The images (N, C, size, size), bilinear (antialiased when shrinking), and the boxes
-        scaled by (size / W, size / H), as b * size / (W, H, W, H).
+        The images (N, C, h, w), bilinear (antialiased when shrinking), and the boxes
+        scaled by (w / W, h / H), as b * (w, h, w, h) / (W, H, W, H).
     """
     _check_batch(x, boxes, None, "resize_boxes")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"resize_boxes: size must be a positive int, got {size!r}")
-    _, _, h, w = x.shape
-    x = _resize(x, size, size, antialias=size < h or size < w)
-    return x, [b * size / _per_box(b, [w, h] * 2) for b in boxes]
+    hw = [size, size] if isinstance(size, int) else list(size) if isinstance(size, tuple) else []
+    if len(hw) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in hw):
+        raise ValueError(f"resize_boxes: size must be a positive int or (h, w), got {size!r}")
+    (h, w), (_, _, h0, w0) = hw, x.shape
+    x = _resize(x, h, w, antialias=h < h0 or w < w0)
+    return x, [b * _per_box(b, [w, h] * 2) / _per_box(b, [w0, h0] * 2) for b in boxes]
+
+
+def shape_like(size: int, h: int, w: int) -> tuple[int, int]:
+    """Random shapes on an (h, w) batch: the longer side becomes `size`, the other keeps the
+    aspect ratio, rounded to a multiple of 32 (at least 32); a square batch gets size x size."""
+    f = size / max(h, w)
+    return tuple(size if v == max(h, w) else max(32, round(v * f / 32) * 32) for v in (h, w))
 
 
 def random_shape(shapes: Sequence[int], every: int, seed: int, step: int) -> int:
