@@ -53,7 +53,7 @@ def bare_detect_img_per_s(cfg: config.Config, steps: int, data: object) -> float
     from freebies import detect
 
     torch.manual_seed(cfg.train.seed)
-    info = detect.data_info(data, cfg.data.image_size)
+    info = detect.data_info(data, cfg)
     model = detect.make_detector(cfg, info).train()
     opt = make_optimizer(model, cfg, cfg.optim.lr)
     n = cfg.train.batch_size

@@ -12,6 +12,7 @@ from typing import Any
 
 from freebies.detection.mixup import DET_MIXUP
 from freebies.detection.model import DET_LABEL_SMOOTHING
+from freebies.detection.slicing import DET_SLICE
 from freebies.detection.transforms import DET_CROP, DET_EXPAND, DET_HFLIP, DET_RANDOM_SHAPES
 from freebies.evaluate import TTA
 from freebies.models.acnet import ACNET
@@ -98,6 +99,7 @@ TRICKS: tuple[Trick, ...] = (
     DET_CROP,
     DET_COLOR_JITTER,
     DET_RANDOM_SHAPES,
+    DET_SLICE,
     SYNC_BN,
 )
 

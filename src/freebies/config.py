@@ -109,6 +109,11 @@ class DetCfg:
     jitter_strength: float = 0.5  # factors in [1 - s, 1 + s] (SSD's contrast range: 0.5)
     random_shapes: list[int] | None = None  # training sizes, multiples of 32; null = off
     random_shapes_every: int = 10  # draw a new size every k iterations (GluonCV: 10)
+    # Sliced training (SAHI): random windows at native resolution; evaluation tiles at that scale.
+    slice_size: int | None = None  # window side in px, a multiple of 32; null = off
+    slice_scale: float = 1.0  # the images' resolution as a factor of their own (1 = native)
+    slice_min_visible: float = 0.5  # a cut box stays when this share of its area is inside
+    slice_full_prob: float = 0.2  # the share of samples that show the whole image, shrunk
 
 
 @dataclass

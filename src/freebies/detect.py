@@ -67,6 +67,7 @@ class DetStep:
     model: nn.Module  # what runs forward: `net`, or its DDP / compiled wrapper
     gen: torch.Generator  # this rank's augmentation stream
     shapes: torch.Tensor  # int64 (N, 2): each training image's batch shape (h, w), on device
+    fitted: torch.Tensor  # int64 (N, 2): each training image's own (h, w) on the canvas
     boxes: list[torch.Tensor]  # training boxes per image, xyxy letterboxed pixels, on device
     labels: list[torch.Tensor]  # training labels per image, on device
     steps_per_epoch: int
@@ -80,6 +81,7 @@ class DetStep:
     crop: Callable | None = None  # (x, boxes, generator) -> x, boxes, kept
     hflip: Callable | None = None  # (x, boxes, generator) -> x, boxes
     shape: Callable | None = None  # (global step) -> training size
+    slice: Callable | None = None  # (uint8 x, fitted, boxes, generator) -> x, boxes, kept
 
 
 def detect_step(
@@ -95,14 +97,20 @@ def detect_step(
     idx, xb, _ = batch
     ids = idx.tolist()
     boxes, labels = [s.boxes[i] for i in ids], [s.labels[i] for i in ids]
-    h, w = batch_shape(s.shapes[idx])
-    # 1. box-aware augmentation and random shapes (float pixels, batched, per-image draws)
-    x, targets = augment(s, xb[..., :h, :w].float(), boxes, labels, epoch)
+    # 1. a window of each image (sliced training), or the batch cut to its shape
+    if s.slice:
+        x, boxes, keeps = s.slice(xb, s.fitted[idx], boxes, s.gen)
+        labels = [lab[k] for lab, k in zip(labels, keeps, strict=True)]
+    else:
+        h, w = batch_shape(s.shapes[idx])
+        x = xb[..., :h, :w].float()
+    # 2. box-aware augmentation and random shapes (float pixels, batched, per-image draws)
+    x, targets = augment(s, x, boxes, labels, epoch)
     if s.shape:
-        size = shape_like(s.shape(epoch * s.steps_per_epoch + step), h, w)
+        size = shape_like(s.shape(epoch * s.steps_per_epoch + step), *x.shape[-2:])
         x, scaled = resize_boxes(x, [t["boxes"] for t in targets], size)
         targets = [{**t, "boxes": b} for t, b in zip(targets, scaled, strict=True)]
-    # 2. forward and loss: the detector normalises, batches and matches locations to boxes
+    # 3. forward and loss: the detector normalises, batches and matches locations to boxes
     images = list((x / 255).unbind(0))
     with s.autocast, native_size(s.net, *x.shape[-2:]):
         losses = s.model(images, targets)
@@ -144,6 +152,7 @@ STEP_FIELDS = {  # trick -> the DetStep field its built callable goes in
     "det_crop": "crop",
     "det_hflip": "hflip",
     "det_random_shapes": "shape",
+    "det_slice": "slice",
 }
 
 
@@ -172,8 +181,9 @@ def make_detector(cfg: DetectConfig, data_info: dict[str, Any]) -> nn.Module:
 
 
 def load_data(cfg: DetectConfig) -> DetData:
-    """The recipe's detection data, letterboxed to data.image_size; prints its cleaning note.
-    `scenes` is the default Fashion scenes set, made on first use."""
+    """The recipe's detection data, letterboxed to data.image_size (sliced training: at
+    det.slice_scale x their own resolution); prints its cleaning note. `scenes` is the default
+    Fashion scenes set, made on first use."""
     spec = cfg.data.spec
     if spec == "scenes":  # rank 0 makes the set while the other ranks wait, then they read it
         from freebies.data.scenes import ensure_scenes
@@ -193,6 +203,7 @@ def load_data(cfg: DetectConfig) -> DetData:
         limit_train=cfg.data.limit_train,
         limit_test=cfg.data.limit_test,
         rect=cfg.data.rect,
+        scale=cfg.det.slice_scale if cfg.det.slice_size else None,
     )
     for note in data.notes:
         warn(note)
@@ -204,16 +215,24 @@ def train_size(cfg: DetectConfig) -> int:
     return len(load_data(cfg).train)
 
 
+def train_groups(cfg: DetectConfig, data: DetData) -> torch.Tensor:
+    """The shape group of each training image: one per orientation, or one for all when
+    every sample is a window of one size (sliced training)."""
+    if cfg.det.slice_size:
+        return torch.zeros(len(data.train), dtype=torch.int64)
+    return shape_groups(data.train.shapes)
+
+
 def check_training(cfg: DetectConfig, data: DetData) -> int:
     """What training needs of the data: a full batch, and a validation set to stop early on.
-    Returns the steps per epoch: the full batches of each shape group (`shape_groups`)."""
+    Returns the steps per epoch: the full batches of each shape group (`train_groups`)."""
     batch = cfg.train.batch_size
     if batch > len(data.train):
         raise UsageError(
             f"train.batch_size={batch} is larger than the training set "
             f"({len(data.train)} images); lower --batch-size"
         )
-    steps = group_steps(shape_groups(data.train.shapes), batch)
+    steps = group_steps(train_groups(cfg, data), batch)
     if steps == 0:
         raise UsageError(
             f"train.batch_size={batch}: neither the landscape nor the portrait images fill a "
@@ -223,15 +242,19 @@ def check_training(cfg: DetectConfig, data: DetData) -> int:
     return steps
 
 
-def data_info(data: DetData, image_size: int, rect: bool) -> dict[str, Any]:
-    """What a detection checkpoint records about its data."""
+def data_info(data: DetData, cfg: DetectConfig) -> dict[str, Any]:
+    """What a detection checkpoint records about its data: its classes, the scale the model
+    learned at (the letterbox side, or the sliced training's window and scale), its pixel
+    statistics."""
     mean, std = image_stats(data.train)  # float64, pixel units, padding left out
+    sliced = cfg.det.slice_size
     return {
         "fingerprint": data.fingerprint,
         "classes": data.classes,
         "category_ids": data.category_ids,
-        "image_size": image_size,
-        "rect": rect,
+        "image_size": sliced or cfg.data.image_size or IMAGE_SIZE,
+        "rect": cfg.data.rect,
+        "slice": {"size": sliced, "scale": cfg.det.slice_scale} if sliced else None,
         "mean": (mean / 255).tolist(),
         "std": (std / 255).clamp(min=1e-3).tolist(),
         "split_rule": data.split_rule,
@@ -243,11 +266,11 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
     """The detection task for the engine: data, detector and what trains it, the step."""
     data, dev = load_data(cfg), d.device
     steps_per_epoch = check_training(cfg, data)
-    info = data_info(data, cfg.data.image_size or IMAGE_SIZE, cfg.data.rect)
+    info = data_info(data, cfg)
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     net = make_detector(cfg, info).to(dev)
     batch = cfg.train.batch_size
-    train_x, groups = data.train.images.to(dev), shape_groups(data.train.shapes)
+    train_x, groups = data.train.images.to(dev), train_groups(cfg, data)
     precision = engine.decide_precision(cfg, d, recorded_precision)
     t = make_training(cfg, net, d, steps_per_epoch)
     s = DetStep(
@@ -256,6 +279,7 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
         model=t.model,
         gen=t.gen,
         shapes=data.train.shapes.to(dev),
+        fitted=data.train.fitted.to(dev),
         boxes=[b.to(dev) for b in data.train.boxes],
         labels=[lab.to(dev) for lab in data.train.labels],
         steps_per_epoch=steps_per_epoch,
@@ -274,7 +298,7 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
             train_x, torch.arange(len(train_x), device=dev), cfg, d, groups=groups
         ),
         step=lambda b, epoch, i: detect_step(s, b, epoch, i),
-        evaluate=lambda final: eval_row(s, data, d),
+        evaluate=lambda final: eval_row(s, data, d, info),
         summary=summary_keys,
         infer_macs=lambda: count_macs(t.net.eval(), torch.zeros(1, 3, size, size, device=dev)),
         data=info,
@@ -299,7 +323,7 @@ def predict(
 ) -> list[dict[str, torch.Tensor]]:
     """Detections on this rank's shard of `split`, in each image's original pixels (CPU).
 
-    Batches hold images of one shape group, cut to their batch shape.
+    Batches hold images of one batch shape, cut to it.
     `infer` maps a float batch (N, 3, h, w) in [0, 1] to the detections in its pixels
     (e.g. `freebies.detection.multiscale.multiscale_detect`); default: one plain pass.
     `progress` shows a bar with its ETA (`freebies detect eval`).
@@ -308,11 +332,10 @@ def predict(
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    mine = list(range(rank, len(split), world))
-    groups = shape_groups(split.shapes)[mine].tolist() if mine else []
-    ordered = [i for _, i in sorted(zip(groups, mine, strict=True))]  # one shape group a batch
-    index = [ordered[k : k + batch_size] for k in range(0, len(ordered), batch_size)]
     out = []
+    index = shape_batches(
+        split.shapes[rank::world], batch_size, list(range(rank, len(split), world))
+    )
     for ib in tqdm(index, unit="batch", disable=not progress, leave=False):
         h, w = batch_shape(split.shapes[ib])
         x = split.images[ib, :, :h, :w].to(dev).float() / 255
@@ -321,6 +344,40 @@ def predict(
         out += [in_original(det, split, i) for i, det in zip(ib, dets, strict=True)]
     model.train(was_training)
     return out
+
+
+def shape_batches(shapes: torch.Tensor, batch_size: int, ids: list[int]) -> list[list[int]]:
+    """`ids` (with their batch `shapes` (n, 2)) in batches of at most `batch_size` that share
+    one shape, so that no batch carries padding."""
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, shape in zip(ids, shapes.tolist(), strict=True):
+        by_shape.setdefault(tuple(shape), []).append(i)
+    return [b[k : k + batch_size] for b in by_shape.values() for k in range(0, len(b), batch_size)]
+
+
+def sliced_infer(
+    model: nn.Module, size: int, overlap: float = 0.2, merge: str = "ios"
+) -> Callable[[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """predict()'s `infer` for a model trained on slices of `size` px: each image, held at the
+    trained scale, cut into overlapping `size` x `size` tiles (none larger than the image, none
+    enlarged) plus one pass of the whole image shrunk into `size`, as sliced training showed
+    it, merged by `merge` (SAHI's sliced inference, Akyon et al. 2022)."""
+    from freebies.detection import multiscale as ms
+
+    def infer(x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        h, w = x.shape[-2:]
+        windows = ms.tile_windows(h, w, tile_size=size, overlap=overlap)
+        return ms.multiscale_detect(
+            model,
+            x,
+            scales=[min(1.0, size / max(h, w))],
+            windows=windows if len(windows) > 1 else None,
+            input_size=min(size, max(h, w)),
+            merge=merge,
+            detections=getattr(model, "detections_per_img", 100),
+        )
+
+    return infer
 
 
 def in_original(det: dict[str, torch.Tensor], split: DetSplit, i: int) -> dict[str, Any]:
@@ -358,11 +415,16 @@ def evaluate_split(
     return {**metrics, "img_per_s": len(split) / max(seconds, 1e-9)}
 
 
-def eval_row(s: DetStep, data: DetData, d: Dist) -> dict[str, Any]:
-    """Test (and validation) COCO metrics for a metrics row; the EMA weights when EMA is on."""
+def eval_row(s: DetStep, data: DetData, d: Dist, info: dict[str, Any]) -> dict[str, Any]:
+    """Test (and validation) COCO metrics for a metrics row; the EMA weights when EMA is on;
+    a slice-trained model tiled at its trained scale."""
     model = s.ema.module if s.ema is not None else s.net
     kw = dict(
-        batch_size=s.cfg.train.eval_batch_size, autocast=s.autocast, rank=d.rank, world=d.world
+        batch_size=s.cfg.train.eval_batch_size,
+        autocast=s.autocast,
+        rank=d.rank,
+        world=d.world,
+        infer=sliced_infer(model, info["slice"]["size"]) if info.get("slice") else None,
     )
     row = {}
     if data.val is not None:
@@ -391,7 +453,9 @@ def predict_image(
     class names and the file's category ids."""
     # the pyramid and the tiles are laid out on the square input
     rect = info.get("rect", False) and kw.get("infer") is None
-    split = letterboxed_split(image, info["image_size"], rect=rect)
+    sliced = info.get("slice")
+    factor = sliced["scale"] if sliced else None
+    split = letterboxed_split(image, info["image_size"], rect=rect, factor=factor)
     det = predict(model, split, batch_size=1, **kw)[0]
     keep = det["scores"] >= score_thr
     return [
@@ -503,6 +567,11 @@ def check_multiscale(
     }
 
 
+def asks_multiscale(o: dict[str, Any]) -> bool:
+    """Whether checked options (`check_multiscale`) ask for a pyramid or tiles."""
+    return bool(o["scales"] or o["grid"] or o["tile_size"] or o["auto_tiles"])
+
+
 def multiscale_infer(model: nn.Module, info: dict[str, Any], **options: Any) -> dict[str, Any]:
     """predict()'s `infer` for the small-object options (`check_multiscale`'s keywords), and
     its description; empty when they leave the single pass (see freebies.detection.multiscale).
@@ -511,6 +580,18 @@ def multiscale_infer(model: nn.Module, info: dict[str, Any], **options: Any) -> 
     from freebies.detection import multiscale as ms
 
     o, size = check_multiscale(**options), info["image_size"]
+    sliced = info.get("slice")
+    if sliced:
+        if asks_multiscale(o):
+            raise UsageError(
+                f"this model was trained on {size} px slices and is always run tiled at that "
+                "scale; drop --pyramid, --tiles, --tile-size and --auto-tiles"
+            )
+        return {
+            "infer": sliced_infer(model, size),
+            "what": f"tiles of {size} px at {sliced['scale']:g}x the image's own pixels + the "
+            "whole image, merge ios (the sliced training's scale)",
+        }
     windows, why = _tiles(o, size, info.get("small_box_side"))
     scales = o["scales"]
     if not windows and scales == [1.0]:
@@ -584,13 +665,13 @@ def evaluate_checkpoint(
     pass's figures and the cost ratio."""
     o = check_multiscale(**(multiscale or {}))  # a mistyped option costs no load
     ckpt = checkpoint.load(path, "detect")
+    if ckpt.data.get("slice") and asks_multiscale(o):  # refused before the data load
+        multiscale_infer(nn.Identity(), ckpt.data, **(multiscale or {}))
     cfg = config.from_dict(ckpt.config, "detect")
     cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, limit
     cfg.data.image_size = ckpt.data["image_size"]
     # the pyramid and the tiles are laid out on the square input
-    cfg.data.rect = ckpt.data.get("rect", False) and not (
-        o["scales"] or o["grid"] or o["tile_size"] or o["auto_tiles"]
-    )
+    cfg.data.rect = ckpt.data.get("rect", False) and not asks_multiscale(o)
     if spec is not None:
         cfg.data.spec = spec
     data = load_data(cfg)
@@ -642,6 +723,8 @@ def predict_files(
     ckpt = checkpoint.load(path, "detect")
     model = load_detector(ckpt).to(pick_device(device))
     multi = multiscale_infer(model, ckpt.data, **(multiscale or {}))
+    if ckpt.data.get("slice"):
+        print(f"freebies: a slice-trained model, run as it was trained: {multi['what']}")
     results, quiet = [], len(images) < 2 or not sys.stderr.isatty()
     named = zip(tqdm(images, unit="image", disable=quiet), output_stems(images), strict=True)
     for i, (image, name) in enumerate(named):

@@ -97,6 +97,11 @@ class DetSplit:
         return len(self.files)
 
     @property
+    def fitted(self) -> torch.Tensor:
+        """int64 (N, 2): the (h, w) each image covers at its canvas's top-left."""
+        return (self.sizes * self.scales[:, [1, 0]]).round().long()
+
+    @property
     def orig_boxes(self) -> list[torch.Tensor]:
         """float32 (n_i, 4) xyxy: the training boxes in each image's original pixels."""
         return [t.boxes[~t.iscrowd] for t in self.truth]
@@ -154,7 +159,11 @@ def _cat(tensors: list[torch.Tensor], empty: tuple[int, ...], dtype: torch.dtype
 
 
 def letterbox(
-    image: torch.Tensor, boxes: torch.Tensor, size: int, rect: bool = False
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    size: int,
+    rect: bool = False,
+    factor: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fit an image into a canvas whose longer side is ``size``, keeping its aspect ratio.
 
@@ -170,39 +179,46 @@ def letterbox(
         boxes: ``(n, 4)`` xyxy in the image's pixels (any float dtype, kept).
         size: the longer side in pixels.
         rect: pad to a multiple of 32 instead of to a square.
+        factor: resize by this factor instead (1 = its own pixels), padded to 32.
 
     Returns:
         ``(canvas (C, h, w), boxes (n, 4) in canvas pixels, scale)``, where ``scale`` is
         float64 ``(4,)`` = ``(sx, sy, sx, sy)``.
     """
-    resized, scale = _fit(image, size)
-    h, w = pad_shape(resized.shape[-2:], size, rect)
+    resized, scale = _fit(image, size, factor)
+    h, w = pad_shape(resized.shape[-2:], None if factor else size, rect or factor is not None)
     canvas = image.new_zeros((*image.shape[:-2], h, w))
     canvas[..., : resized.shape[-2], : resized.shape[-1]] = resized
     return canvas, (boxes.double() * scale).to(boxes.dtype), scale
 
 
-def _fit(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``image`` resized so that its longer side is ``size``, and the (4,) scale applied."""
+def _fit(
+    image: torch.Tensor, size: int, factor: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` resized so that its longer side is ``size`` (or by ``factor``: each side
+    ``round(side * factor)``), and the (4,) scale applied."""
     from torchvision.transforms.v2 import functional as F
 
     h, w = image.shape[-2:]
-    s = size / max(h, w)
-    new_h = size if h >= w else max(1, math.floor(h * s + 0.5))
-    new_w = size if w >= h else max(1, math.floor(w * s + 0.5))
+    if factor is None:
+        s = size / max(h, w)
+        new_h = size if h >= w else max(1, math.floor(h * s + 0.5))
+        new_w = size if w >= h else max(1, math.floor(w * s + 0.5))
+    else:
+        new_h, new_w = (max(1, math.floor(v * factor + 0.5)) for v in (h, w))
     if (new_h, new_w) != (h, w):
         image = F.resize(image, [new_h, new_w], antialias=True)
     return image, torch.tensor([new_w / w, new_h / h] * 2, dtype=torch.float64)
 
 
-def pad_shape(fitted: Sequence[int], size: int, rect: bool) -> tuple[int, int]:
+def pad_shape(fitted: Sequence[int], size: int | None, rect: bool) -> tuple[int, int]:
     """The batch shape (h, w) of an image letterboxed to ``fitted`` (h, w): ``size`` x
     ``size``, or with ``rect`` each side rounded up to a multiple of 32 (the detector's
-    largest stride that FCOS pads to anyway), never beyond ``size``."""
-    if not rect:
+    largest stride that FCOS pads to anyway), never beyond ``size`` (None: no bound)."""
+    if not rect and size is not None:
         return size, size
-    h, w = (min(-(-int(v) // 32) * 32, size) for v in fitted)
-    return h, w
+    h, w = (min(-(-int(v) // 32) * 32, size or math.inf) for v in fitted)
+    return int(h), int(w)
 
 
 def batch_shape(shapes: torch.Tensor) -> tuple[int, int]:
@@ -222,8 +238,9 @@ def image_stats(split: DetSplit, limit: int = 512) -> tuple[torch.Tensor, torch.
     left out; from up to ``limit`` images spread evenly over the split."""
     n, c = len(split), split.images.shape[1]
     sums, squares, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c).double(), 0
+    fitted = split.fitted
     for i in torch.linspace(0, n - 1, min(n, limit)).round().long().unique().tolist():
-        h, w = (split.sizes[i] * split.scales[i, [1, 0]]).round().long().tolist()
+        h, w = fitted[i].tolist()
         pixels = split.images[i, :, :h, :w].reshape(c, -1).double()
         sums += pixels.sum(1)
         squares += (pixels * pixels).sum(1)
@@ -249,10 +266,15 @@ def to_original(
 
 
 def letterboxed_split(
-    image: torch.Tensor, size: int, file: str = "", rect: bool = False
+    image: torch.Tensor,
+    size: int,
+    file: str = "",
+    rect: bool = False,
+    factor: float | None = None,
 ) -> DetSplit:
-    """A one-image split without boxes, for predicting on a loose uint8 ``(3, H, W)`` image."""
-    canvas, _, scale = letterbox(image, torch.zeros((0, 4)), size, rect)
+    """A one-image split without boxes, for predicting on a loose uint8 ``(3, H, W)`` image
+    (letterbox's options)."""
+    canvas, _, scale = letterbox(image, torch.zeros((0, 4)), size, rect, factor)
     none, no_labels = torch.zeros((0, 4), dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
     return DetSplit(
         images=canvas[None],
@@ -281,6 +303,7 @@ def load_detection(
     limit_train: int | None = None,
     limit_test: int | None = None,
     rect: bool = True,
+    scale: float | None = None,
 ) -> DetData:
     """Load the detection dataset named by ``spec`` (forms in the module docstring).
 
@@ -294,6 +317,8 @@ def load_detection(
         limit_train, limit_test: keep only the first N training / test (and validation)
             images, for smoke runs.
         rect: keep each image's aspect ratio in its batch shape (:func:`pad_shape`).
+        scale: resize every image by this factor (1 = its own pixels, for sliced training
+            and tiled inference) instead of to ``image_size``; batch shapes are rectangular.
     """
     _check_options(image_size, val_split, test_split, limit_train, limit_test)
     read = _read_spec(spec)
@@ -305,7 +330,7 @@ def load_detection(
             if name in splits:
                 splits[name] = splits[name][:limit_test]
     tally = _Tally()
-    built = {name: _build_split(items, image_size, rect, tally) for name, items in splits.items()}
+    built = {k: _build_split(v, image_size, rect, tally, scale) for k, v in splits.items()}
     notes = [*read.notes, *tally.parts()]
     return DetData(
         train=built["train"],
@@ -436,9 +461,12 @@ class _Tally:
         return ", ".join(map(str, files[:NAMED])) + more
 
 
-def _build_split(items: list[Item], size: int, rect: bool, tally: _Tally) -> DetSplit:
-    loaded = parallel_map(lambda item: _load_item(item, size), items)
-    shapes = [pad_shape(r.image.shape[-2:], size, rect) for r in loaded]
+def _build_split(
+    items: list[Item], size: int, rect: bool, tally: _Tally, factor: float | None = None
+) -> DetSplit:
+    loaded = parallel_map(lambda item: _load_item(item, size, factor), items)
+    bound = None if factor is not None else size
+    shapes = [pad_shape(r.image.shape[-2:], bound, rect) for r in loaded]
     h, w = torch.tensor(shapes).amax(0).tolist() if shapes else (size, size)
     images = torch.zeros((len(items), 3, h, w), dtype=torch.uint8)
     for i, r in enumerate(loaded):
@@ -457,8 +485,9 @@ def _build_split(items: list[Item], size: int, rect: bool, tally: _Tally) -> Det
     )
 
 
-def _load_item(item: Item, size: int) -> _Loaded:
-    """Decode and clean one image, and resize it so that its longer side is ``size``."""
+def _load_item(item: Item, size: int, factor: float | None = None) -> _Loaded:
+    """Decode and clean one image, and resize it so that its longer side is ``size`` (or by
+    ``factor``)."""
     image = decode(item.path, fix="replace it or remove it from the annotations")
     h, w = image.shape[1:]
     if item.size is not None and item.size != (h, w):
@@ -476,7 +505,7 @@ def _load_item(item: Item, size: int) -> _Loaded:
     orig = torch.from_numpy(boxes)
     truth = _truth(item, orig.float(), keep)
     train = ~truth.iscrowd  # crowd regions are for evaluation only
-    image, scale = _fit(image, size)
+    image, scale = _fit(image, size, factor)
     return _Loaded(
         image=image,
         boxes=(orig[train] * scale).float(),

@@ -1,0 +1,141 @@
+"""Sliced training: each training sample is a window cut from the image at its own resolution.
+
+SAHI's slicing-aided fine-tuning (Akyon et al. 2022, "Slicing Aided Hyper Inference and
+Fine-tuning for Small Object Detection", https://arxiv.org/abs/2202.06934) cuts every training
+image into overlapping slices beforehand, plus the whole image; here each step draws, per
+image, a random window of `size` x `size` at the image's stored resolution (native, or
+`det.slice_scale` x native), or with probability `full_prob` the whole image shrunk into the
+window, so that large objects are still learned. A small object keeps its pixels, and the model
+learns it at the scale that tiled inference later shows it (`freebies.detection.multiscale`).
+
+Boxes are clipped to the window; a box keeps its label only when at least `min_visible` of its
+area is inside (SAHI keeps a cut box above a visible share too). All draws come from the
+step's generator, so a resumed run and each DDP rank draw their own windows exactly.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch.nn import functional as F
+
+from freebies.tricks.record import Key, Settings, Trick, when
+
+
+def slice_batch(
+    images: torch.Tensor,
+    fitted: torch.Tensor,
+    boxes: list[torch.Tensor],
+    generator: torch.Generator | None = None,
+    *,
+    size: int,
+    min_visible: float = 0.5,
+    full_prob: float = 0.0,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """One window (or the whole image, shrunk) per image, as a float batch (N, C, size, size).
+
+    Args:
+        images: uint8 (N, C, H, W), image i in its top-left ``fitted[i]`` = (h_i, w_i).
+        fitted: int64 (N, 2), each image's own size on the canvas.
+        boxes: N float (n_i, 4) xyxy in the images' pixels.
+        generator: the step's source of randomness (CPU or the images' device).
+        size: the window's side, pixels.
+        min_visible: the share of a box's area that must lie in the window for it to stay.
+        full_prob: the probability that an image is shown whole, its longer side shrunk (or
+            enlarged) to `size`, instead of a window.
+
+    Returns:
+        The batch in float pixels (windows smaller than `size`, from small images, sit at the
+        top-left on zeros), the boxes in it, and keeps: N bool (n_i,) saying which boxes
+        stayed (to filter labels and weights).
+    """
+    if not 0 <= min_visible <= 1 or not 0 <= full_prob <= 1 or size < 1:
+        raise ValueError(
+            f"slice_batch: size >= 1, min_visible and full_prob in [0, 1] needed, got {size}, "
+            f"{min_visible}, {full_prob}"
+        )
+    n, c = images.shape[:2]
+    dev = images.device
+    u = torch.rand(n, 3, generator=generator, device=dev, dtype=torch.float64).cpu()
+    out = torch.zeros((n, c, size, size), dtype=torch.float32, device=dev)
+    out_boxes, keeps = [], []
+    for i, (h, w) in enumerate(fitted.tolist()):
+        b = boxes[i]
+        if u[i, 0] < full_prob:
+            f = size / max(h, w)
+            nh, nw = max(1, round(h * f)), max(1, round(w * f))
+            whole = images[i : i + 1, :, :h, :w].float()
+            out[i, :, :nh, :nw] = F.interpolate(
+                whole, size=(nh, nw), mode="bilinear", align_corners=False, antialias=f < 1
+            )[0]
+            scale = torch.tensor([nw / w, nh / h] * 2, dtype=b.dtype, device=b.device)
+            out_boxes.append(b * scale)
+            keeps.append(torch.ones(len(b), dtype=torch.bool, device=b.device))
+            continue
+        wh, ww = min(size, h), min(size, w)
+        y0 = min(int(u[i, 1] * (h - wh + 1)), h - wh)
+        x0 = min(int(u[i, 2] * (w - ww + 1)), w - ww)
+        out[i, :, :wh, :ww] = images[i, :, y0 : y0 + wh, x0 : x0 + ww].float()
+        kept, keep = window_boxes(b, (x0, y0, x0 + ww, y0 + wh), min_visible)
+        out_boxes.append(kept)
+        keeps.append(keep)
+    return out, out_boxes, keeps
+
+
+def window_boxes(
+    boxes: torch.Tensor, window: tuple[int, int, int, int], min_visible: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The boxes (n, 4) xyxy seen through `window` (x0, y0, x1, y1): clipped to it, in its
+    pixels, those with at least `min_visible` of their area (and some area) inside; and which
+    of the n boxes those are."""
+    x0, y0, x1, y1 = window
+    lo = torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype, device=boxes.device)
+    hi = torch.tensor([x1, y1, x1, y1], dtype=boxes.dtype, device=boxes.device)
+    clipped = torch.minimum(torch.maximum(boxes, lo), hi)
+    area = (boxes[:, 2:] - boxes[:, :2]).prod(1)
+    seen = (clipped[:, 2:] - clipped[:, :2]).clamp(min=0).prod(1)
+    keep = (seen > 0) & (seen >= min_visible * area)
+    return clipped[keep] - lo, keep
+
+
+def _slice_rules(s: Settings) -> list[tuple[bool, str]]:
+    size = s["det.slice_size"]
+    return [
+        (
+            size is None or size % 32 == 0,
+            f"det.slice_size={size}: the window must be a multiple of 32 (the backbone's "
+            "stride), e.g. 416, or null for off",
+        ),
+        (
+            size is None or not s["det.random_shapes"],
+            "det.slice_size and det.random_shapes both set the training size; use one",
+        ),
+    ]
+
+
+DET_SLICE = Trick(
+    "det_slice",
+    ("detect",),
+    (
+        Key("det.slice_size", int, "(0, inf)", note="window side in px; null = off"),
+        Key("det.slice_scale", float, "(0, inf)", note="1 = native resolution"),
+        Key("det.slice_min_visible", float, "[0, 1]", note="share of a box's area"),
+        Key("det.slice_full_prob", float, "[0, 1]", note="share of whole images"),
+    ),
+    {"det.slice_size": 416},
+    "Akyon et al. 2022 (SAHI, slicing-aided fine-tuning)",
+    "https://arxiv.org/abs/2202.06934",
+    "train on random windows cut at native resolution (or slice_scale x native), now and "
+    "then the whole image shrunk to the window; evaluation tiles at the same scale",
+    check=_slice_rules,
+    build=lambda s: when(
+        s["det.slice_size"],
+        lambda: partial(
+            slice_batch,
+            size=s["det.slice_size"],
+            min_visible=s["det.slice_min_visible"],
+            full_prob=s["det.slice_full_prob"],
+        ),
+    ),
+)

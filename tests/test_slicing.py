@@ -1,0 +1,232 @@
+"""Sliced training (det.slice_*) and tiled inference at the trained scale: boxes stay on their
+pixels through a window, cut boxes leave with their labels, ranks draw their own windows, a run
+resumes bit-exactly after Ctrl-C and after kill -9, and evaluation never enlarges a tile."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from freebies import checkpoint, detect
+from freebies.data.detection import load_detection
+from freebies.detection.slicing import slice_batch, window_boxes
+from helpers import run_cli, usage_error
+from test_detect import coco_set, tiny
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def painted(h: int, w: int, boxes: list[list[int]]) -> torch.Tensor:
+    """A uint8 (3, h, w) image, zero but for box k painted as a solid block of value 10 * (k+1)."""
+    image = torch.zeros((3, h, w), dtype=torch.uint8)
+    for k, (x1, y1, x2, y2) in enumerate(boxes):
+        image[:, y1:y2, x1:x2] = 10 * (k + 1)
+    return image
+
+
+def test_boxes_stay_on_their_pixels_through_a_window():
+    boxes = [[40, 30, 70, 50], [100, 90, 130, 140], [5, 150, 25, 170]]
+    image = painted(180, 200, boxes)
+    canvas = torch.zeros((4, 3, 200, 256), dtype=torch.uint8)  # the split's shared canvas
+    canvas[:, :, :180, :200] = image
+    fitted = torch.tensor([[180, 200]] * 4)
+    b = [torch.tensor(boxes, dtype=torch.float32)] * 4
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        x, out, keeps = slice_batch(canvas, fitted, b, g, size=64, min_visible=0.0)
+        assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32
+        for i in range(4):
+            for (x1, y1, x2, y2), k in zip(
+                out[i].round().long().tolist(), keeps[i].nonzero()[:, 0].tolist(), strict=True
+            ):
+                block = x[i, 0, y1:y2, x1:x2]
+                assert block.numel() > 0 and (block == 10 * (k + 1)).all()  # the box's pixels
+                # and the pixels just outside a box edge that is not the window's are not it
+                if x2 < 64:
+                    assert (x[i, 0, y1:y2, x2] != 10 * (k + 1)).all()
+
+
+def test_a_box_cut_below_the_visible_share_is_dropped_with_its_label():
+    boxes = torch.tensor(
+        [[0.0, 0.0, 10.0, 10.0], [28.0, 0.0, 40.0, 10.0], [20.0, 20.0, 30.0, 30.0]]
+    )
+    window = (0, 0, 32, 32)  # box 1 keeps 4 of 12 columns (1/3), box 2 all of it
+    kept, keep = window_boxes(boxes, window, 0.5)
+    assert keep.tolist() == [True, False, True]
+    assert kept.tolist() == [[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]
+    kept, keep = window_boxes(boxes, window, 0.3)
+    assert keep.tolist() == [True, True, True] and kept[1].tolist() == [28.0, 0.0, 32.0, 10.0]
+    kept, keep = window_boxes(boxes, (12, 12, 44, 44), 0.0)  # 0 and 1 lie wholly outside
+    assert keep.tolist() == [False, False, True] and kept.tolist() == [[8.0, 8.0, 18.0, 18.0]]
+    # through slice_batch: the keeps filter the labels the same way
+    image = painted(32, 64, [[0, 0, 10, 10], [28, 0, 40, 10], [20, 20, 30, 30]])[None]
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        _, out, keeps = slice_batch(image, torch.tensor([[32, 64]]), [boxes], g, size=32)
+        x0 = int(
+            torch.rand(1, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)[
+                0, 2
+            ]
+            * 33
+        )
+        want = window_boxes(boxes, (x0, 0, x0 + 32, 32), 0.5)
+        assert torch.equal(keeps[0], want[1]) and torch.equal(out[0], want[0])
+
+
+def test_a_whole_image_sample_is_shrunk_into_the_window():
+    image = painted(100, 200, [[20, 40, 60, 80]])[None]
+    boxes = [torch.tensor([[20.0, 40.0, 60.0, 80.0]])]
+    x, out, keeps = slice_batch(
+        image, torch.tensor([[100, 200]]), boxes, torch.Generator(), size=64, full_prob=1.0
+    )
+    torch.testing.assert_close(out[0], torch.tensor([[6.4, 12.8, 19.2, 25.6]]))
+    assert keeps[0].tolist() == [True] and x[0, :, 32:].abs().sum() == 0  # 64 x 32, padded
+
+
+def test_two_ranks_draw_different_windows_and_a_seed_draws_the_same():
+    image = torch.randint(0, 255, (2, 3, 300, 400), dtype=torch.uint8)
+    fitted, boxes = torch.tensor([[300, 400]] * 2), [torch.zeros((0, 4))] * 2
+
+    def windows(seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)  # build.make_training: seed + 1_000_003 * rank
+        return slice_batch(image, fitted, boxes, g, size=64)[0]
+
+    assert torch.equal(windows(0), windows(0))
+    assert not torch.equal(windows(0), windows(0 + 1_000_003))
+
+
+def test_slice_settings_are_checked(tmp_path, capsys):
+    data = coco_set(tmp_path / "coco")
+    for setting, match in (
+        ("det.slice_size=50", "det.slice_size=50: the window must be a multiple of 32"),
+        ("det.slice_min_visible=1.5", "det.slice_min_visible=1.5 must be in [0, 1]"),
+        ("det.slice_scale=0", "det.slice_scale=0.0 must be > 0"),
+    ):
+        line = usage_error(
+            capsys,
+            *tiny(f"coco:{data}", tmp_path / "r", "--set", "det.slice_size=32", "--set", setting),
+        )
+        assert match in line, line
+    line = usage_error(
+        capsys,
+        *tiny(
+            f"coco:{data}",
+            tmp_path / "r",
+            "--set",
+            "det.slice_size=32",
+            "--set",
+            "det.random_shapes=[32]",
+        ),
+    )
+    assert "det.slice_size and det.random_shapes both set the training size" in line
+
+
+SLICED = (
+    "--set",
+    "det.slice_size=32",
+    "--set",
+    "det.slice_full_prob=0.3",
+    "--set",
+    "ema.decay=0.9",
+)
+
+
+def test_a_sliced_run_resumes_bit_exactly_after_an_interrupt(tmp_path, capsys, monkeypatch):
+    from freebies import engine
+
+    data = f"coco:{coco_set(tmp_path / 'coco')}"
+    calls = {"n": 0}
+    real = engine.any_rank
+
+    def stop_at_step_2(flag: bool, device: torch.device) -> bool:
+        calls["n"] += 1
+        return real(flag, device) or calls["n"] == 2
+
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    monkeypatch.setattr(engine, "any_rank", stop_at_step_2)
+    rc, _, _ = run_cli(capsys, *tiny(data, out, *SLICED, batch=4))
+    assert rc == 130
+    monkeypatch.setattr(engine, "any_rank", real)
+    assert run_cli(capsys, "detect", "train", "--resume", str(out))[0] == 0
+    assert run_cli(capsys, *tiny(data, ref, *SLICED, batch=4))[0] == 0
+    assert_same_run(out, ref)
+
+
+def assert_same_run(out: Path, ref: Path) -> None:
+    a = torch.load(out / "last.pt", weights_only=True)
+    b = torch.load(ref / "last.pt", weights_only=True)
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    drop = ("wall_s", "img_per_s")
+    rows = [[{k: v for k, v in r.items() if k not in drop} for r in c["metrics"]] for c in (a, b)]
+    assert rows[0] == rows[1]
+
+
+def test_a_sliced_run_resumes_bit_exactly_after_kill_9(tmp_path, capsys):
+    data = f"coco:{coco_set(tmp_path / 'coco')}"
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    argv = [a if a != "2" else "4" for a in tiny(data, out, *SLICED, batch=4)]  # 4 epochs
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "freebies", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 1:
+            break  # epoch 1 is checkpointed; the run is inside epoch 2
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert checkpoint.load(out / "last.pt").epoch >= 1
+    rc, _, err = run_cli(capsys, "detect", "train", "--resume", str(out))
+    assert rc == 0, err
+    ref_argv = [a if a != "2" else "4" for a in tiny(data, ref, *SLICED, batch=4)]
+    assert run_cli(capsys, *ref_argv)[0] == 0
+    assert_same_run(out, ref)
+
+
+def test_a_sliced_model_is_evaluated_and_predicts_tiled_at_its_scale(tmp_path, capsys):
+    data = coco_set(tmp_path / "coco")
+    out = tmp_path / "run"
+    assert run_cli(capsys, *tiny(f"coco:{data}", out, *SLICED))[0] == 0
+    ckpt = checkpoint.load(out / "last.pt")
+    assert ckpt.data["slice"] == {"size": 32, "scale": 1.0} and ckpt.data["image_size"] == 32
+    # the test images are held at their own pixels, and no tile is enlarged
+    split = load_detection(f"coco:{data}", image_size=128, scale=1.0).test
+    assert split.fitted.tolist() == split.sizes.tolist()
+    model = detect.load_detector(ckpt)
+    seen = []
+    forward = model.forward
+
+    def spy(images, *a, **k):
+        seen.extend(tuple(im.shape[-2:]) for im in images)
+        return forward(images, *a, **k)
+
+    model.forward = spy
+    detect.predict(model, split, batch_size=4, infer=detect.sliced_infer(model, 32))
+    assert seen and all(max(s) <= 32 for s in seen)
+    # eval says how it ran; a pyramid or tiles on top are refused in one line
+    rc, text, err = run_cli(capsys, "detect", "eval", str(out / "last.pt"))
+    assert rc == 0, err
+    assert "tiles of 32 px" in text + err
+    line = usage_error(capsys, "detect", "eval", str(out / "last.pt"), "--tiles", "2x2")
+    assert "trained on 32 px slices" in line
+    image = next(data.glob("*.png"))
+    rc, text, _ = run_cli(
+        capsys, "detect", "predict", str(out / "last.pt"), str(image), "-o", str(tmp_path / "pred")
+    )
+    assert rc == 0 and "a slice-trained model, run as it was trained" in text
+    assert (
+        json.loads(next((tmp_path / "pred").glob("*.json")).read_text())["detections"] is not None
+    )
