@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loader_overhead import full_img_per_s  # noqa: E402
+from loader_overhead import full_img_per_s
 
-from freebies import config, detect  # noqa: E402
-from freebies.runtime import machine  # noqa: E402
+from freebies import config, detect
+from freebies.runtime import machine
 
 
 def padding_share(cfg: config.DetectConfig) -> float:
