@@ -173,8 +173,6 @@ FIXTURES = Path(__file__).parent / "data"
                 "distill",
                 "train.tta",
                 "train.tta_shift",
-                "data.stream",
-                "data.workers",
                 "model.norm",
                 "model.init",
                 "model.zero_init_residual",

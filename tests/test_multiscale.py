@@ -109,6 +109,22 @@ def test_boxes_map_back_exactly_for_every_scale_and_every_tile_of_a_ragged_image
         assert got == [tuple(float(v) for v in win) for win in windows]
 
 
+def test_tiles_cut_from_the_images_own_pixels_find_what_the_letterbox_threw_away():
+    from freebies import detect
+
+    native = image_with((100, 100, 102, 102), size=(256, 256))  # a 2 x 2 px object
+    small = torch.nn.functional.interpolate(native, size=(64, 64), mode="bilinear", antialias=True)
+    assert small.max() < 0.5  # letterboxed to 64 px, it is a faint quarter of a pixel
+    before = multiscale_detect(Stub(64), small, windows=tile_windows(64, 64, tile_size=16),
+                               input_size=64)  # fmt: skip
+    assert len(before[0]["boxes"]) == 0  # tiles of the letterboxed copy cannot recover it
+    o = detect.check_multiscale(tile_size=16)
+    model = Stub(64)
+    found = detect.native_infer(model, 64, [1.0], None, 16, o)(native)[0]["boxes"]
+    torch.testing.assert_close(found, torch.tensor([[100.0, 100.0, 102.0, 102.0]]))
+    assert set(model.seen) == {(64, 64)}  # 64 px windows of the image, shown at 64 px
+
+
 def test_each_tile_is_upsampled_to_the_input_size_and_batched():
     x = image_with((10, 10, 20, 20), size=(100, 100)).repeat(3, 1, 1, 1)
     windows = tile_windows(100, 100, grid=(2, 3), overlap=0.2)

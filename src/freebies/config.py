@@ -28,12 +28,12 @@ class DataCfg:
     split_seed: int = 0  # the validation split is fixed across training seeds
     limit_train: int | None = None  # keep only the first N training images (smoke runs)
     limit_test: int | None = None
+    workers: int = 4  # DataLoader worker processes when streaming
 
 
 @dataclass
 class ClassifyDataCfg(DataCfg):
     stream: bool = False  # folder: only; decode files in DataLoader workers instead of memory
-    workers: int = 4  # DataLoader worker processes when streaming
 
 
 @dataclass
@@ -41,6 +41,8 @@ class DetectDataCfg(DataCfg):
     spec: str = "scenes"  # see `freebies detect train --help` for the forms
     test_split: float = 0.2  # a flat YOLO folder: seeded share held out for test
     rect: bool = True  # keep aspect ratios: batch shapes padded to 32, not to a square
+    stream: bool | None = None  # read images from disk per batch; null: when over memory_mb
+    memory_mb: int = 4096  # the in-memory images' budget (MiB) when stream is null
 
 
 @dataclass

@@ -40,7 +40,7 @@ from freebies.data.detection import (
     to_original,
 )
 from freebies.data.io import decode, image_paths, output_stems, write_text
-from freebies.data.loader import group_steps
+from freebies.data.loader import group_steps, to_device
 from freebies.deploy import count_macs
 from freebies.detection.coco import coco_metrics
 from freebies.detection.draw import draw_detections
@@ -180,10 +180,10 @@ def make_detector(cfg: DetectConfig, data_info: dict[str, Any]) -> nn.Module:
         )
 
 
-def load_data(cfg: DetectConfig) -> DetData:
+def load_data(cfg: DetectConfig, native: bool = False) -> DetData:
     """The recipe's detection data, letterboxed to data.image_size (sliced training: at
-    det.slice_scale x their own resolution); prints its cleaning note. `scenes` is the default
-    Fashion scenes set, made on first use."""
+    det.slice_scale x their own resolution; `native`: at their own resolution); prints its
+    cleaning note. `scenes` is the default Fashion scenes set, made on first use."""
     spec = cfg.data.spec
     if spec == "scenes":  # rank 0 makes the set while the other ranks wait, then they read it
         from freebies.data.scenes import ensure_scenes
@@ -203,7 +203,9 @@ def load_data(cfg: DetectConfig) -> DetData:
         limit_train=cfg.data.limit_train,
         limit_test=cfg.data.limit_test,
         rect=cfg.data.rect,
-        scale=cfg.det.slice_scale if cfg.det.slice_size else None,
+        scale=1.0 if native else cfg.det.slice_scale if cfg.det.slice_size else None,
+        stream=cfg.data.stream,
+        memory_mb=cfg.data.memory_mb,
     )
     for note in data.notes:
         warn(note)
@@ -270,7 +272,7 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     net = make_detector(cfg, info).to(dev)
     batch = cfg.train.batch_size
-    train_x, groups = data.train.images.to(dev), train_groups(cfg, data)
+    train_x, groups = to_device(data.train.images, dev), train_groups(cfg, data)
     precision = engine.decide_precision(cfg, d, recorded_precision)
     t = make_training(cfg, net, d, steps_per_epoch)
     s = DetStep(
@@ -295,7 +297,7 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
         steps_per_epoch=steps_per_epoch,
         batch_size=batch,
         batches=shuffled_batches(
-            train_x, torch.arange(len(train_x), device=dev), cfg, d, groups=groups
+            train_x, torch.arange(len(train_x), device=dev), cfg, d, cfg.data.workers, groups
         ),
         step=lambda b, epoch, i: detect_step(s, b, epoch, i),
         evaluate=lambda final: eval_row(s, data, d, info),
@@ -337,8 +339,8 @@ def predict(
         split.shapes[rank::world], batch_size, list(range(rank, len(split), world))
     )
     for ib in tqdm(index, unit="batch", disable=not progress, leave=False):
-        h, w = batch_shape(split.shapes[ib])
-        x = split.images[ib, :, :h, :w].to(dev).float() / 255
+        x = split.batch(ib).to(dev).float() / 255
+        h, w = x.shape[-2:]
         with autocast or contextlib.nullcontext(), native_size(model, h, w):
             dets = infer(x) if infer is not None else model(list(x.unbind(0)))
         out += [in_original(det, split, i) for i, det in zip(ib, dets, strict=True)]
@@ -451,11 +453,12 @@ def predict_image(
 ) -> list[dict[str, Any]]:
     """Detections above `score_thr` on one uint8 image (3, H, W), in its own pixels, with
     class names and the file's category ids."""
-    # the pyramid and the tiles are laid out on the square input
-    rect = info.get("rect", False) and kw.get("infer") is None
+    # a pyramid and tiles read the image's own pixels; a slice-trained model its scale
     sliced = info.get("slice")
-    factor = sliced["scale"] if sliced else None
-    split = letterboxed_split(image, info["image_size"], rect=rect, factor=factor)
+    factor = sliced["scale"] if sliced else 1.0 if kw.get("infer") else None
+    split = letterboxed_split(
+        image, info["image_size"], rect=info.get("rect", False), factor=factor
+    )
     det = predict(model, split, batch_size=1, **kw)[0]
     keep = det["scores"] >= score_thr
     return [
@@ -577,7 +580,6 @@ def multiscale_infer(model: nn.Module, info: dict[str, Any], **options: Any) -> 
     its description; empty when they leave the single pass (see freebies.detection.multiscale).
     Options that would add nothing (--auto-tiles finding no tiling pays, one tile as large as
     the input, --pyramid 1) are dropped with a warning that names what went with them."""
-    from freebies.detection import multiscale as ms
 
     o, size = check_multiscale(**options), info["image_size"]
     sliced = info.get("slice")
@@ -605,22 +607,53 @@ def multiscale_infer(model: nn.Module, info: dict[str, Any], **options: Any) -> 
         )
     if not scales and not windows:
         return {}
-    kw = dict(
-        scales=scales or [1.0],
-        windows=windows,
-        input_size=size,
-        snip=o["snip"],
-        merge=o["merge"],
-        threshold=o["merge_thr"],
-        detections=getattr(model, "detections_per_img", 100),
-    )
+    tile = (windows[0][2] - windows[0][0]) if windows else None
     what = (f"pyramid {scales}" if scales else "") + (
-        f"{' + ' if scales else ''}{len(windows)} tiles of {windows[0][2] - windows[0][0]} px "
-        f"+ full pass, merge {o['merge'] or 'ios'}"
+        f"{' + ' if scales else ''}{len(windows)} tiles of {tile} px + full pass, merge "
+        f"{o['merge'] or 'ios'}"
         if windows
         else ""
     )
-    return {"infer": lambda x: ms.multiscale_detect(model, x, **kw), "what": what}
+    grid = o["grid"] if windows and o["grid"] else None
+    infer = native_infer(model, size, scales or [1.0], grid, None if grid else tile, o)
+    return {"infer": infer, "what": what + ", cut from the images' own pixels"}
+
+
+def native_infer(
+    model: nn.Module,
+    size: int,
+    scales: list[float],
+    grid: tuple[int, int] | None,
+    tile: int | None,
+    o: dict[str, Any],
+) -> Callable[[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """predict()'s `infer` on images at their own resolution for a model trained on images
+    letterboxed to `size`: a pyramid level p is the image at p x the letterbox factor, and a
+    tile (a `grid`, or `tile` input pixels) is cut from the image's own pixels and resized so
+    that its longer side is `size`, so tiling recovers the detail the letterbox threw away.
+    `o`: check_multiscale's overlap, snip (input pixels), merge and threshold."""
+    from freebies.detection import multiscale as ms
+
+    def infer(x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        h, w = x.shape[-2:]
+        f = size / max(h, w)  # the letterbox factor: input pixels per pixel of the image
+        windows = None
+        if grid or tile:
+            own = None if grid else max(1, round(tile / f))
+            windows = ms.tile_windows(h, w, grid=grid, tile_size=own, overlap=o["overlap"])
+        return ms.multiscale_detect(
+            model,
+            x,
+            scales=[p * f for p in scales],
+            windows=windows if windows and len(windows) > 1 else None,
+            input_size=size,
+            snip=o["snip"] / f if o["snip"] else None,
+            merge=o["merge"],
+            threshold=o["merge_thr"],
+            detections=getattr(model, "detections_per_img", 100),
+        )
+
+    return infer
 
 
 def _tiles(
@@ -670,8 +703,7 @@ def evaluate_checkpoint(
     cfg = config.from_dict(ckpt.config, "detect")
     cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, limit
     cfg.data.image_size = ckpt.data["image_size"]
-    # the pyramid and the tiles are laid out on the square input
-    cfg.data.rect = ckpt.data.get("rect", False) and not asks_multiscale(o)
+    cfg.data.rect = ckpt.data.get("rect", False)
     if spec is not None:
         cfg.data.spec = spec
     data = load_data(cfg)
@@ -688,8 +720,10 @@ def evaluate_checkpoint(
     result = evaluate_split(model, data.test, data.classes, data.category_ids, **kw)
     if multi:
         single = result
+        # a slice-trained model's data are at its scale already; the others' are letterboxed
+        own = data.test if ckpt.data.get("slice") else load_data(cfg, native=True).test
         result = evaluate_split(
-            model, data.test, data.classes, data.category_ids, infer=multi["infer"], **kw
+            model, own, data.classes, data.category_ids, infer=multi["infer"], **kw
         )
         result |= {
             "inference": multi["what"],
@@ -779,7 +813,7 @@ def export_checkpoint(
     cfg = config.from_dict(ckpt.config, "detect")
     cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, 1, samples
     cfg.data.image_size, cfg.data.spec = size, spec or cfg.data.spec
-    cfg.data.rect = False  # the graph takes size x size inputs
+    cfg.data.rect, cfg.data.stream = False, False  # the graph takes size x size inputs
     x = load_data(cfg).test.images[:samples].float() / 255
     output.parent.mkdir(parents=True, exist_ok=True)
     dense = export_onnx(model, size, output)

@@ -30,6 +30,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,7 +39,7 @@ import torch
 
 from freebies.data.annotations import VALID_FORMS, Item, Read
 from freebies.data.coco import read_coco
-from freebies.data.io import decode, parallel_map
+from freebies.data.io import decode, parallel_map, read_header
 from freebies.data.voc import read_voc
 from freebies.data.yolo import read_yolo
 from freebies.errors import UsageError, nearest
@@ -46,6 +47,7 @@ from freebies.errors import UsageError, nearest
 __all__ = [
     "DetData",
     "DetSplit",
+    "StreamedImages",
     "Truth",
     "batch_shape",
     "image_stats",
@@ -72,6 +74,35 @@ class Truth(NamedTuple):
     iscrowd: torch.Tensor  # bool (m,): crowd regions, ignore regions for COCO's evaluator
 
 
+class StreamedImages(torch.utils.data.Dataset):
+    """A split's images read from disk when needed (in DataLoader workers while training):
+    image i decoded and resized as the in-memory canvas would hold it. ``shape`` is that
+    canvas's, (N, 3, H, W); ``collate`` pads a batch to its largest image, rounded up to 32."""
+
+    def __init__(
+        self, paths: list[Path], resize: Callable[[Path], torch.Tensor], hw: tuple[int, int]
+    ) -> None:
+        self.paths, self.resize = paths, resize
+        self.shape = (len(paths), 3, *hw)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.resize(self.paths[i])
+
+    def subset(self, picked: list[int]) -> StreamedImages:
+        return StreamedImages([self.paths[i] for i in picked], self.resize, self.shape[2:])
+
+    @staticmethod
+    def collate(images: list[torch.Tensor]) -> torch.Tensor:
+        h, w = (max(-(-im.shape[d] // 32) * 32 for im in images) for d in (1, 2))
+        out = torch.zeros((len(images), images[0].shape[0], h, w), dtype=torch.uint8)
+        for o, im in zip(out, images, strict=True):
+            o[:, : im.shape[1], : im.shape[2]] = im
+        return out
+
+
 @dataclass
 class DetSplit:
     """One split in memory: letterboxed images and their boxes.
@@ -83,7 +114,7 @@ class DetSplit:
     factor would put boxes up to half a pixel off the pixels they cover.
     """
 
-    images: torch.Tensor  # uint8 (N, 3, H, W), letterboxed at the top-left (see letterbox)
+    images: torch.Tensor | StreamedImages  # uint8 (N, 3, H, W), each at the top-left
     shapes: torch.Tensor  # int64 (N, 2): each image's batch shape (h, w), within (H, W)
     boxes: list[torch.Tensor]  # float32 (n_i, 4) xyxy, letterboxed pixels
     labels: list[torch.Tensor]  # int64 (n_i,), class index 0..K-1
@@ -95,6 +126,21 @@ class DetSplit:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def image(self, i: int) -> torch.Tensor:
+        """uint8 (3, h, w): image i's own pixels, without padding."""
+        h, w = self.fitted[i].tolist()
+        return self.images[i][:, :h, :w]
+
+    def batch(self, ids: list[int]) -> torch.Tensor:
+        """uint8 (n, 3, h, w): the images `ids` cut (or padded) to their `batch_shape`."""
+        h, w = batch_shape(self.shapes[ids])
+        if isinstance(self.images, torch.Tensor):
+            return self.images[ids, :, :h, :w]
+        out = torch.zeros((len(ids), 3, h, w), dtype=torch.uint8)
+        for o, image in zip(out, parallel_map(self.images.__getitem__, ids), strict=True):
+            o[:, : image.shape[1], : image.shape[2]] = image
+        return out
 
     @property
     def fitted(self) -> torch.Tensor:
@@ -110,8 +156,9 @@ class DetSplit:
         """The images at positions ``idx``, in that order (ids and files go with them)."""
         picked = [int(i) for i in idx]
         t = torch.tensor(picked, dtype=torch.int64)
+        images = self.images
         return DetSplit(
-            images=self.images[t],
+            images=images[t] if isinstance(images, torch.Tensor) else images.subset(picked),
             shapes=self.shapes[t],
             boxes=[self.boxes[i] for i in picked],
             labels=[self.labels[i] for i in picked],
@@ -146,7 +193,11 @@ class DetData:
             h.update(str(tuple(split.images.shape)).encode())
             h.update(_cat(split.labels, (0,), torch.int64).numpy().tobytes())
             h.update(_cat(split.boxes, (0, 4), torch.float32).numpy().tobytes())
-            h.update(split.images[:16].contiguous().numpy().tobytes())
+            if isinstance(split.images, torch.Tensor):
+                h.update(split.images[:16].contiguous().numpy().tobytes())
+            else:  # streamed: the files and their sizes, nothing decoded
+                h.update("\n".join(split.files).encode())
+                h.update(split.sizes.numpy().tobytes())
         return h.hexdigest()[:16]
 
 
@@ -195,20 +246,25 @@ def letterbox(
 def _fit(
     image: torch.Tensor, size: int, factor: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``image`` resized so that its longer side is ``size`` (or by ``factor``: each side
-    ``round(side * factor)``), and the (4,) scale applied."""
+    """``image`` resized to :func:`fitted_size`, and the (4,) scale applied."""
     from torchvision.transforms.v2 import functional as F
 
     h, w = image.shape[-2:]
-    if factor is None:
-        s = size / max(h, w)
-        new_h = size if h >= w else max(1, math.floor(h * s + 0.5))
-        new_w = size if w >= h else max(1, math.floor(w * s + 0.5))
-    else:
-        new_h, new_w = (max(1, math.floor(v * factor + 0.5)) for v in (h, w))
+    new_h, new_w = fitted_size(h, w, size, factor)
     if (new_h, new_w) != (h, w):
         image = F.resize(image, [new_h, new_w], antialias=True)
     return image, torch.tensor([new_w / w, new_h / h] * 2, dtype=torch.float64)
+
+
+def fitted_size(h: int, w: int, size: int, factor: float | None = None) -> tuple[int, int]:
+    """The (h, w) an image is resized to: its longer side ``size`` (halves round up), or with
+    ``factor`` each side ``round(side * factor)``."""
+    if factor is not None:
+        return max(1, math.floor(h * factor + 0.5)), max(1, math.floor(w * factor + 0.5))
+    s = size / max(h, w)
+    new_h = size if h >= w else max(1, math.floor(h * s + 0.5))
+    new_w = size if w >= h else max(1, math.floor(w * s + 0.5))
+    return new_h, new_w
 
 
 def pad_shape(fitted: Sequence[int], size: int | None, rect: bool) -> tuple[int, int]:
@@ -238,10 +294,8 @@ def image_stats(split: DetSplit, limit: int = 512) -> tuple[torch.Tensor, torch.
     left out; from up to ``limit`` images spread evenly over the split."""
     n, c = len(split), split.images.shape[1]
     sums, squares, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c).double(), 0
-    fitted = split.fitted
     for i in torch.linspace(0, n - 1, min(n, limit)).round().long().unique().tolist():
-        h, w = fitted[i].tolist()
-        pixels = split.images[i, :, :h, :w].reshape(c, -1).double()
+        pixels = split.image(i).reshape(c, -1).double()
         sums += pixels.sum(1)
         squares += (pixels * pixels).sum(1)
         count += pixels.shape[1]
@@ -304,6 +358,8 @@ def load_detection(
     limit_test: int | None = None,
     rect: bool = True,
     scale: float | None = None,
+    stream: bool | None = None,
+    memory_mb: int = 4096,
 ) -> DetData:
     """Load the detection dataset named by ``spec`` (forms in the module docstring).
 
@@ -319,6 +375,9 @@ def load_detection(
         rect: keep each image's aspect ratio in its batch shape (:func:`pad_shape`).
         scale: resize every image by this factor (1 = its own pixels, for sliced training
             and tiled inference) instead of to ``image_size``; batch shapes are rectangular.
+        stream: read the images from disk when a batch needs them (:class:`StreamedImages`)
+            instead of holding them in memory; None: stream when the splits' canvases would
+            take more than ``memory_mb`` MiB.
     """
     _check_options(image_size, val_split, test_split, limit_train, limit_test)
     read = _read_spec(spec)
@@ -330,7 +389,18 @@ def load_detection(
             if name in splits:
                 splits[name] = splits[name][:limit_test]
     tally = _Tally()
-    built = {k: _build_split(v, image_size, rect, tally, scale) for k, v in splits.items()}
+    loaded = {k: parallel_map(lambda it: _load_item(it, image_size, scale), v)
+              for k, v in splits.items()}  # fmt: skip
+    bound = None if scale is not None else image_size
+    shapes = {k: [pad_shape(r.fitted, bound, rect) for r in v] for k, v in loaded.items()}
+    need = sum(_canvas_bytes(v) for v in shapes.values())
+    streamed = need > memory_mb * 2**20 if stream is None else stream
+    resize = partial(_read, size=image_size, factor=scale)  # picklable, for DataLoader workers
+    built = {}
+    for k, items in splits.items():
+        for item, r in zip(items, loaded[k], strict=True):
+            tally.add(item.source, r.changes)
+        built[k] = _build_split(items, loaded[k], shapes[k], resize, streamed)
     notes = [*read.notes, *tally.parts()]
     return DetData(
         train=built["train"],
@@ -414,7 +484,7 @@ def _carve(items: list[Item], share: float, seed: int, spec: str) -> tuple[list[
 
 
 class _Loaded(NamedTuple):
-    image: torch.Tensor  # uint8 (3, h, w), the longer side at the letterbox size
+    fitted: tuple[int, int]  # (h, w) the image is resized to
     boxes: torch.Tensor
     labels: torch.Tensor
     truth: Truth
@@ -462,16 +532,26 @@ class _Tally:
 
 
 def _build_split(
-    items: list[Item], size: int, rect: bool, tally: _Tally, factor: float | None = None
+    items: list[Item],
+    loaded: list[_Loaded],
+    shapes: list[tuple[int, int]],
+    resize: Callable[[Path], torch.Tensor],
+    streamed: bool,
 ) -> DetSplit:
-    loaded = parallel_map(lambda item: _load_item(item, size, factor), items)
-    bound = None if factor is not None else size
-    shapes = [pad_shape(r.image.shape[-2:], bound, rect) for r in loaded]
-    h, w = torch.tensor(shapes).amax(0).tolist() if shapes else (size, size)
-    images = torch.zeros((len(items), 3, h, w), dtype=torch.uint8)
-    for i, r in enumerate(loaded):
-        images[i, :, : r.image.shape[1], : r.image.shape[2]] = r.image
-        tally.add(items[i].source, r.changes)
+    """One split: its images decoded into one canvas that covers every batch shape, or
+    (`streamed`) read from disk when a batch needs them."""
+    h, w = torch.tensor(shapes).amax(0).tolist() if shapes else (32, 32)
+    paths = [item.path for item in items]
+    if streamed:
+        images: torch.Tensor | StreamedImages = StreamedImages(paths, resize, (h, w))
+    else:
+        images = torch.zeros((len(items), 3, h, w), dtype=torch.uint8)
+
+        def paste(i: int) -> None:
+            image = resize(paths[i])
+            images[i, :, : image.shape[1], : image.shape[2]] = image
+
+        parallel_map(paste, range(len(items)))
     return DetSplit(
         images=images,
         shapes=torch.tensor(shapes, dtype=torch.int64).reshape(-1, 2),
@@ -485,11 +565,23 @@ def _build_split(
     )
 
 
+def _read(path: Path, size: int, factor: float | None) -> torch.Tensor:
+    """Decode one image and resize it as the split holds it (:func:`fitted_size`)."""
+    return _fit(decode(path, fix=_FIX), size, factor)[0]
+
+
+def _canvas_bytes(shapes: list[tuple[int, int]]) -> int:
+    """The bytes of a split's in-memory canvas: its images on their largest shape."""
+    return 3 * len(shapes) * int(torch.tensor(shapes).amax(0).prod()) if shapes else 0
+
+
+_FIX = "replace it or remove it from the annotations"
+
+
 def _load_item(item: Item, size: int, factor: float | None = None) -> _Loaded:
-    """Decode and clean one image, and resize it so that its longer side is ``size`` (or by
-    ``factor``)."""
-    image = decode(item.path, fix="replace it or remove it from the annotations")
-    h, w = image.shape[1:]
+    """Read one image's size from its header, clean its boxes, and scale them to the size
+    the image is resized to (its longer side ``size``, or by ``factor``)."""
+    (w, h), _ = read_header(item.path, fix=_FIX)
     if item.size is not None and item.size != (h, w):
         raise UsageError(
             f"{item.source} says {item.path.name} is {item.size[1]}x{item.size[0]} (WxH) but the"
@@ -505,9 +597,10 @@ def _load_item(item: Item, size: int, factor: float | None = None) -> _Loaded:
     orig = torch.from_numpy(boxes)
     truth = _truth(item, orig.float(), keep)
     train = ~truth.iscrowd  # crowd regions are for evaluation only
-    image, scale = _fit(image, size, factor)
+    new_h, new_w = fitted_size(h, w, size, factor)
+    scale = torch.tensor([new_w / w, new_h / h] * 2, dtype=torch.float64)
     return _Loaded(
-        image=image,
+        fitted=(new_h, new_w),
         boxes=(orig[train] * scale).float(),
         labels=truth.labels[train],
         truth=truth,

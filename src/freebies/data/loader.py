@@ -146,6 +146,7 @@ def _stream(images: FolderImages, y: torch.Tensor, index: list[list[int]], worke
         images,
         batch_sampler=index,
         num_workers=workers,
+        collate_fn=getattr(images, "collate", None),
         pin_memory=y.device.type == "cuda",
         persistent_workers=False,
     )
