@@ -11,7 +11,7 @@
    focal loss undoes.
 
     python benchmarks/det_mechanisms.py [--recipe detect-bccd] [--draws 3]
-        [--out docs/results/det_mechanisms.json]
+        [--limit-train N] [--out docs/results/det_mechanisms.json]
 """
 
 from __future__ import annotations
@@ -86,14 +86,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="detect-bccd")
     p.add_argument("--draws", type=int, default=3)
+    p.add_argument("--limit-train", type=int, default=None, help="the first N training images")
     p.add_argument("--out", type=Path, default=Path("docs/results/det_mechanisms.json"))
     args = p.parse_args()
-    cfg = config.load(args.recipe, task="detect")
+    cfg = config.load(args.recipe, {"data.limit_train": args.limit_train}, task="detect")
     k = 3
     result = {
         "benchmark": "det_mechanisms",
         "command": f"python benchmarks/det_mechanisms.py --recipe {args.recipe} "
-        f"--draws {args.draws}",
+        f"--draws {args.draws}"
+        + (f" --limit-train {args.limit_train} --out {args.out}" if args.limit_train else ""),
         "expand": {
             "without": matched_share(cfg, 1, expand=False),
             "with": matched_share(cfg, args.draws, expand=True),
