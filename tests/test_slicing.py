@@ -252,6 +252,11 @@ def test_streamed_splits_give_the_in_memory_pixels(tmp_path):
     )
     sub = streamed.train.subset([3, 1])
     assert torch.equal(sub.batch([0, 1]), memory.train.subset([3, 1]).batch([0, 1]))
+    # square letterboxes too: a streamed batch has the in-memory batch's shape
+    square = load_detection(f"coco:{root}", image_size=100, rect=False, stream=False).train
+    streamed_square = load_detection(f"coco:{root}", image_size=100, rect=False, stream=True)
+    ids = list(range(4))
+    assert torch.equal(streamed_square.train.batch(ids), square.batch(ids))
     # auto: streamed only when the canvases exceed the budget
     small = load_detection(f"coco:{root}", image_size=96, memory_mb=1)
     assert isinstance(small.train.images, torch.Tensor)

@@ -66,8 +66,8 @@ class DetStep:
     net: nn.Module  # the unwrapped detector (the EMA averages it)
     model: nn.Module  # what runs forward: `net`, or its DDP / compiled wrapper
     gen: torch.Generator  # this rank's augmentation stream
-    shapes: torch.Tensor  # int64 (N, 2): each training image's batch shape (h, w), on device
-    fitted: torch.Tensor  # int64 (N, 2): each training image's own (h, w) on the canvas
+    shapes: torch.Tensor  # int64 (N, 2): each training image's batch shape (h, w), CPU
+    fitted: torch.Tensor  # int64 (N, 2): each training image's own (h, w) on the canvas, CPU
     boxes: list[torch.Tensor]  # training boxes per image, xyxy letterboxed pixels, on device
     labels: list[torch.Tensor]  # training labels per image, on device
     steps_per_epoch: int
@@ -99,10 +99,10 @@ def detect_step(
     boxes, labels = [s.boxes[i] for i in ids], [s.labels[i] for i in ids]
     # 1. a window of each image (sliced training), or the batch cut to its shape
     if s.slice:
-        x, boxes, keeps = s.slice(xb, s.fitted[idx], boxes, s.gen)
+        x, boxes, keeps = s.slice(xb, s.fitted[ids], boxes, s.gen)
         labels = [lab[k] for lab, k in zip(labels, keeps, strict=True)]
     else:
-        h, w = batch_shape(s.shapes[idx])
+        h, w = batch_shape(s.shapes[ids])
         x = xb[..., :h, :w].float()
     # 2. box-aware augmentation and random shapes (float pixels, batched, per-image draws)
     x, targets = augment(s, x, boxes, labels, epoch)
@@ -280,8 +280,8 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
         net=t.net,
         model=t.model,
         gen=t.gen,
-        shapes=data.train.shapes.to(dev),
-        fitted=data.train.fitted.to(dev),
+        shapes=data.train.shapes,  # read on the host: no device sync per step
+        fitted=data.train.fitted,
         boxes=[b.to(dev) for b in data.train.boxes],
         labels=[lab.to(dev) for lab in data.train.labels],
         steps_per_epoch=steps_per_epoch,
@@ -575,6 +575,16 @@ def asks_multiscale(o: dict[str, Any]) -> bool:
     return bool(o["scales"] or o["grid"] or o["tile_size"] or o["auto_tiles"])
 
 
+def check_sliced(info: dict[str, Any], o: dict[str, Any]) -> None:
+    """Refuse a pyramid or tiles (checked options `o`) on a slice-trained model, which always
+    runs tiled at its trained scale."""
+    if info.get("slice") and asks_multiscale(o):
+        raise UsageError(
+            f"this model was trained on {info['image_size']} px slices and is always run tiled "
+            "at that scale; drop --pyramid, --tiles, --tile-size and --auto-tiles"
+        )
+
+
 def multiscale_infer(model: nn.Module, info: dict[str, Any], **options: Any) -> dict[str, Any]:
     """predict()'s `infer` for the small-object options (`check_multiscale`'s keywords), and
     its description; empty when they leave the single pass (see freebies.detection.multiscale).
@@ -584,11 +594,7 @@ def multiscale_infer(model: nn.Module, info: dict[str, Any], **options: Any) -> 
     o, size = check_multiscale(**options), info["image_size"]
     sliced = info.get("slice")
     if sliced:
-        if asks_multiscale(o):
-            raise UsageError(
-                f"this model was trained on {size} px slices and is always run tiled at that "
-                "scale; drop --pyramid, --tiles, --tile-size and --auto-tiles"
-            )
+        check_sliced(info, o)
         return {
             "infer": sliced_infer(model, size),
             "what": f"tiles of {size} px at {sliced['scale']:g}x the image's own pixels + the "
@@ -698,8 +704,7 @@ def evaluate_checkpoint(
     pass's figures and the cost ratio."""
     o = check_multiscale(**(multiscale or {}))  # a mistyped option costs no load
     ckpt = checkpoint.load(path, "detect")
-    if ckpt.data.get("slice") and asks_multiscale(o):  # refused before the data load
-        multiscale_infer(nn.Identity(), ckpt.data, **(multiscale or {}))
+    check_sliced(ckpt.data, o)  # before the data load
     cfg = config.from_dict(ckpt.config, "detect")
     cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, limit
     cfg.data.image_size = ckpt.data["image_size"]

@@ -76,27 +76,34 @@ class Truth(NamedTuple):
 
 class StreamedImages(torch.utils.data.Dataset):
     """A split's images read from disk when needed (in DataLoader workers while training):
-    image i decoded and resized as the in-memory canvas would hold it. ``shape`` is that
-    canvas's, (N, 3, H, W); ``collate`` pads a batch to its largest image, rounded up to 32."""
+    image i decoded, resized and padded to its batch shape ``shapes[i]``, as the in-memory
+    canvas holds it. ``shape`` is that canvas's, (N, 3, H, W); ``collate`` pads a batch to its
+    largest shape, the batch's :func:`batch_shape`."""
 
     def __init__(
-        self, paths: list[Path], resize: Callable[[Path], torch.Tensor], hw: tuple[int, int]
+        self,
+        paths: list[Path],
+        resize: Callable[[Path], torch.Tensor],
+        shapes: list[tuple[int, int]],
     ) -> None:
-        self.paths, self.resize = paths, resize
+        self.paths, self.resize, self.shapes = paths, resize, shapes
+        hw = torch.tensor(shapes).amax(0).tolist() if shapes else [32, 32]
         self.shape = (len(paths), 3, *hw)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.resize(self.paths[i])
+        return self.collate([self.resize(self.paths[i])], self.shapes[i])[0]
 
     def subset(self, picked: list[int]) -> StreamedImages:
-        return StreamedImages([self.paths[i] for i in picked], self.resize, self.shape[2:])
+        return StreamedImages(
+            [self.paths[i] for i in picked], self.resize, [self.shapes[i] for i in picked]
+        )
 
     @staticmethod
-    def collate(images: list[torch.Tensor]) -> torch.Tensor:
-        h, w = (max(-(-im.shape[d] // 32) * 32 for im in images) for d in (1, 2))
+    def collate(images: list[torch.Tensor], hw: Sequence[int] | None = None) -> torch.Tensor:
+        h, w = hw or (max(im.shape[d] for im in images) for d in (1, 2))
         out = torch.zeros((len(images), images[0].shape[0], h, w), dtype=torch.uint8)
         for o, im in zip(out, images, strict=True):
             o[:, : im.shape[1], : im.shape[2]] = im
@@ -129,18 +136,15 @@ class DetSplit:
 
     def image(self, i: int) -> torch.Tensor:
         """uint8 (3, h, w): image i's own pixels, without padding."""
-        h, w = self.fitted[i].tolist()
+        h, w = (self.sizes[i] * self.scales[i, [1, 0]]).round().long().tolist()
         return self.images[i][:, :h, :w]
 
     def batch(self, ids: list[int]) -> torch.Tensor:
-        """uint8 (n, 3, h, w): the images `ids` cut (or padded) to their `batch_shape`."""
-        h, w = batch_shape(self.shapes[ids])
+        """uint8 (n, 3, h, w): the images `ids` cut to their `batch_shape`."""
         if isinstance(self.images, torch.Tensor):
+            h, w = batch_shape(self.shapes[ids])
             return self.images[ids, :, :h, :w]
-        out = torch.zeros((len(ids), 3, h, w), dtype=torch.uint8)
-        for o, image in zip(out, parallel_map(self.images.__getitem__, ids), strict=True):
-            o[:, : image.shape[1], : image.shape[2]] = image
-        return out
+        return self.images.collate(parallel_map(self.images.__getitem__, ids))
 
     @property
     def fitted(self) -> torch.Tensor:
@@ -543,7 +547,7 @@ def _build_split(
     h, w = torch.tensor(shapes).amax(0).tolist() if shapes else (32, 32)
     paths = [item.path for item in items]
     if streamed:
-        images: torch.Tensor | StreamedImages = StreamedImages(paths, resize, (h, w))
+        images: torch.Tensor | StreamedImages = StreamedImages(paths, resize, shapes)
     else:
         images = torch.zeros((len(items), 3, h, w), dtype=torch.uint8)
 
