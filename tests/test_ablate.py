@@ -175,15 +175,26 @@ def test_set_arguments_read_back_as_the_same_values():
         assert yaml.safe_load(text) == value, value
 
 
-def test_plan_single_cumulative_both():
-    tricks = [("a", {"x": 1}), ("b", {"y": 2})]
+def test_plan_single_cumulative_both_stack():
+    tricks = [("a", {"x": 1}), ("b", {"y": 2}), ("c", {"z": 3})]
     names = {m: [v.name for v in ablate.plan(tricks, m)] for m in ablate.MODES}
     assert names == {
-        "single": ["baseline", "a", "b"],
-        "cumulative": ["baseline", "a", "a+b"],
-        "both": ["baseline", "a", "b", "a+b"],
+        "single": ["baseline", "a", "b", "c"],
+        "cumulative": ["baseline", "a", "a+b", "a+b+c"],
+        "both": ["baseline", "a", "b", "c", "a+b", "a+b+c"],
+        "stack": ["baseline", "a", "b", "c", "a+b+c"],
     }
     assert ablate.plan(tricks, "cumulative")[2].overrides == {"x": 1, "y": 2}
+    # --also: run alone, never part of the stack
+    got = ablate.plan(tricks, "stack", [("a2", {"x": 9})])
+    assert [(v.name, v.kind) for v in got[-2:]] == [("a2", "single"), ("a+b+c", "cumulative")]
+    assert got[-1].overrides == {"x": 1, "y": 2, "z": 3}
+
+
+def test_parse_tricks_keeps_a_bracketed_list_whole():
+    got = ablate.parse_tricks("det_random_shapes=det.random_shapes=[320,416],det_mixup")
+    assert got[0] == ("det_random_shapes[det.random_shapes=[320, 416]]", {"det.random_shapes": [320, 416]})
+    assert got[1][0] == "det_mixup"
 
 
 def _ablate_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -268,8 +279,8 @@ def _same(path: Path) -> list[dict]:
 def test_tiny_grid_writes_all_four_artefacts(grid, capsys):
     _, out = grid
     rows = _same(out / "results.jsonl")
-    assert [(r["variant"], r["seed"]) for r in rows] == [
-        (v, s) for v in ("baseline", "label_smoothing", "cutout") for s in (0, 1)
+    assert [(r["variant"], r["seed"]) for r in rows] == [  # seed by seed
+        (v, s) for s in (0, 1) for v in ("baseline", "label_smoothing", "cutout")
     ]
     full = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     for key in ("config", "val_acc", "test_nll", "test_ece", "wall_s", "train_img_per_s"):

@@ -102,7 +102,20 @@ def _add_ablate(sub: Any) -> None:
         "trick's documented setting",
     )
     a.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
-    a.add_argument("--mode", choices=["single", "cumulative", "both"], default="single")
+    a.add_argument(
+        "--mode",
+        choices=["single", "cumulative", "both", "stack"],
+        default="single",
+        help="single: each trick alone; cumulative: added one by one; both; stack: each alone "
+        "and all at once",
+    )
+    a.add_argument(
+        "--also",
+        default="",
+        metavar="TRICKS",
+        help="more variants, as in --tricks, each run alone against the baseline but never "
+        "stacked or bagged (e.g. a second setting of a trick)",
+    )
     a.add_argument(
         "--bag",
         action="store_true",
@@ -422,6 +435,7 @@ def _ablate(args: argparse.Namespace) -> None:
     overrides = _overrides(args)
     seeds = ablate.grid_seeds(args.recipe, overrides, args.trainer, args.seeds)
     tricks = ablate.parse_tricks(args.tricks)
+    also = ablate.parse_tricks(args.also) if args.also else []
     grid, variants = ablate.prepare(
         args.recipe,
         tricks,
@@ -433,6 +447,7 @@ def _ablate(args: argparse.Namespace) -> None:
         command=shlex.join(["freebies", *sys.argv[1:]]),
         trainer=args.trainer,
         metric=Metric.parse(args.metric),
+        also=also,
     )
     if args.launcher:
         argv_of = functools.partial(shards.shard_argv, args.ablate_parser, args)

@@ -59,7 +59,7 @@ from freebies.report.table import (
     write_report,
 )
 
-MODES = ("single", "cumulative", "both")
+MODES = ("single", "cumulative", "both", "stack")
 TEACHER = "@baseline"  # distillation without a teacher: the grid's own baseline teaches
 DEFAULT_TRAINER = "freebies train"
 DETECT_TRAINER = "freebies detect train"
@@ -69,7 +69,7 @@ TASKS = {
     "detect": ("detect", DETECT_TRAINER, "map"),
 }
 # What grid.json files written before --metric and --trainer meant.
-LEGACY = {"metric": "test_acc", "better": "higher", "trainer": DEFAULT_TRAINER}
+LEGACY = {"metric": "test_acc", "better": "higher", "trainer": DEFAULT_TRAINER, "also": []}
 
 
 @dataclass
@@ -90,12 +90,13 @@ def parse_tricks(spec: str) -> list[tuple[str, dict[str, Any]]]:
 
     A bare name takes its documented setting (`freebies tricks`); `name=key=value` items
     replace it (repeat the name for several keys). A name outside the catalog is a variant of
-    the user's own and must come with settings (`batch256=train.batch_size=256`).
+    the user's own and must come with settings (`batch256=train.batch_size=256`). Commas inside
+    brackets belong to a list value (`det_random_shapes=det.random_shapes=[320,416]`).
     """
     known = {t.name: t for t in TRICKS}
     custom: dict[str, dict[str, Any]] = {}
     order: list[str] = []
-    for item in (s.strip() for s in spec.split(",")):
+    for item in (s.strip() for s in re.split(r",(?![^\[]*\])", spec)):
         if not item:
             continue
         name, _, setting = item.partition("=")
@@ -125,17 +126,22 @@ def parse_tricks(spec: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def plan(tricks: list[tuple[str, dict]], mode: str) -> list[Variant]:
-    """The grid's variants in run order: baseline, singles, then the cumulative stack."""
+def plan(
+    tricks: list[tuple[str, dict]], mode: str, also: list[tuple[str, dict]] = ()
+) -> list[Variant]:
+    """The grid's variants: baseline, singles, then the cumulative stack (`stack`: only its
+    last step, every trick at once). `also` variants run alone, never stacked or bagged."""
     variants = [Variant(BASELINE, "baseline", [])]
-    if mode in ("single", "both"):
+    if mode in ("single", "both", "stack"):
         variants += [Variant(label, "single", [label], ov) for label, ov in tricks]
-    if mode in ("cumulative", "both"):
+    variants += [Variant(label, "single", [label], ov) for label, ov in also]
+    if mode in ("cumulative", "both", "stack"):
         stacked: dict[str, Any] = {}
         for i, (_, ov) in enumerate(tricks):
             stacked = {**stacked, **ov}
             labels = [t for t, _ in tricks[: i + 1]]
-            variants.append(Variant("+".join(labels), "cumulative", labels, dict(stacked)))
+            if mode != "stack" or i == len(tricks) - 1:
+                variants.append(Variant("+".join(labels), "cumulative", labels, dict(stacked)))
     seen: set[str] = set()  # in `both`, the first stack step is the first single
     return [v for v in variants if not (v.name in seen or seen.add(v.name))]
 
@@ -463,17 +469,19 @@ def prepare(
     command: str,
     trainer: str = DEFAULT_TRAINER,
     metric: Metric = DEFAULT_METRIC,
+    also: list[tuple[str, dict]] = (),
 ) -> tuple[Grid, list[Variant]]:
     """Check the grid before anything runs and record it in out/grid.json; its variants."""
     grid = Grid(recipe, seeds, out, overrides, command, trainer=trainer, metric=metric)
-    _check_grid(grid, tricks, mode, bag)
-    variants = grid.check(plan(tricks, mode))
+    _check_grid(grid, [*tricks, *also], mode, bag)
+    variants = grid.check(plan(tricks, mode, also))
     record = {
         "recipe": recipe,
         "overrides": overrides,
         "seeds": seeds,
         "tricks": [list(t) for t in tricks],
         "mode": mode,
+        "also": [list(t) for t in also],
         "bag": bag,
         "trainer": trainer,
         "metric": metric.key,
@@ -527,7 +535,8 @@ def run_grid(
     """Run this shard's (variant, seed) runs not yet finished, then dead claims of other
     shards, then (with `bag`) the bag; keep results.jsonl and the report current. Returns
     the report's entries and the runs of the grid still missing."""
-    runs = [(v, seed) for v in variants for seed in grid.seeds]
+    # Seed by seed, so that a grid stopped half-way already pairs every variant on some seeds.
+    runs = [(v, seed) for seed in grid.seeds for v in variants]
     book = shards.Ledger(grid.out, [grid.folder(v, s).name for v, s in runs], bag)
     # The default trainer's epochs are known now; another's are learnt from its first run.
     epochs = grid.cfg(variants[0], grid.seeds[0]).train.epochs if grid.own else None
@@ -645,7 +654,7 @@ class Worker:
 def _check_grid(grid: Grid, tricks: list[tuple[str, dict]], mode: str, bag: bool) -> None:
     """Refuse, before anything runs, a grid that cannot give what it asks for."""
     if bag and mode == "cumulative":
-        raise UsageError("--bag chooses among single-trick runs; use --mode single or both")
+        raise UsageError("--bag chooses among single-trick runs; use --mode single, both or stack")
     if bag and grid.metric.val_key is None:
         raise UsageError(
             f"--bag chooses on the validation counterpart of --metric; {grid.metric.key} is "
