@@ -193,7 +193,10 @@ def test_plan_single_cumulative_both_stack():
 
 def test_parse_tricks_keeps_a_bracketed_list_whole():
     got = ablate.parse_tricks("det_random_shapes=det.random_shapes=[320,416],det_mixup")
-    assert got[0] == ("det_random_shapes[det.random_shapes=[320, 416]]", {"det.random_shapes": [320, 416]})
+    assert got[0] == (
+        "det_random_shapes[det.random_shapes=[320, 416]]",
+        {"det.random_shapes": [320, 416]},
+    )
     assert got[1][0] == "det_mixup"
 
 

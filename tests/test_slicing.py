@@ -54,6 +54,48 @@ def test_boxes_stay_on_their_pixels_through_a_window():
                     assert (x[i, 0, y1:y2, x2] != 10 * (k + 1)).all()
 
 
+def test_the_loader_reads_views_for_slices_and_cut_batches_otherwise():
+    """Sliced training copies no whole image: the loader hands the step views of each image's
+    own region, and the windows cut from them equal those cut from the copied canvas; other
+    runs get the batch cut to its shape before the copy, the same pixels as before."""
+    canvas = torch.randint(0, 255, (3, 3, 96, 128), dtype=torch.uint8)
+    sizes = torch.tensor([[96, 128], [60, 128], [96, 80]])
+    split = detect.DetSplit(
+        images=canvas,
+        shapes=torch.tensor([[96, 128], [64, 128], [96, 96]]),
+        boxes=[torch.tensor([[10.0, 10.0, 50.0, 40.0]])] * 3,
+        labels=[torch.tensor([0])] * 3,
+        scales=torch.ones(3, 4, dtype=torch.float64),
+        sizes=sizes,
+        truth=[],
+        image_ids=[0, 1, 2],
+        files=["a", "b", "c"],
+    )
+    ids = torch.tensor([2, 1])
+    views = detect.batch_reader(canvas, split, sliced=True)(ids)
+    assert [tuple(v.shape) for v in views] == [(3, 96, 80), (3, 60, 128)]
+    assert all(v.untyped_storage().data_ptr() == canvas.untyped_storage().data_ptr() for v in views)
+    for full_prob in (0.0, 0.5, 1.0):
+        got, want = (
+            slice_batch(
+                x,
+                sizes[ids],
+                split.boxes[:2],
+                torch.Generator().manual_seed(3),
+                size=64,
+                full_prob=full_prob,
+            )
+            for x in (views, canvas[ids])
+        )
+        assert torch.equal(got[0], want[0]) and all(map(torch.equal, got[1], want[1]))
+    cut = detect.batch_reader(canvas, split, sliced=False)(torch.tensor([0, 1]))
+    assert torch.equal(cut, canvas[[0, 1]][..., :96, :128])
+    assert torch.equal(
+        detect.batch_reader(canvas, split, sliced=False)(torch.tensor([1])),
+        canvas[[1], :, :64, :128],
+    )
+
+
 def test_a_box_cut_below_the_visible_share_is_dropped_with_its_label():
     boxes = torch.tensor(
         [[0.0, 0.0, 10.0, 10.0], [28.0, 0.0, 40.0, 10.0], [20.0, 20.0, 30.0, 30.0]]

@@ -147,10 +147,12 @@ def shuffled_batches(
     d: Dist,
     workers: int = 0,
     groups: torch.Tensor | None = None,
+    take: Callable[[torch.Tensor], Any] | None = None,
 ) -> Callable[[int, int], Iterator[tuple[torch.Tensor, ...]]]:
     """A task's `batches`: (epoch, first step) -> this rank's (indices, images, labels) batches
     of the training set (x, y), in the global order seeded by the run seed and the epoch;
-    with `groups`, each batch from one group (`freebies.data.loader.grouped_batches`)."""
+    with `groups`, each batch from one group (`freebies.data.loader.grouped_batches`); `take`
+    reads a batch of in-memory images (default `x[idx]`)."""
     return lambda epoch, first: train_batches(
         x,
         y,
@@ -162,4 +164,5 @@ def shuffled_batches(
         start_step=first,
         workers=workers,
         groups=groups,
+        take=take,
     )

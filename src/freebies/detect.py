@@ -32,6 +32,7 @@ from freebies.config import DetectConfig
 from freebies.data.detection import (
     DetData,
     DetSplit,
+    StreamedImages,
     batch_shape,
     image_stats,
     letterboxed_split,
@@ -264,6 +265,25 @@ def data_info(data: DetData, cfg: DetectConfig) -> dict[str, Any]:
     }
 
 
+def batch_reader(
+    x: torch.Tensor | StreamedImages, split: DetSplit, sliced: bool
+) -> Callable[[torch.Tensor], Any] | None:
+    """How the loader reads a batch of in-memory images (host indices): cut to the batch's
+    shape before the copy, or for sliced training each image's own region as a view, from
+    which the step copies only its window (a 4000x2250 still is never copied whole)."""
+    if not isinstance(x, torch.Tensor):
+        return None  # streamed: decoded and padded to the batch's shape in the workers
+    if sliced:
+        fitted = split.fitted.tolist()
+        return lambda ids: [x[i, :, : fitted[i][0], : fitted[i][1]] for i in ids.tolist()]
+
+    def cut(ids: torch.Tensor) -> torch.Tensor:
+        h, w = batch_shape(split.shapes[ids])
+        return x[ids.to(x.device), :, :h, :w]
+
+    return cut
+
+
 def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = None) -> engine.Task:
     """The detection task for the engine: data, detector and what trains it, the step."""
     data, dev = load_data(cfg), d.device
@@ -297,7 +317,13 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
         steps_per_epoch=steps_per_epoch,
         batch_size=batch,
         batches=shuffled_batches(
-            train_x, torch.arange(len(train_x), device=dev), cfg, d, cfg.data.workers, groups
+            train_x,
+            torch.arange(len(train_x), device=dev),
+            cfg,
+            d,
+            cfg.data.workers,
+            groups,
+            take=batch_reader(train_x, data.train, bool(cfg.det.slice_size)),
         ),
         step=lambda b, epoch, i: detect_step(s, b, epoch, i),
         evaluate=lambda final: eval_row(s, data, d, info),

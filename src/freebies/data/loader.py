@@ -11,7 +11,8 @@ and an exact resume are unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -77,13 +78,15 @@ def train_batches(
     start_step: int = 0,
     workers: int = 4,
     groups: torch.Tensor | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    take: Callable[[torch.Tensor], Any] | None = None,
+) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
     """Yield this rank's (dataset indices, uint8 images, labels) for each global batch.
 
     The last incomplete global batch is dropped so every step sees `batch_size` images and
     every rank the same share. `start_step` skips batches already trained (exact resume).
     With `groups` (an int64 group per image), each batch holds one group (`grouped_batches`).
-    Images come back on the device of `y`.
+    Images come back on the device of `y`; in-memory ones are `x[idx]`, or `take(idx)` with
+    the indices on the host.
     """
     local = batch_size // world
     order = epoch_order(len(x), seed, epoch)
@@ -91,14 +94,15 @@ def train_batches(
         batches = order[: len(x) // batch_size * batch_size].view(-1, batch_size)
     else:
         batches = grouped_batches(order, groups, batch_size)
-    index = [b[rank * local : (rank + 1) * local].to(y.device) for b in batches[start_step:]]
+    mine = [b[rank * local : (rank + 1) * local] for b in batches[start_step:]]
     if isinstance(x, torch.Tensor):
-        for idx in index:
-            yield idx, x[idx], y[idx]
+        for ids in mine:
+            idx = ids.to(y.device)
+            yield idx, x[idx] if take is None else take(ids), y[idx]
     else:
-        streamed = _stream(x, y, [i.cpu().tolist() for i in index], workers)
-        for idx, (xb, yb) in zip(index, streamed, strict=True):
-            yield idx, xb, yb
+        streamed = _stream(x, y, [i.tolist() for i in mine], workers)
+        for ids, (xb, yb) in zip(mine, streamed, strict=True):
+            yield ids.to(y.device), xb, yb
 
 
 def grouped_batches(order: torch.Tensor, groups: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ step's generator, so a resumed run and each DDP rank draw their own windows exac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -24,7 +25,7 @@ from freebies.tricks.record import Key, Settings, Trick, when
 
 
 def slice_batch(
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     fitted: torch.Tensor,
     boxes: list[torch.Tensor],
     generator: torch.Generator | None = None,
@@ -36,7 +37,8 @@ def slice_batch(
     """One window (or the whole image, shrunk) per image, as a float batch (N, C, size, size).
 
     Args:
-        images: uint8 (N, C, H, W), image i in its top-left ``fitted[i]`` = (h_i, w_i).
+        images: uint8 (N, C, H, W), or N uint8 (C, H_i, W_i) views: image i in its top-left
+            ``fitted[i]`` = (h_i, w_i). Only the windows are copied.
         fitted: int64 (N, 2), each image's own size on the canvas.
         boxes: N float (n_i, 4) xyxy in the images' pixels.
         generator: the step's source of randomness (CPU or the images' device).
@@ -55,8 +57,7 @@ def slice_batch(
             f"slice_batch: size >= 1, min_visible and full_prob in [0, 1] needed, got {size}, "
             f"{min_visible}, {full_prob}"
         )
-    n, c = images.shape[:2]
-    dev = images.device
+    n, (c, dev) = len(images), (images[0].shape[0], images[0].device)
     u = torch.rand(n, 3, generator=generator, device=dev, dtype=torch.float64).cpu()
     out = torch.zeros((n, c, size, size), dtype=torch.float32, device=dev)
     out_boxes, keeps = [], []
@@ -65,7 +66,7 @@ def slice_batch(
         if u[i, 0] < full_prob:
             f = size / max(h, w)
             nh, nw = max(1, round(h * f)), max(1, round(w * f))
-            whole = images[i : i + 1, :, :h, :w].float()
+            whole = images[i][None, :, :h, :w].float()
             out[i, :, :nh, :nw] = F.interpolate(
                 whole, size=(nh, nw), mode="bilinear", align_corners=False, antialias=f < 1
             )[0]
@@ -76,7 +77,7 @@ def slice_batch(
         wh, ww = min(size, h), min(size, w)
         y0 = min(int(u[i, 1] * (h - wh + 1)), h - wh)
         x0 = min(int(u[i, 2] * (w - ww + 1)), w - ww)
-        out[i, :, :wh, :ww] = images[i, :, y0 : y0 + wh, x0 : x0 + ww].float()
+        out[i, :, :wh, :ww] = images[i][:, y0 : y0 + wh, x0 : x0 + ww].float()
         kept, keep = window_boxes(b, (x0, y0, x0 + ww, y0 + wh), min_visible)
         out_boxes.append(kept)
         keeps.append(keep)
