@@ -547,3 +547,14 @@ def test_guards_warn_on_sgd_lr_with_adaptive_optimizer_and_refuse_resume_without
     ckpt["epoch"] = 0
     torch.save(ckpt, out / "last.pt")
     assert "lacks optimizer state" in usage_error(capsys, "train", "--resume", str(out))
+
+
+def test_a_run_gives_the_caller_its_thread_count_back(idx_dir, tmp_path, capsys):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args = small(idx_dir, tmp_path / "r", "--epochs", "1", "--set", "train.threads=1")
+        assert run_cli(capsys, *args)[0] == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -268,6 +268,7 @@ def run(
     out = Path(out)
     check_out_dir(out, resume=resume, overwrite=overwrite)
     d = setup(cfg.train.device)
+    threads = torch.get_num_threads()
     try:
         if cfg.train.sync_bn and d.device.type != "cuda":
             raise UsageError(
@@ -304,6 +305,7 @@ def run(
         run_ = _Run(cfg, out, task, d, recipe, state, t_start - state.times["wall_s"], progress)
         return run_.fit()
     finally:
+        torch.set_num_threads(threads)  # a Python caller keeps its own thread count
         teardown()
 
 
