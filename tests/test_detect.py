@@ -622,6 +622,24 @@ def test_detect_eval_prints_one_json_line(trained, capsys):
         assert result[key] == pytest.approx(summary[key]), key
 
 
+def test_detect_eval_on_the_validation_split_gives_the_runs_own_val_map(
+    trained, capsys, monkeypatch
+):
+    seen, evaluate = [], detect.evaluate_split
+    monkeypatch.setattr(
+        detect,
+        "evaluate_split",
+        lambda m, split, *a, **k: seen.append(split) or evaluate(m, split, *a, **k),
+    )
+    rc, out, err = run_cli(capsys, "detect", "eval", str(trained / "last.pt"), "--split", "val")
+    assert rc == 0, err
+    summary = json.loads((trained / "summary.json").read_text())
+    assert json.loads(out)["map"] == pytest.approx(summary["val_map"])
+    cfg = config.from_dict(yaml.safe_load((trained / "config.yaml").read_text()), "detect")
+    data = detect.load_data(cfg)  # the images the run validated on, not its test images
+    assert seen[0].image_ids == data.val.image_ids != data.test.image_ids
+
+
 def test_detect_predict_writes_a_png_and_json_per_image(trained, coco_dir, tmp_path, capsys):
     image = coco_dir / "te000.png"
     out = tmp_path / "pred"

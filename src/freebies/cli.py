@@ -184,6 +184,12 @@ def _add_detect(sub: Any) -> None:
     e.add_argument("--data", help=DETECT_DATA_HELP + " (default: the data it was trained on)")
     e.add_argument("--limit-test", type=int, metavar="N")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    e.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="test",
+        help="val: the validation split as the run made it, to choose --tiles or --pyramid on",
+    )
     _add_multiscale(e)
 
     p = dsub.add_parser("predict", help="draw a checkpoint's detections on images")
@@ -375,6 +381,7 @@ def _detect_eval(args: argparse.Namespace) -> None:
         limit=args.limit_test,
         device=args.device,
         multiscale=multiscale,
+        split=args.split,
     )
     print(json.dumps(result))
 

@@ -724,20 +724,27 @@ def evaluate_checkpoint(
     limit: int | None = None,
     device: str = "auto",
     multiscale: dict[str, Any] | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
     """`freebies detect eval`: COCO AP of a checkpoint on the test split of the data it was
-    trained on (or `spec`'s); with `multiscale` options (`multiscale_infer`), also the single
-    pass's figures and the cost ratio."""
+    trained on (or `spec`'s; `split="val"`: its validation split, as training made it, for
+    choosing inference options); with `multiscale` options (`multiscale_infer`), also the
+    single pass's figures and the cost ratio."""
     o = check_multiscale(**(multiscale or {}))  # a mistyped option costs no load
     ckpt = checkpoint.load(path, "detect")
     check_sliced(ckpt.data, o)  # before the data load
     cfg = config.from_dict(ckpt.config, "detect")
-    cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, limit
+    if split == "test":  # else the training's own split rule makes the same validation set
+        cfg.data.val_split, cfg.data.limit_train = 0.0, None
+    cfg.data.limit_test = limit
     cfg.data.image_size = ckpt.data["image_size"]
     cfg.data.rect = ckpt.data.get("rect", False)
     if spec is not None:
         cfg.data.spec = spec
     data = load_data(cfg)
+    part = getattr(data, split)
+    if part is None:
+        raise UsageError(f"{cfg.data.spec} has no validation split here; use --split test")
     if data.classes != ckpt.data["classes"]:
         raise UsageError(
             f"{cfg.data.spec} has classes {data.classes}, the model predicts "
@@ -748,11 +755,11 @@ def evaluate_checkpoint(
     info.setdefault("small_box_side", small_box_side(data.train.boxes))
     multi = multiscale_infer(model, info, **(multiscale or {}))
     kw = dict(batch_size=cfg.train.eval_batch_size, progress=sys.stderr.isatty())
-    result = evaluate_split(model, data.test, data.classes, data.category_ids, **kw)
+    result = evaluate_split(model, part, data.classes, data.category_ids, **kw)
     if multi:
         single = result
         # a slice-trained model's data are at its scale already; the others' are letterboxed
-        own = data.test if ckpt.data.get("slice") else load_data(cfg, native=True).test
+        own = part if ckpt.data.get("slice") else getattr(load_data(cfg, native=True), split)
         result = evaluate_split(
             model, own, data.classes, data.category_ids, infer=multi["infer"], **kw
         )
