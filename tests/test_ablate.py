@@ -187,11 +187,35 @@ def test_plan_single_cumulative_both_stack():
     assert ablate.plan(tricks, "cumulative")[2].overrides == {"x": 1, "y": 2}
     # --also: run alone, never part of the stack
     got = ablate.plan(tricks, "stack", [("a2", {"x": 9})])
-    assert [(v.name, v.kind) for v in got[-2:]] == [("a2", "single"), ("a+b+c", "cumulative")]
+    assert [(v.name, v.kind) for v in got[-2:]] == [("a2", "also"), ("a+b+c", "cumulative")]
     assert got[-1].overrides == {"x": 1, "y": 2, "z": 3}
 
 
+def test_also_is_recorded_and_a_grid_from_before_it_resumes(tmp_path):
+    tricks = ablate.parse_tricks("label_smoothing")
+    also = ablate.parse_tricks("ls2=loss.label_smoothing=0.2")
+
+    def prepare(also):
+        return ablate.prepare("baseline", tricks, [0], "single", tmp_path, {}, bag=False,
+                              command="freebies ablate", also=also)  # fmt: skip
+
+    _, variants = prepare(also)
+    assert [(v.name, v.kind) for v in variants] == [
+        ("baseline", "baseline"), ("label_smoothing", "single"),
+        ("ls2[loss.label_smoothing=0.2]", "also"),
+    ]  # fmt: skip
+    with pytest.raises(UsageError, match=r"holds another grid \(its also was"):
+        prepare([])
+    saved = json.loads((tmp_path / "grid.json").read_text())
+    del saved["also"]  # as written before --also existed
+    (tmp_path / "grid.json").write_text(json.dumps(saved))
+    assert [v.name for v in prepare([])[1]] == ["baseline", "label_smoothing"]
+
+
 def test_parse_tricks_keeps_a_bracketed_list_whole():
+    assert ablate._items("a=k=[[1,2],[3]],b=k={x: 1, y: 2},c") == [
+        "a=k=[[1,2],[3]]", "b=k={x: 1, y: 2}", "c"
+    ]  # fmt: skip
     got = ablate.parse_tricks("det_random_shapes=det.random_shapes=[320,416],det_mixup")
     assert got[0] == (
         "det_random_shapes[det.random_shapes=[320, 416]]",

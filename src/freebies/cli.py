@@ -442,7 +442,7 @@ def _ablate(args: argparse.Namespace) -> None:
     overrides = _overrides(args)
     seeds = ablate.grid_seeds(args.recipe, overrides, args.trainer, args.seeds)
     tricks = ablate.parse_tricks(args.tricks)
-    also = ablate.parse_tricks(args.also) if args.also else []
+    also = ablate.parse_tricks(args.also) if args.also.strip(" ,") else []
     grid, variants = ablate.prepare(
         args.recipe,
         tricks,

@@ -33,7 +33,6 @@ from freebies.data.detection import (
     DetData,
     DetSplit,
     StreamedImages,
-    batch_shape,
     image_stats,
     letterboxed_split,
     load_detection,
@@ -67,7 +66,6 @@ class DetStep:
     net: nn.Module  # the unwrapped detector (the EMA averages it)
     model: nn.Module  # what runs forward: `net`, or its DDP / compiled wrapper
     gen: torch.Generator  # this rank's augmentation stream
-    shapes: torch.Tensor  # int64 (N, 2): each training image's batch shape (h, w), CPU
     fitted: torch.Tensor  # int64 (N, 2): each training image's own (h, w) on the canvas, CPU
     boxes: list[torch.Tensor]  # training boxes per image, xyxy letterboxed pixels, on device
     labels: list[torch.Tensor]  # training labels per image, on device
@@ -88,8 +86,9 @@ class DetStep:
 def detect_step(
     s: DetStep, batch: tuple[torch.Tensor, ...], epoch: int, step: int
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One training step on batch (indices (N,), uint8 images (N, 3, H, W) on the split's
-    canvas, indices (N,)); the images are cut to the batch's shape first.
+    """One training step on batch (indices (N,), uint8 images, indices (N,)): the images are
+    (N, 3, h, w) cut to the batch's shape, or for sliced training N views of each image's own
+    pixels (`batch_reader`).
 
     Returns the loss, classification (sigmoid focal) + box (GIoU) + centre-ness, each
     normalised by the global batch's foreground locations (their weights under mixup), and
@@ -98,13 +97,12 @@ def detect_step(
     idx, xb, _ = batch
     ids = idx.tolist()
     boxes, labels = [s.boxes[i] for i in ids], [s.labels[i] for i in ids]
-    # 1. a window of each image (sliced training), or the batch cut to its shape
+    # 1. a window of each image (sliced training), or the batch as the loader cut it
     if s.slice:
         x, boxes, keeps = s.slice(xb, s.fitted[ids], boxes, s.gen)
         labels = [lab[k] for lab, k in zip(labels, keeps, strict=True)]
     else:
-        h, w = batch_shape(s.shapes[ids])
-        x = xb[..., :h, :w].float()
+        x = xb.float()
     # 2. box-aware augmentation and random shapes (float pixels, batched, per-image draws)
     x, targets = augment(s, x, boxes, labels, epoch)
     if s.shape:
@@ -268,20 +266,14 @@ def data_info(data: DetData, cfg: DetectConfig) -> dict[str, Any]:
 def batch_reader(
     x: torch.Tensor | StreamedImages, split: DetSplit, sliced: bool
 ) -> Callable[[torch.Tensor], Any] | None:
-    """How the loader reads a batch of in-memory images (host indices): cut to the batch's
-    shape before the copy, or for sliced training each image's own region as a view, from
-    which the step copies only its window (a 4000x2250 still is never copied whole)."""
+    """How the loader reads a batch of the in-memory images `x` (the split's canvas, perhaps on
+    the device), from host indices: cut to the batch's shape before the copy, or for sliced
+    training each image's own region as a view, from which the step copies its window."""
     if not isinstance(x, torch.Tensor):
         return None  # streamed: decoded and padded to the batch's shape in the workers
     if sliced:
-        fitted = split.fitted.tolist()
-        return lambda ids: [x[i, :, : fitted[i][0], : fitted[i][1]] for i in ids.tolist()]
-
-    def cut(ids: torch.Tensor) -> torch.Tensor:
-        h, w = batch_shape(split.shapes[ids])
-        return x[ids.to(x.device), :, :h, :w]
-
-    return cut
+        return lambda ids: [split.image(i, x) for i in ids.tolist()]
+    return lambda ids: split.batch(ids, x)
 
 
 def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = None) -> engine.Task:
@@ -300,7 +292,6 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
         net=t.net,
         model=t.model,
         gen=t.gen,
-        shapes=data.train.shapes,  # read on the host: no device sync per step
         fitted=data.train.fitted,
         boxes=[b.to(dev) for b in data.train.boxes],
         labels=[lab.to(dev) for lab in data.train.labels],
@@ -734,9 +725,12 @@ def evaluate_checkpoint(
     ckpt = checkpoint.load(path, "detect")
     check_sliced(ckpt.data, o)  # before the data load
     cfg = config.from_dict(ckpt.config, "detect")
+    if split not in ("test", "val"):
+        raise UsageError(f"split must be test or val, got {split!r}")
     if split == "test":  # else the training's own split rule makes the same validation set
-        cfg.data.val_split, cfg.data.limit_train = 0.0, None
-    cfg.data.limit_test = limit
+        cfg.data.val_split, cfg.data.limit_train, cfg.data.limit_test = 0.0, None, limit
+    elif limit is not None:
+        cfg.data.limit_test = limit
     cfg.data.image_size = ckpt.data["image_size"]
     cfg.data.rect = ckpt.data.get("rect", False)
     if spec is not None:

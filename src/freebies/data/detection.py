@@ -134,17 +134,22 @@ class DetSplit:
     def __len__(self) -> int:
         return len(self.files)
 
-    def image(self, i: int) -> torch.Tensor:
-        """uint8 (3, h, w): image i's own pixels, without padding."""
+    def image(self, i: int, images: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (3, h, w): image i's own pixels, without padding (a view; of `images`, a copy
+        of the in-memory canvas on another device, when given)."""
         h, w = (self.sizes[i] * self.scales[i, [1, 0]]).round().long().tolist()
-        return self.images[i][:, :h, :w]
+        return (self.images if images is None else images)[i][:, :h, :w]
 
-    def batch(self, ids: list[int]) -> torch.Tensor:
-        """uint8 (n, 3, h, w): the images `ids` cut to their `batch_shape`."""
-        if isinstance(self.images, torch.Tensor):
+    def batch(
+        self, ids: list[int] | torch.Tensor, images: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """uint8 (n, 3, h, w): the images `ids` cut to their `batch_shape` before the copy (from
+        `images`, a copy of the in-memory canvas on another device, when given)."""
+        x = self.images if images is None else images
+        if isinstance(x, torch.Tensor):
             h, w = batch_shape(self.shapes[ids])
-            return self.images[ids, :, :h, :w]
-        return self.images.collate(parallel_map(self.images.__getitem__, ids))
+            return x[torch.as_tensor(ids, device=x.device), :, :h, :w]
+        return x.collate(parallel_map(x.__getitem__, list(ids)))
 
     @property
     def fitted(self) -> torch.Tensor:

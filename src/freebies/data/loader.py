@@ -85,8 +85,8 @@ def train_batches(
     The last incomplete global batch is dropped so every step sees `batch_size` images and
     every rank the same share. `start_step` skips batches already trained (exact resume).
     With `groups` (an int64 group per image), each batch holds one group (`grouped_batches`).
-    Images come back on the device of `y`; in-memory ones are `x[idx]`, or `take(idx)` with
-    the indices on the host.
+    In-memory images are `x[idx]` on the device of `y`, or what `take(idx)` reads, given the
+    indices on the host; streamed ones come on the device of `y`.
     """
     local = batch_size // world
     order = epoch_order(len(x), seed, epoch)

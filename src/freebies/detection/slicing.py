@@ -38,7 +38,8 @@ def slice_batch(
 
     Args:
         images: uint8 (N, C, H, W), or N uint8 (C, H_i, W_i) views: image i in its top-left
-            ``fitted[i]`` = (h_i, w_i). Only the windows are copied.
+            ``fitted[i]`` = (h_i, w_i). Only the windows, and the images shown whole,
+            are copied.
         fitted: int64 (N, 2), each image's own size on the canvas.
         boxes: N float (n_i, 4) xyxy in the images' pixels.
         generator: the step's source of randomness (CPU or the images' device).

@@ -2,8 +2,10 @@
 
 `single` trains the baseline recipe, then the baseline plus each trick on its own; `cumulative`
 stacks the tricks in the order given, like Bag of Tricks (He et al. 2019,
-arXiv:1812.01187). Every variant runs on the same seeds, so Δ is paired per seed, on one
-summary.json key (`--metric`, default test_acc; its direction says which way is better).
+arXiv:1812.01187); `both` does both, `stack` each alone and all at once; `--also` variants run
+alone and are never stacked or bagged. Every variant runs on the same seeds, seed by seed, so
+Δ is paired per seed, on one summary.json key (`--metric`, default test_acc; its direction says
+which way is better).
 
 Each run is one process of the grid's trainer command (`--trainer`, default `freebies
 train`; its exact command is recorded). The grid relies only on this run-folder contract:
@@ -75,7 +77,7 @@ LEGACY = {"metric": "test_acc", "better": "higher", "trainer": DEFAULT_TRAINER, 
 @dataclass
 class Variant:
     name: str
-    kind: str  # baseline | single | cumulative | bag
+    kind: str  # baseline | single | also | cumulative | bag
     tricks: list[str]
     overrides: dict[str, Any] = field(default_factory=dict)
     chosen_by: str | None = None
@@ -96,7 +98,7 @@ def parse_tricks(spec: str) -> list[tuple[str, dict[str, Any]]]:
     known = {t.name: t for t in TRICKS}
     custom: dict[str, dict[str, Any]] = {}
     order: list[str] = []
-    for item in (s.strip() for s in re.split(r",(?![^\[]*\])", spec)):
+    for item in (s.strip() for s in _items(spec)):
         if not item:
             continue
         name, _, setting = item.partition("=")
@@ -126,6 +128,17 @@ def parse_tricks(spec: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _items(spec: str) -> list[str]:
+    """`spec` split at the commas outside brackets and braces (a list value keeps its own)."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(spec):
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            items.append(spec[start:i])
+            start = i + 1
+    return [*items, spec[start:]]
+
+
 def plan(
     tricks: list[tuple[str, dict]], mode: str, also: list[tuple[str, dict]] = ()
 ) -> list[Variant]:
@@ -134,7 +147,7 @@ def plan(
     variants = [Variant(BASELINE, "baseline", [])]
     if mode in ("single", "both", "stack"):
         variants += [Variant(label, "single", [label], ov) for label, ov in tricks]
-    variants += [Variant(label, "single", [label], ov) for label, ov in also]
+    variants += [Variant(label, "also", [label], ov) for label, ov in also]
     if mode in ("cumulative", "both", "stack"):
         stacked: dict[str, Any] = {}
         for i, (_, ov) in enumerate(tricks):
@@ -535,12 +548,15 @@ def run_grid(
     """Run this shard's (variant, seed) runs not yet finished, then dead claims of other
     shards, then (with `bag`) the bag; keep results.jsonl and the report current. Returns
     the report's entries and the runs of the grid still missing."""
-    # Seed by seed, so that a grid stopped half-way already pairs every variant on some seeds.
+    # Seed by seed, so that a grid stopped half-way already pairs every variant on some seeds;
+    # a distillation grid's teachers (baselines of other seeds) first.
     runs = [(v, seed) for seed in grid.seeds for v in variants]
+    if any(v.overrides.get("distill.teacher") == TEACHER for v in variants):
+        runs.sort(key=lambda r: r[0].kind != "baseline")
     book = shards.Ledger(grid.out, [grid.folder(v, s).name for v, s in runs], bag)
     # The default trainer's epochs are known now; another's are learnt from its first run.
     epochs = grid.cfg(variants[0], grid.seeds[0]).train.epochs if grid.own else None
-    worker = Worker(grid, book, shard, len(shards.take(runs, shard)), epochs)
+    worker = Worker(grid, book, shard, len(shards.take(runs, shard)), epochs, variants)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         for v, seed in shards.take(runs, shard):
@@ -562,9 +578,16 @@ class Worker:
     """One process's share of a grid: trains the runs it claims, records their rows."""
 
     def __init__(
-        self, grid: Grid, book: shards.Ledger, shard: tuple[int, int], runs: int, epochs: int | None
+        self,
+        grid: Grid,
+        book: shards.Ledger,
+        shard: tuple[int, int],
+        runs: int,
+        epochs: int | None,
+        variants: list[Variant],
     ) -> None:
         self.grid, self.book, self.shard, self.epochs = grid, book, shard, epochs
+        self.variants = variants
         self.runs, self.done = runs, 0  # runs this process accounts for on its bar
         label = "ablate" if shard == (1, 1) else f"shard {shard[0]}/{shard[1]}"
         self.bar = tqdm(total=None, unit="epoch", desc=label, dynamic_ncols=True)
@@ -608,8 +631,13 @@ class Worker:
         self.book.record(grid.folder(v, seed).name, row)
         if self.epochs is None:
             self.epochs = _epochs_done(grid.folder(v, seed)) or None
-        # results.jsonl after every run; the report (plots: ~1 s) once a variant is complete
-        self.report(all(self.book.row(grid.folder(v, s).name) for s in grid.seeds))
+        # results.jsonl after every run; the report (plots: ~1 s) once a variant or a seed is
+        # complete
+        done = self.book.row
+        self.report(
+            all(done(grid.folder(v, s).name) for s in grid.seeds)
+            or all(done(grid.folder(u, seed).name) for u in self.variants)
+        )
 
     def _todo(self, run: str, retry: bool) -> bool:
         row = self.book.row(run)
