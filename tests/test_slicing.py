@@ -17,6 +17,7 @@ import torch
 
 from freebies import checkpoint, detect
 from freebies.data.detection import load_detection
+from freebies.detection import multiscale
 from freebies.detection.slicing import slice_batch, window_boxes
 from helpers import run_cli, usage_error
 from test_detect import coco_set, tiny
@@ -256,12 +257,27 @@ def test_a_sliced_model_is_evaluated_and_predicts_tiled_at_its_scale(tmp_path, c
     model.forward = spy
     detect.predict(model, split, batch_size=4, infer=detect.sliced_infer(model, 32))
     assert seen and all(max(s) <= 32 for s in seen)
-    # eval says how it ran; a pyramid or tiles on top are refused in one line
+    # a pyramid, asked for, adds tiles of 32 / f px enlarged to 32: SNIP keeps their small boxes
+    plain = len(seen)
+    seen.clear()
+    detect.predict(model, split, batch_size=4, infer=detect.sliced_infer(model, 32, factors=(1, 2)))
+    halves = sum(
+        len(multiscale.tile_windows(h, w, tile_size=16, overlap=0.2))
+        for h, w in split.shapes.tolist()
+    )
+    assert len(seen) == plain + halves and all(max(s) <= 32 for s in seen)
+    # eval says how it ran; tiles on top, or a pyramid below 1, are refused in one line
     rc, text, err = run_cli(capsys, "detect", "eval", str(out / "last.pt"))
     assert rc == 0, err
     assert "tiles of 32 px" in text + err
     line = usage_error(capsys, "detect", "eval", str(out / "last.pt"), "--tiles", "2x2")
     assert "trained on 32 px slices" in line
+    line = usage_error(capsys, "detect", "eval", str(out / "last.pt"), "--pyramid", "0.5,1")
+    assert "give factors of 1 and above" in line
+    rc, text, err = run_cli(
+        capsys, "detect", "eval", str(out / "last.pt"), "--pyramid", "1,2", "--snip", "16"
+    )
+    assert rc == 0 and "tiles enlarged 2x (snip 16 px)" in text, err
     image = next(data.glob("*.png"))
     rc, text, _ = run_cli(
         capsys, "detect", "predict", str(out / "last.pt"), str(image), "-o", str(tmp_path / "pred")

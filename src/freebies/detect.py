@@ -15,7 +15,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -375,26 +375,36 @@ def shape_batches(shapes: torch.Tensor, batch_size: int, ids: list[int]) -> list
 
 
 def sliced_infer(
-    model: nn.Module, size: int, overlap: float = 0.2, merge: str = "ios"
+    model: nn.Module,
+    size: int,
+    overlap: float = 0.2,
+    merge: str = "ios",
+    factors: Sequence[float] = (1.0,),
+    snip: float | None = None,
+    threshold: float = 0.5,
 ) -> Callable[[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """predict()'s `infer` for a model trained on slices of `size` px: each image, held at the
     trained scale, cut into overlapping `size` x `size` tiles (none larger than the image, none
     enlarged) plus one pass of the whole image shrunk into `size`, as sliced training showed
-    it, merged by `merge` (SAHI's sliced inference, Akyon et al. 2022)."""
+    it, merged by `merge` at `threshold` (SAHI's sliced inference, Akyon et al. 2022). Each
+    factor f > 1 of `factors` (its pyramid, when asked for) adds tiles of size / f px enlarged
+    to `size`, which keep only boxes below `snip` px when given (SNIP, Singh and Davis 2018);
+    without 1 in `factors`, no tiles at the trained scale."""
     from freebies.detection import multiscale as ms
 
     def infer(x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         h, w = x.shape[-2:]
-        windows = ms.tile_windows(h, w, tile_size=size, overlap=overlap)
-        return ms.multiscale_detect(
-            model,
-            x,
-            scales=[min(1.0, size / max(h, w))],
-            windows=windows if len(windows) > 1 else None,
-            input_size=min(size, max(h, w)),
-            merge=merge,
-            detections=getattr(model, "detections_per_img", 100),
-        )
+        parts = ms.pyramid_parts(model, x, [min(1.0, size / max(h, w))], None, 8)
+        for f in factors:
+            windows = ms.tile_windows(h, w, tile_size=round(size / f), overlap=overlap)
+            if f == 1 and len(windows) < 2:
+                continue  # the image fits one tile: the whole pass is that tile
+            side = min(size, max(h, w)) if f == 1 else size
+            more = ms.tile_parts(model, x, windows, side, 8, snip if f > 1 else None)
+            for mine, extra in zip(parts, more, strict=True):
+                mine += extra
+        detections = getattr(model, "detections_per_img", 100)
+        return [ms.merge_parts(p, merge, threshold, detections) for p in parts]
 
     return infer
 
@@ -587,19 +597,38 @@ def check_multiscale(
     }
 
 
-def asks_multiscale(o: dict[str, Any]) -> bool:
-    """Whether checked options (`check_multiscale`) ask for a pyramid or tiles."""
-    return bool(o["scales"] or o["grid"] or o["tile_size"] or o["auto_tiles"])
-
-
 def check_sliced(info: dict[str, Any], o: dict[str, Any]) -> None:
-    """Refuse a pyramid or tiles (checked options `o`) on a slice-trained model, which always
-    runs tiled at its trained scale."""
-    if info.get("slice") and asks_multiscale(o):
+    """Refuse tiles (checked options `o`) on a slice-trained model, which always runs tiled at
+    its trained scale, and pyramid factors below 1 (its whole-image pass is one already)."""
+    if not info.get("slice"):
+        return
+    if o["grid"] or o["tile_size"] or o["auto_tiles"]:
         raise UsageError(
             f"this model was trained on {info['image_size']} px slices and is always run tiled "
-            "at that scale; drop --pyramid, --tiles, --tile-size and --auto-tiles"
+            "at that scale; drop --tiles, --tile-size and --auto-tiles (--pyramid 1,1.5 adds "
+            "tiles at 1.5x that scale)"
         )
+    if any(f < 1 for f in o["scales"]):
+        raise UsageError(
+            f"--pyramid {','.join(f'{f:g}' for f in o['scales'])}: a slice-trained model already "
+            "sees the whole image shrunk; give factors of 1 and above"
+        )
+
+
+def _sliced_multi(model: nn.Module, info: dict[str, Any], o: dict[str, Any]) -> dict[str, Any]:
+    """`multiscale_infer` for a slice-trained model: tiles at the trained scale, tiles enlarged
+    by the pyramid's factors above 1 when asked for, and the whole image shrunk."""
+    check_sliced(info, o)
+    size, scale = info["image_size"], info["slice"]["scale"]
+    factors, snip, merge = o["scales"] or [1.0], o["snip"], o["merge"] or "ios"
+    what = [f"tiles of {size} px at {scale:g}x the image's own pixels"] if 1 in factors else []
+    for f in factors:
+        what += [f"tiles enlarged {f:g}x" + (f" (snip {snip:g} px)" if snip else "")] * (f > 1)
+    return {
+        "infer": sliced_infer(model, size, o["overlap"], merge, factors, snip, o["merge_thr"]),
+        "what": " + ".join([*what, "the whole image"]) + f", merge {merge} (the sliced "
+        "training's scale)",
+    }
 
 
 def multiscale_infer(model: nn.Module, info: dict[str, Any], **options: Any) -> dict[str, Any]:
@@ -611,12 +640,7 @@ def multiscale_infer(model: nn.Module, info: dict[str, Any], **options: Any) -> 
     o, size = check_multiscale(**options), info["image_size"]
     sliced = info.get("slice")
     if sliced:
-        check_sliced(info, o)
-        return {
-            "infer": sliced_infer(model, size),
-            "what": f"tiles of {size} px at {sliced['scale']:g}x the image's own pixels + the "
-            "whole image, merge ios (the sliced training's scale)",
-        }
+        return _sliced_multi(model, info, o)
     windows, why = _tiles(o, size, info.get("small_box_side"))
     scales = o["scales"]
     if not windows and scales == [1.0]:
