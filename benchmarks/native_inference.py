@@ -1,14 +1,14 @@
-"""Tiles and the image pyramid on full-image detectors, cut from the images' own pixels: what
+"""Tiles and the image pyramid on trained detectors, cut from the images' own pixels: what
 each buys on validation and on test, paired over seeds, and what it costs.
 
-For every finished full-image run of an ablate grid (`freebies ablate --task detect`; runs of
-slice-trained models are skipped, they are always run tiled at their trained scale), evaluates
-its last.pt with `freebies.detect.evaluate_checkpoint` on the validation split (when the run
-had one) and the test split:
-each OPTION below against the single pass of the same run. Per grid variant and option: the
-mean and the paired 95% t-interval over seeds of Δ map and Δ AP-small, and the cost over the
-single pass. The option to use is the one with the best Δ val map; its test figure is read
-after that choice.
+For every finished run of an ablate grid (`freebies ablate --task detect`), evaluates its
+last.pt with `freebies.detect.evaluate_checkpoint` on the validation split (when the run had
+one) and the test split, as trained (a full-image model: one pass; a slice-trained one: its
+tiles at the trained scale) and with each option below: tiles and the pyramid for a full-image
+model; for a slice-trained one, its pyramid (tiles enlarged 1.5x and 2x). Per grid variant and
+option: the mean and the paired 95% t-interval over seeds of Δ map and Δ AP-small against the
+run as trained, and the cost over it. The option to use is the one with the best Δ val map;
+its test figure is read after that choice.
 
     python benchmarks/native_inference.py GRID [GRID ...] [--out docs/results/native_inference.json]
 """
@@ -25,11 +25,11 @@ from scipy import stats
 from freebies import detect
 from freebies.runtime import provenance
 
-OPTIONS = {
-    "tiles": {"auto_tiles": True},
-    "tiles+snip": {"auto_tiles": True, "snip": 32.0},
-    "pyramid": {"pyramid": "1,1.5,2"},
-    "pyramid+snip": {"pyramid": "1,1.5,2", "snip": 32.0},
+PYRAMID = {"pyramid": {"pyramid": "1,1.5,2"}, "pyramid+snip": {"pyramid": "1,1.5,2", "snip": 32.0}}
+OPTIONS = {  # sliced: whether the run was slice-trained
+    False: {"tiles": {"auto_tiles": True}, "tiles+snip": {"auto_tiles": True, "snip": 32.0}}
+    | PYRAMID,
+    True: PYRAMID,
 }
 KEYS = ("map", "map_small")
 
@@ -44,48 +44,44 @@ def paired(values: list[float | None], base: list[float | None]) -> dict | None:
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "per_seed": d}
 
 
-def evaluate_run(folder: Path, splits: tuple[str, ...]) -> dict[str, dict[str, dict]]:
-    """{split: {"single" | option: metrics}} of one run's last.pt. An option that adds nothing
-    (--auto-tiles finding that no tiling pays) is the single pass at cost 1."""
+def evaluate_run(folder: Path, splits: tuple[str, ...], sliced: bool) -> dict[str, dict]:
+    """{split: {"as trained" | option: metrics}} of one run's last.pt."""
     out: dict[str, dict[str, dict]] = {}
     for split in splits:
-        out[split] = {}
-        for name, options in OPTIONS.items():
+        base = detect.evaluate_checkpoint(folder / "last.pt", split=split)
+        out[split] = {"as trained": {k: base[k] for k in KEYS}}
+        for name, options in OPTIONS[sliced].items():
             r = detect.evaluate_checkpoint(folder / "last.pt", multiscale=options, split=split)
-            if "single" not in r:  # the options left the single pass
-                r |= {"single": r, "cost_vs_single": 1.0, "inference": "single pass"}
-            out[split]["single"] = r["single"]
             out[split][name] = {k: r[k] for k in KEYS} | {
-                "cost_vs_single": r["cost_vs_single"],
-                "inference": r["inference"],
+                "cost": base["img_per_s"] / r["img_per_s"],
+                "inference": r.get("inference", "one pass (the option added nothing)"),
             }
         print(f"{folder.name} {split}: " + ", ".join(
             f"{n} {m['map']:.1f}" for n, m in out[split].items()), flush=True)  # fmt: skip
     return out
 
 
-def summarize(per_seed: list[dict], splits: tuple[str, ...]) -> dict:
-    """Per option: Δ (paired over the runs) on each split, cost, and (with a validation split)
-    the option that val chooses."""
+def summarize(per_seed: list[dict], splits: tuple[str, ...], names: list[str]) -> dict:
+    """Per option: Δ (paired over the runs) on each split against the run as trained, cost, and
+    (with a validation split) the option that val chooses."""
     rows = {}
-    for name in OPTIONS:
+    for name in names:
         rows[name] = {
             split: {
                 f"delta_{k}": paired(
-                    [r[split][name][k] for r in per_seed], [r[split]["single"][k] for r in per_seed]
+                    [r[split][name][k] for r in per_seed],
+                    [r[split]["as trained"][k] for r in per_seed],
                 )
                 for k in KEYS
             }
             for split in splits
         }
-        rows[name]["cost_vs_single"] = statistics.mean(
-            r["test"][name]["cost_vs_single"] for r in per_seed
-        )
+        rows[name]["cost"] = statistics.mean(r["test"][name]["cost"] for r in per_seed)
     if "val" not in splits:
         return {"options": rows, "chosen_on_val": None}
     best = max(rows, key=lambda n: (rows[n]["val"]["delta_map"] or {"mean": -1e9})["mean"])
     helps = (rows[best]["val"]["delta_map"] or {"mean": 0})["mean"] > 0
-    return {"options": rows, "chosen_on_val": best if helps else "single"}
+    return {"options": rows, "chosen_on_val": best if helps else "as trained"}
 
 
 def main() -> None:
@@ -93,21 +89,27 @@ def main() -> None:
     p.add_argument("grids", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=Path("docs/results/native_inference.json"))
     args = p.parse_args()
-    result = {"options": OPTIONS, **provenance()}
+    result = {"options": {"full image": OPTIONS[False], "sliced": OPTIONS[True]}, **provenance()}
     for grid in args.grids:
         rows = [json.loads(x) for x in (grid / "results.jsonl").read_text().splitlines() if x]
         variants: dict[str, list[dict]] = {}
         for row in rows:
-            if "error" in row or ((row.get("config") or {}).get("det") or {}).get("slice_size"):
-                continue  # failed, or slice-trained (always run tiled at its trained scale)
+            if "error" in row:
+                continue
+            sliced = bool(((row.get("config") or {}).get("det") or {}).get("slice_size"))
             folder = grid / "runs" / Path(row["run"]).name
             has_val = row.get("val_map") is not None  # the run validated: it has a val split
             splits = ("val", "test") if has_val else ("test",)
             variants.setdefault(row["variant"], []).append(
-                {"seed": row["seed"], "run": str(folder), **evaluate_run(folder, splits)}
+                {"seed": row["seed"], "run": str(folder), "sliced": sliced}
+                | evaluate_run(folder, splits, sliced)
             )
         result[str(grid)] = {
-            v: summarize(runs, ("val", "test") if "val" in runs[0] else ("test",))
+            v: summarize(
+                runs,
+                ("val", "test") if "val" in runs[0] else ("test",),
+                list(OPTIONS[runs[0]["sliced"]]),
+            )
             | {"per_seed": runs}
             for v, runs in variants.items()
         }
