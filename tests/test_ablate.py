@@ -314,7 +314,8 @@ def test_tiny_grid_writes_all_four_artefacts(grid, capsys):
         assert key in full
     assert full["peak_mem_mb"] > 0 and full["command"].startswith("freebies train --recipe")
     assert len(full["curve"]) == 3  # the baseline recipe evaluates every epoch
-    for name in ("report.md", "delta.png", "curves.png"):
+    assert [e for e, _ in full["loss_curve"]] == [1, 2, 3]  # the training loss, every epoch
+    for name in ("report.md", "delta.png", "curves.png", "loss.png"):
         assert (out / name).stat().st_size > 0
     report = (out / "report.md").read_text()
     assert "| label_smoothing |" in report and "Δ val [95% CI]" in report

@@ -56,6 +56,7 @@ from freebies.report.table import (
     BASELINE,
     DEFAULT_METRIC,
     Metric,
+    loss_curve,
     per_epoch_key,
     summarize,
     write_report,
@@ -324,6 +325,7 @@ class Grid:
         curve = [[m["epoch"], m[column]] for m in metrics if m.get(column) is not None]
         if curve:
             row["curve"] = curve
+        row = loss_curve(row)
         if v.chosen_by:
             row["chosen_by"] = v.chosen_by
         teacher = ((row["config"] or {}).get("distill") or {}).get("teacher")

@@ -354,14 +354,16 @@ def plot_delta(entries: list[dict], path: Path, metric: Metric = DEFAULT_METRIC)
     plt.close(fig)
 
 
-def plot_curves(rows: list[dict], path: Path, metric: Metric = DEFAULT_METRIC) -> None:
-    """The metric against epoch, mean over seeds, one line per variant (from each row's
-    `curve`); nothing is drawn when no run logged the metric per epoch."""
+def plot_curves(
+    rows: list[dict], path: Path, metric: Metric = DEFAULT_METRIC, field: str = "curve"
+) -> None:
+    """The metric against epoch (`field="loss_curve"`: the training loss), mean over seeds,
+    one line per variant (from each row's `field`); nothing is drawn when no run logged it."""
     from freebies.report.plots import MaxNLocator, plt
 
     curves: dict[str, dict[int, list[float]]] = {}
     for r in rows:
-        for epoch, value in r.get("curve", []):
+        for epoch, value in r.get(field, []):
             curves.setdefault(r["variant"], {}).setdefault(epoch, []).append(value)
     if not curves:
         return
@@ -380,7 +382,10 @@ def plot_curves(rows: list[dict], path: Path, metric: Metric = DEFAULT_METRIC) -
             lw=2.2 if name == BASELINE else 1.2,
             label=name,
         )
-    if metric.key == "test_acc":
+    if field == "loss_curve":
+        title = "training loss by epoch (mean over seeds; on each variant's own training inputs)"
+        unit = "loss"
+    elif metric.key == "test_acc":
         title, unit = "test top-1 by epoch (mean over seeds)", "%"
     else:
         title = f"{metric.key} by epoch (mean over seeds; {metric.better} is better)"
@@ -395,9 +400,10 @@ def plot_curves(rows: list[dict], path: Path, metric: Metric = DEFAULT_METRIC) -
 
 
 def write_report(out: Path, metric: Metric | None = None) -> list[dict]:
-    """Rebuild report.md, delta.png and curves.png in `out` from its results.jsonl, on the
-    metric its grid.json records; or, with another `metric`, write report-KEY.md and
-    delta-KEY.png / curves-KEY.png beside them (the grid's own report is left alone)."""
+    """Rebuild report.md, delta.png, curves.png and loss.png (the training loss, so that
+    underfitting shows) in `out` from its results.jsonl, on the metric its grid.json records;
+    or, with another `metric`, write report-KEY.md and delta-KEY.png / curves-KEY.png beside
+    them (the grid's own report is left alone)."""
     suffix = "" if metric is None else f"-{metric.key}"
     metric = metric or read_metric(out)
     rows = read_results(out / "results.jsonl")
@@ -405,4 +411,16 @@ def write_report(out: Path, metric: Metric | None = None) -> list[dict]:
     write_text(out / f"report{suffix}.md", markdown(rows, entries, metric))
     plot_delta(entries, out / f"delta{suffix}.png", metric)
     plot_curves(rows, out / f"curves{suffix}.png", metric)
+    if not suffix:
+        plot_curves([loss_curve(r) for r in rows], out / "loss.png", metric, "loss_curve")
     return entries
+
+
+def loss_curve(row: dict) -> dict:
+    """The row with its `loss_curve` (training loss per epoch) from its run folder's
+    metrics.jsonl, unless it has one (rows whose folder is gone stay as they are)."""
+    metrics = Path(row.get("run", "")) / "metrics.jsonl"
+    if "loss_curve" in row or not row.get("run") or not metrics.is_file():
+        return row
+    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    return row | {"loss_curve": [[m["epoch"], m["train_loss"]] for m in lines if "train_loss" in m]}
