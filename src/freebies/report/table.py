@@ -380,7 +380,7 @@ def plot_curves(
             ms=3,
             color="black" if name == BASELINE else cmap(i % 20),
             lw=2.2 if name == BASELINE else 1.2,
-            label=name,
+            label=name if len(name) <= 48 else f"{name[:46]}…",
         )
     if field == "loss_curve":
         title = "training loss by epoch (mean over seeds; on each variant's own training inputs)"
@@ -395,7 +395,7 @@ def plot_curves(
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend sits outside the axes
     plt.close(fig)
 
 
