@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 from freebies.data.detection import image_stats, load_detection
 from freebies.data.loader import channel_stats
 from freebies.detection.transforms import crop_boxes
-from freebies.runtime import machine
+from freebies.runtime import provenance
 
 
 def crop_shares(images: torch.Tensor, boxes: list[torch.Tensor], draws: int) -> dict[str, float]:
@@ -67,9 +67,8 @@ def main() -> None:
             "after (the images' own pixels)": {"mean": own_mean.tolist(), "std": own_std.tolist()},
         },
         "crop_share": crop_shares(torch.stack(fitted), rect.boxes, args.draws),
-        "machine": machine(),
-        "torch": torch.__version__,
         "seeds": list(range(args.draws)),
+        **provenance(),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("normalisation", "crop_share")}, indent=1))

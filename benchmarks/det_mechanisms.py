@@ -25,7 +25,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from freebies import config, detect
 from freebies.detection.transforms import expand_boxes
-from freebies.runtime import machine
+from freebies.runtime import provenance
 
 
 def focal_minimiser(target: float) -> float:
@@ -108,9 +108,8 @@ def main() -> None:
             "no smoothing: 1": focal_minimiser(1.0),
             "no smoothing: 0": focal_minimiser(0.0),
         },
-        "machine": machine(),
-        "torch": torch.__version__,
         "seeds": list(range(args.draws)),
+        **provenance(),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("expand", "focal_minimiser")}, indent=1))

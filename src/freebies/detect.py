@@ -621,9 +621,9 @@ def _sliced_multi(model: nn.Module, info: dict[str, Any], o: dict[str, Any]) -> 
     check_sliced(info, o)
     size, scale = info["image_size"], info["slice"]["scale"]
     factors, snip, merge = o["scales"] or [1.0], o["snip"], o["merge"] or "ios"
+    cut = f" (snip {snip:g} px)" if snip else ""
     what = [f"tiles of {size} px at {scale:g}x the image's own pixels"] if 1 in factors else []
-    for f in factors:
-        what += [f"tiles enlarged {f:g}x" + (f" (snip {snip:g} px)" if snip else "")] * (f > 1)
+    what += [f"tiles enlarged {f:g}x{cut}" for f in factors if f > 1]
     return {
         "infer": sliced_infer(model, size, o["overlap"], merge, factors, snip, o["merge_thr"]),
         "what": " + ".join([*what, "the whole image"]) + f", merge {merge} (the sliced "
