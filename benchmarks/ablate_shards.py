@@ -7,9 +7,15 @@ synthetic Fashion-MNIST look-alike written by tests/fakedata.py, 2 epochs), once
 The claim / record / merge overhead is timed in-process on an empty grid folder, without any
 training, over `--repeats` runs; the report rebuild (plots) is timed on the finished grid.
 
-    python benchmarks/ablate_shards.py
+`--task detect` times a grid whose runs are long enough for training to dominate: BCCD
+(../shared/data/bccd), the `detect-bccd` recipe, baseline + colour jitter x 2 seeds, 2 epochs
+of 96 images each, as 1 process (all cores) against 2 local shards (the cores split between
+them, OMP_NUM_THREADS = cores // 2).
 
-Writes docs/results/ablate_shards.json and .md (machine, torch version, seeds).
+    python benchmarks/ablate_shards.py
+    python benchmarks/ablate_shards.py --task detect --out docs/results/ablate_shards_detect.json
+
+Writes the JSON (machine, torch version, seeds).
 """
 
 from __future__ import annotations
@@ -50,8 +56,35 @@ def timed(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def rows(out: Path) -> list[dict]:
-    keys = ("variant", "seed", "test_acc", "test_nll")
+def detect_argv(out: Path, epochs: int) -> list[str]:
+    return ["ablate", "--task", "detect", "--recipe", "detect-bccd", "--tricks", "det_color_jitter",
+            "--seeds", "2", "--out", str(out), "--epochs", str(epochs), "--limit-train", "96",
+            "--limit-test", "16", "--set", "train.eval_every=100"]  # fmt: skip
+
+
+def detect(epochs: int) -> dict:
+    """A grid of 4 detection runs, 1 process against 2 local shards; throughput as runs/hour."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        one_s = timed(detect_argv(root / "one", epochs))
+        two_s = timed([*detect_argv(root / "two", epochs), "--launcher", "local", "--shards", "2"])
+        maps = {k: rows(root / k, ("variant", "seed", "map")) for k in ("one", "two")}
+        train_s = {k: [json.loads(x)["train_img_per_s"] for x in
+                       (root / k / "results.jsonl").read_text().splitlines()] for k in maps}  # fmt: skip
+    return {
+        "what": "4-run detection grid (BCCD, detect-bccd, baseline + det_color_jitter x seeds "
+        f"0 1, {epochs} epochs of 96 images): 1 process vs --launcher local --shards 2",
+        "provenance": provenance(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "one_process_s": one_s,
+        "two_shards_s": two_s,
+        "speedup": one_s / two_s,
+        "train_img_per_s_per_run": train_s,
+        "map": maps,  # not bit-equal: 1 and 2 intra-op threads sum in another order
+    }
+
+
+def rows(out: Path, keys: tuple[str, ...] = ("variant", "seed", "test_acc", "test_nll")) -> list:
     lines = (out / "results.jsonl").read_text().splitlines()
     return [{k: json.loads(x)[k] for k in keys} for x in lines]
 
@@ -86,7 +119,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=100, help="runs for the overhead timing")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "ablate_shards.json")
+    p.add_argument("--task", choices=("classify", "detect"), default="classify")
     args = p.parse_args()
+    if args.task == "detect":
+        result = detect(args.epochs)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_idx(root / "data", n_train=512, n_test=256)

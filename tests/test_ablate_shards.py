@@ -117,6 +117,20 @@ def test_three_local_shards_give_the_rows_of_one_process(tmp_path, capsys):
     assert run_cli(capsys, "report", str(three))[0] == 0
 
 
+def test_local_shards_split_the_cores_between_them(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert shards.shard_env(2, {})["OMP_NUM_THREADS"] == "4"
+    assert shards.shard_env(3, {})["OMP_NUM_THREADS"] == "2"  # 8 // 3
+    assert shards.shard_env(16, {})["OMP_NUM_THREADS"] == "1"
+    kept = shards.shard_env(2, {"OMP_NUM_THREADS": "3", "PATH": "/bin"})
+    assert kept == {"OMP_NUM_THREADS": "3", "PATH": "/bin"}  # the user's own choice wins
+    # The trainer inherits it: torch's intra-op pool reads OMP_NUM_THREADS at start-up.
+    code = "import torch; print(torch.get_num_threads())"
+    env = shards.shard_env(8, {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "1"
+
+
 # A trainer that checkpoints, then (with FAKE_BLOCK set) waits for SIGINT like a long run.
 BLOCKING_TRAINER = (
     TRAINER_ARGS

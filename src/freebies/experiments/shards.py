@@ -267,17 +267,29 @@ def shard_argv(parser: Any, args: Any, shard: str) -> list[str]:
 LAUNCHER_DESTS = {"help", "shard", "launcher", "shards", "sbatch", "submit", "ablate_parser"}
 
 
+def shard_env(count: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of one of `count` local shards: this machine's cores split between
+    them (OMP_NUM_THREADS = cores // count, at least 1), so that the shards' trainers do not
+    oversubscribe the CPU; a thread count the user set in the environment is kept."""
+    env = dict(os.environ if environ is None else environ)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // count)))
+    return env
+
+
 def run_local(argv_of: Any, count: int, out: Path) -> None:
-    """Start `count` shard processes on this machine, each logging to
-    logs/shard-I-of-N.log, and wait for them all; a failed shard is one error line."""
+    """Start `count` shard processes on this machine (the cores split between them, see
+    `shard_env`), each logging to logs/shard-I-of-N.log, and wait for them all; a failed
+    shard is one error line."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    procs = []
+    procs, env = [], shard_env(count)
     for i in range(1, count + 1):
         log = logs / f"shard-{i}-of-{count}.log"
         with log.open("w") as fh:
             cmd = [sys.executable, "-m", "freebies", *argv_of(f"{i}/{count}")]
-            procs.append((log, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)))
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            procs.append((log, proc))
     failed = []
     for log, proc in procs:
         while proc.poll() is None:
