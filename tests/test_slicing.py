@@ -130,6 +130,33 @@ def test_a_whole_image_sample_is_shrunk_into_the_window():
     assert keeps[0].tolist() == [True] and x[0, :, 32:].abs().sum() == 0  # 64 x 32, padded
 
 
+def test_windows_placed_around_objects_hold_one_wholly():
+    # A sparse frame: three small boxes in a 1000 x 600 image, and a box longer than the window.
+    boxes = [[40, 30, 70, 50], [900, 500, 930, 540], [500, 100, 520, 120], [100, 300, 700, 340]]
+    image = painted(600, 1000, boxes)[None]
+    b = [torch.tensor(boxes, dtype=torch.float32)]
+    fitted = torch.tensor([[600, 1000]])
+    empty = {0.0: 0, 1.0: 0}
+    for seed in range(200):
+        for p in empty:
+            g = torch.Generator().manual_seed(seed)
+            x, out, keeps = slice_batch(image, fitted, b, g, size=128, min_visible=1.0,
+                                        object_prob=p)  # fmt: skip
+            empty[p] += not keeps[0][:3].any()  # no small box whole
+            if p == 1.0:  # every window holds a box whole, or lies inside the long one
+                inside = keeps[0][:3].any() or (x[0, 0] == 40).any(0).all()  # every column
+                assert inside, (seed, out)
+    # Uniform windows hold a small box in about 7% of draws; placed ones in all but those
+    # (a quarter) that picked the long box.
+    assert empty[1.0] < 80 and empty[0.0] > 150
+    # Off, the windows are the ones drawn before the option existed.
+    g0, g1 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    u = torch.rand(1, 3, generator=g1, dtype=torch.float64)
+    _, out, _ = slice_batch(image, fitted, b, g0, size=128, min_visible=0.0)
+    y0, x0 = int(u[0, 1] * 473), int(u[0, 2] * 873)
+    assert torch.equal(out[0], window_boxes(b[0], (x0, y0, x0 + 128, y0 + 128), 0.0)[0])
+
+
 def test_two_ranks_draw_different_windows_and_a_seed_draws_the_same():
     image = torch.randint(0, 255, (2, 3, 300, 400), dtype=torch.uint8)
     fitted, boxes = torch.tensor([[300, 400]] * 2), [torch.zeros((0, 4))] * 2

@@ -116,6 +116,7 @@ class DetCfg:
     slice_scale: float = 1.0  # the images' resolution as a factor of their own (1 = native)
     slice_min_visible: float = 0.5  # a cut box stays when this share of its area is inside
     slice_full_prob: float = 0.2  # the share of samples that show the whole image, shrunk
+    slice_object_prob: float = 0.0  # the share of windows placed around a random box; 0 = uniform
 
 
 @dataclass
