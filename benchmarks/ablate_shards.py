@@ -69,8 +69,8 @@ def detect(epochs: int) -> dict:
         one_s = timed(detect_argv(root / "one", epochs))
         two_s = timed([*detect_argv(root / "two", epochs), "--launcher", "local", "--shards", "2"])
         maps = {k: rows(root / k, ("variant", "seed", "map")) for k in ("one", "two")}
-        train_s = {k: [json.loads(x)["train_img_per_s"] for x in
-                       (root / k / "results.jsonl").read_text().splitlines()] for k in maps}  # fmt: skip
+        lines = {k: (root / k / "results.jsonl").read_text().splitlines() for k in maps}
+        train_s = {k: [json.loads(x)["train_img_per_s"] for x in v] for k, v in lines.items()}
     return {
         "what": "4-run detection grid (BCCD, detect-bccd, baseline + det_color_jitter x seeds "
         f"0 1, {epochs} epochs of 96 images): 1 process vs --launcher local --shards 2",

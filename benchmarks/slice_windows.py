@@ -32,8 +32,8 @@ def frames(spec: str) -> list[tuple[int, int, torch.Tensor]]:
     for item in read_yolo(spec).splits["train"]:
         w, h = Image.open(item.path).size  # the header only
         cx, cy, bw, bh = torch.from_numpy(item.boxes).T
-        out.append((h, w, torch.stack([(cx - bw / 2) * w, (cy - bh / 2) * h,
-                                       (cx + bw / 2) * w, (cy + bh / 2) * h], 1).float()))  # fmt: skip
+        xyxy = [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
+        out.append((h, w, torch.stack(xyxy, 1).float()))
     return out
 
 
@@ -47,7 +47,8 @@ def share_empty(data: list, size: int, draws: int, object_prob: float, min_visib
                                   min_visible=min_visible, object_prob=object_prob)  # fmt: skip
         empty += not keeps[0].any()
         held += int(keeps[0].sum())
-    return {"object_prob": object_prob, "empty_share": empty / draws, "boxes_per_window": held / draws}
+    return {"object_prob": object_prob, "empty_share": empty / draws,
+            "boxes_per_window": held / draws}  # fmt: skip
 
 
 def main() -> None:
@@ -61,7 +62,7 @@ def main() -> None:
     data = frames(args.data)
     rows = [share_empty(data, args.size, args.draws, q, args.min_visible) for q in (0.0, 0.5, 1.0)]
     result = {
-        "what": f"{args.size} px windows at native resolution on the training frames of {args.data}",
+        "what": f"{args.size} px windows at native resolution, training frames of {args.data}",
         "frames": len(data),
         "boxes": sum(len(b) for _, _, b in data),
         "sizes": sorted({(h, w) for h, w, _ in data}),
