@@ -12,6 +12,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 # `train.precision=auto` may probe bf16 on a CPU with native bf16: pin it, so that no test's
 # result depends on the CPU (subprocesses inherit it; tests of the choice unset it).
 os.environ["FREEBIES_AUTO_PRECISION"] = "fp32"
+# Under pytest-xdist (`make test` runs one worker per core) each worker and the trainers it
+# starts take one intra-op thread, so that the workers do not oversubscribe the cores; a test
+# that needs another count sets it itself.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from fakedata import write_idx
 
