@@ -29,10 +29,10 @@ format: setup
 	$(BIN)/ruff format src tests benchmarks
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n auto --dist loadfile -m "not slow"
 
 bench: setup data
 	$(BIN)/python benchmarks/loader_overhead.py
