@@ -74,7 +74,7 @@ def detect(epochs: int) -> dict:
     return {
         "what": "4-run detection grid (BCCD, detect-bccd, baseline + det_color_jitter x seeds "
         f"0 1, {epochs} epochs of 96 images): 1 process vs --launcher local --shards 2",
-        "provenance": provenance(),
+        "provenance": provenance(),  # the one process's threads; each shard ran cores // 2
         "cpus": len(os.sched_getaffinity(0)),
         "one_process_s": one_s,
         "two_shards_s": two_s,
@@ -118,9 +118,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=100, help="runs for the overhead timing")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "ablate_shards.json")
+    p.add_argument("--out", type=Path, help="default docs/results/ablate_shards[_detect].json")
     p.add_argument("--task", choices=("classify", "detect"), default="classify")
     args = p.parse_args()
+    name = "ablate_shards_detect.json" if args.task == "detect" else "ablate_shards.json"
+    args.out = args.out or ROOT / "docs" / "results" / name
     if args.task == "detect":
         result = detect(args.epochs)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -143,7 +145,7 @@ def main() -> None:
         "grid": {"tricks": TRICKS, "seeds": list(range(SEEDS)), "epochs": args.epochs,
                  "model": "airnet-8-8-8", "data": "tests/fakedata.write_idx 512 train / 256 test"},
         "provenance": provenance(),
-        "cpus": os.cpu_count(),
+        "cpus": len(os.sched_getaffinity(0)),
         "one_process_s": one_s,
         "two_shards_s": two_s,
         "speedup": one_s / two_s,

@@ -9,8 +9,8 @@ window, so that large objects are still learned. A small object keeps its pixels
 learns it at the scale that tiled inference later shows it (`freebies.detection.multiscale`).
 On sparse data many uniform windows hold no object (45% of 416 px windows on the aerial-drone
 training frames); with probability `object_prob` a window is instead placed uniformly among
-the positions that hold one of the image's boxes, drawn at random (SAHI's counterpart is
-`ignore_negative_samples`, which drops the empty slices altogether).
+the positions that hold wholly one of the image's boxes that fit in it, drawn at random (SAHI's
+counterpart is `ignore_negative_samples`, which drops the empty slices altogether).
 
 Boxes are clipped to the window; a box keeps its label only when at least `min_visible` of its
 area is inside (SAHI keeps a cut box above a visible share too). All draws come from the
@@ -53,8 +53,8 @@ def slice_batch(
         min_visible: the share of a box's area that must lie in the window for it to stay.
         full_prob: the probability that an image is shown whole, its longer side shrunk (or
             enlarged) to `size`, instead of a window.
-        object_prob: the probability that a window (of an image with boxes) is placed to
-            hold a box drawn at random, wholly when the box fits in it; else uniformly.
+        object_prob: the probability that a window (of an image with a box that fits in it)
+            is placed to hold wholly such a box, drawn at random; else it is placed uniformly.
 
     Returns:
         The batch in float pixels (windows smaller than `size`, from small images, sit at the
@@ -86,8 +86,8 @@ def slice_batch(
             keeps.append(torch.ones(len(b), dtype=torch.bool, device=b.device))
             continue
         wh, ww = min(size, h), min(size, w)
-        if object_prob and len(b) and u[i, 3] < object_prob:
-            box = b[min(int(u[i, 4] * len(b)), len(b) - 1)].tolist()
+        box = _pick(b, ww, wh, u[i, 4].item()) if object_prob and u[i, 3] < object_prob else None
+        if box is not None:
             x0 = _around(box[0], box[2], ww, w, u[i, 2].item())
             y0 = _around(box[1], box[3], wh, h, u[i, 1].item())
         else:
@@ -100,12 +100,20 @@ def slice_batch(
     return out, out_boxes, keeps
 
 
+def _pick(boxes: torch.Tensor, ww: int, wh: int, u: float) -> list[float] | None:
+    """The box (xyxy) drawn by `u` among those that fit in a `ww` x `wh` window; None when
+    none does (a box longer than the window would be cut below its visible share)."""
+    fits = ((boxes[:, 2] - boxes[:, 0] <= ww) & (boxes[:, 3] - boxes[:, 1] <= wh)).nonzero()
+    if not len(fits):
+        return None
+    return boxes[fits[min(int(u * len(fits)), len(fits) - 1), 0]].tolist()
+
+
 def _around(lo: float, hi: float, window: int, side: int, u: float) -> int:
     """A window start in [0, side - window], drawn by `u` among those whose window holds
-    [lo, hi] wholly (or, for a box longer than the window, lies within it)."""
+    [lo, hi] (no longer than the window) wholly."""
     a = min(max(math.ceil(hi) - window, 0), side - window)  # the first start that holds hi
     b = min(max(math.floor(lo), 0), side - window)  # the last start that holds lo
-    a, b = min(a, b), max(a, b)
     return min(a + int(u * (b - a + 1)), b)
 
 
