@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from freebies.data.detection import _load_item
 from freebies.data.yolo import read_yolo
 from freebies.detection.slicing import slice_batch
 from freebies.runtime import provenance
@@ -27,14 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def frames(spec: str) -> list[tuple[int, int, torch.Tensor]]:
-    """(H, W, xyxy boxes in pixels) of every training frame."""
-    out = []
-    for item in read_yolo(spec).splits["train"]:
-        w, h = Image.open(item.path).size  # the header only
-        cx, cy, bw, bh = torch.from_numpy(item.boxes).T
-        xyxy = [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
-        out.append((h, w, torch.stack(xyxy, 1).float()))
-    return out
+    """(H, W, xyxy boxes in pixels) of every training frame at native resolution, read and
+    cleaned as the trainer reads them (header only, no decode)."""
+    loaded = [_load_item(item, 0, factor=1.0) for item in read_yolo(spec).splits["train"]]
+    return [(*x.size, x.boxes) for x in loaded]
 
 
 def share_empty(data: list, size: int, draws: int, object_prob: float, min_visible: float) -> dict:
