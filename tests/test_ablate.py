@@ -206,6 +206,13 @@ def test_also_is_recorded_and_a_grid_from_before_it_resumes(tmp_path):
     ]  # fmt: skip
     with pytest.raises(UsageError, match=r"holds another grid \(its also was"):
         prepare([])
+    # a grid may grow by `also` variants appended after its own (never by changing them)
+    more = also + ablate.parse_tricks("ls3=loss.label_smoothing=0.3")
+    assert [v.name for v in prepare(more)[1]][-1] == "ls3[loss.label_smoothing=0.3]"
+    assert json.loads((tmp_path / "grid.json").read_text())["also"][1][0].startswith("ls3")
+    for fewer in (more[1:], also):  # dropping one would drop its runs from the results
+        with pytest.raises(UsageError, match=r"holds another grid \(its also was"):
+            prepare(fewer)
     saved = json.loads((tmp_path / "grid.json").read_text())
     del saved["also"]  # as written before --also existed
     (tmp_path / "grid.json").write_text(json.dumps(saved))
@@ -523,6 +530,24 @@ def test_fake_trainer_grid_on_a_lower_is_better_metric(tmp_path, capsys):
     # Once a bag was chosen on test_nll, another metric is another grid.
     argv = _fake_grid(tmp_path, out, "--metric", "test_acc", "--bag")
     assert "holds another grid (its metric was 'test_nll')" in usage_error(capsys, *argv)
+
+
+def test_a_finished_grid_grows_by_an_also_variant_and_trains_only_its_runs(tmp_path, capsys):
+    out = tmp_path / "grid"
+    argv = _fake_grid(tmp_path, out, "--metric", "test_nll", "--bag", "--seeds", "2")
+    assert run_cli(capsys, *argv)[0] == 0
+    before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
+    rc, _, err = run_cli(capsys, *argv, "--also", "ls3=loss.label_smoothing=0.3")
+    assert rc == 0, err
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
+    assert {k: after[k] for k in before} == before  # nothing trained again, the bag included
+    assert sorted(set(after) - set(before)) == [
+        f"ls3_loss.label_smoothing=0.3_-s{s}" for s in (0, 1)
+    ]
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in rows].count("ls3[loss.label_smoothing=0.3]") == 2
+    assert len(rows) == 2 * 4 + 2  # 4 variants x 2 seeds and the bag's 2 runs
+    assert "| ls3[loss.label_smoothing=0.3] |" in (out / "report.md").read_text()
 
 
 def test_unknown_metric_names_the_keys_and_can_be_corrected(tmp_path, capsys):

@@ -114,7 +114,8 @@ def _add_ablate(sub: Any) -> None:
         default="",
         metavar="TRICKS",
         help="more variants, as in --tricks, each run alone against the baseline but never "
-        "stacked or bagged (e.g. a second setting of a trick)",
+        "stacked or bagged (e.g. a second setting of a trick); appending some to a finished "
+        "grid's command trains only theirs",
     )
     a.add_argument(
         "--bag",

@@ -723,19 +723,24 @@ def _same_grid(out: Path, grid: dict[str, Any]) -> None:
     """Record what this grid is in out/grid.json; refuse another grid in the same folder.
 
     The metric only decides the report (and the bag), so it may change until a bag has been
-    chosen on it; grid.json then records the new one.
+    chosen on it; grid.json then records the new one. `also` variants may be appended to a
+    grid (they are never stacked or bagged, so the runs done stay valid); the others stay.
     """
     path = out / "grid.json"
     if path.is_file():
         saved = {**LEGACY, **json.loads(path.read_text())}
         fixed = [k for k in grid if k not in ("metric", "better") or _bag_chosen(out)]
-        diff = next((k for k in fixed if saved.get(k) != json.loads(json.dumps(grid[k]))), None)
+        new = json.loads(json.dumps(grid))
+        grown = new["also"][: len(saved["also"])] == saved["also"]
+        diff = next(
+            (k for k in fixed if saved.get(k) != new[k] and not (k == "also" and grown)), None
+        )
         if diff is not None:
             raise UsageError(
                 f"{out} holds another grid (its {diff} was {saved.get(diff)!r}); use another "
                 "--out, or rerun that grid's own command to finish it"
             )
-        if (saved["metric"], saved["better"]) == (grid["metric"], grid["better"]):
+        if all(saved.get(k) == new[k] for k in ("metric", "better", "also")):
             return
     out.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(grid, indent=2) + "\n")
