@@ -5,6 +5,7 @@ stale docs table each fail here."""
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -135,6 +136,23 @@ def test_the_docs_table_is_the_records_table():
     assert start in text and end in text, "docs/tricks.md lost its generated table"
     table = text.split(start, 1)[1].split(end, 1)[0]
     assert table == catalog.markdown_table(), "run `freebies tricks --markdown` into the table"
+
+
+# The detection bag of freebies: each says when it helps, from a committed measurement.
+DETECTION_BAG = ("det_mixup", "det_label_smoothing", "det_expand", "det_crop",
+                 "det_color_jitter", "det_random_shapes", "cosine")  # fmt: skip
+
+
+def test_the_detection_bag_says_when_it_helps_and_names_where_that_was_measured(capsys):
+    root = DOCS.parents[1]
+    for t in TRICKS:
+        if t.name in DETECTION_BAG:
+            pages = re.findall(r"docs/results/[\w./-]*\w", t.advice)
+            assert pages, f"{t.name}: its advice names no results page"
+            missing = [p for p in pages if not (root / p).exists()]
+            assert not missing, f"{t.name}: {missing} do not exist"
+    assert main(["tricks"]) == 0
+    assert capsys.readouterr().out.count(" when: ") >= len(DETECTION_BAG)
 
 
 def test_tricks_command_lists_all_and_json_round_trips(capsys):

@@ -140,7 +140,8 @@ def built(task: str, settings: dict, fields: dict[str, str] | None = None) -> di
 
 
 def markdown_table() -> str:
-    """The table in docs/tricks.md: every trick, its tasks, keys with ranges, its setting."""
+    """The table in docs/tricks.md: every trick, its tasks, keys with ranges, its setting;
+    then each measured trick's advice (when it helps)."""
     rows = ["| trick | tasks | keys (range) | switch it on | paper |", "|---|---|---|---|---|"]
     for t in TRICKS:
         keys = ", ".join(
@@ -152,4 +153,7 @@ def markdown_table() -> str:
         on = " ".join(f"`{k}={v}`" for k, v in t.on.items()) or "see keys"
         paper = f"[{t.paper}]({t.link})" if t.link else t.paper
         rows.append(f"| {t.name} | {', '.join(t.tasks)} | {keys} | {on} | {paper} |")
+    advised = [f"- **{t.name}**: {t.advice}" for t in TRICKS if t.advice]
+    if advised:
+        rows += ["", "When to expect a trick to help, from what was measured:", "", *advised]
     return "\n".join(rows) + "\n"

@@ -493,9 +493,10 @@ def _tricks(args: argparse.Namespace) -> None:
     for t in TRICKS:
         on = " ".join(f"--set {k}={v}" for k, v in t.on.items()) or "(see keys)"
         keys = ", ".join(k.name + (f" {k.range}" if k.range else "") for k in t.keys)
+        when = f"{'':20s} when: {t.advice}\n" if t.advice else ""
         print(
             f"{t.name:20s} {t.card}\n{'':20s} keys: {keys}\n"
-            f"{'':20s} on:   {on}\n{'':20s} for:  {', '.join(t.tasks)}\n"
+            f"{'':20s} on:   {on}\n{'':20s} for:  {', '.join(t.tasks)}\n{when}"
             f"{'':20s} {t.paper} {t.link}".rstrip()
         )
 

@@ -68,6 +68,7 @@ class Trick:
     check: Callable[[Settings], list[Rule]] | None = None
     # The callable the step calls, built from the recipe once per run; None when it is off.
     build: Callable[[Settings], Callable[..., Any] | None] | None = None
+    advice: str = ""  # when to expect it to help, from what was measured (and where)
 
     def plain(self) -> dict[str, Any]:
         """The record as JSON-safe data (`freebies tricks --json`)."""
@@ -83,6 +84,7 @@ class Trick:
             "paper": self.paper,
             "link": self.link,
             "card": self.card,
+            "advice": self.advice,
         }
 
 
