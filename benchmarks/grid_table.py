@@ -5,17 +5,17 @@ the training loss at two epochs (underfitting shows there) and the test AP per c
     python benchmarks/grid_table.py docs/results/detection-ablation-bccd-conv [--loss-at 10 20]
 
 Reads the grid's results.jsonl and each run's metrics.jsonl (its `run` folder, or the grid's
-copy under runs/); prints markdown. Seeds missing from a variant are left out of its pairing.
+copy under runs/); prints markdown. Means and paired intervals are `freebies report`'s own
+(freebies.report.table.summarize), on the metric the grid recorded.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from freebies.report.table import loss_curve, paired_delta
+from freebies.report.table import loss_curve, read_metric, read_results, summarize
 
 
 def signed(x: float) -> str:
@@ -44,42 +44,34 @@ def losses(rows: list[dict], grid: Path, epochs: list[int]) -> str:
 
 
 def table(grid: Path, epochs: list[int]) -> str:
-    rows = [json.loads(x) for x in (grid / "results.jsonl").read_text().splitlines() if x]
-    rows = [r for r in rows if "error" not in r]
+    rows = [r for r in read_results(grid / "results.jsonl") if "error" not in r]
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["variant"], []).append(r)
-    base = {r["seed"]: r for r in by["baseline"]}
     classes = list(by["baseline"][0]["ap_per_class"])
-    loss_head = " / ".join(str(e) for e in epochs)
     out = [
         f"| variant | seeds | test map | Δ test [95% CI] | val map | Δ val [95% CI] "
-        f"| train loss ep. {loss_head} | {' / '.join(classes)} |",
+        f"| train loss ep. {' / '.join(map(str, epochs))} | {' / '.join(classes)} |",
         "| --- | ---: | ---: | --- | ---: | --- | --- | --- |",
     ]
-    for name, runs in by.items():
-        mine = {r["seed"]: r for r in runs}
-        d_test = paired_delta(
-            {s: r["map"] for s, r in mine.items()}, {s: base[s]["map"] for s in base}
+    for e in summarize(rows, read_metric(grid)):  # means and paired Δ, as in report.md
+        runs = by[e["variant"]]
+        kind = runs[0]["kind"]
+        label = {"cumulative": f"stack of all {len(e['tricks'])}", "bag": "bag"}.get(
+            kind, e["variant"]
         )
-        d_val = paired_delta(
-            {s: r["val_map"] for s, r in mine.items()}, {s: base[s]["val_map"] for s in base}
-        )
+        if kind == "bag":
+            label += f" ({', '.join(e['tricks'])})"
+        test, val = e["metric"], e["val"]
         per_class = " / ".join(
             f"{statistics.mean(r['ap_per_class'][c] for r in runs):.1f}" for c in classes
         )
-        is_base = name == "baseline"
-        kind = runs[0]["kind"]
-        label = {"cumulative": f"stack of all {len(runs[0]['tricks'])}", "bag": "bag"}.get(
-            kind, name
-        )
-        if kind == "bag":
-            label += f" ({', '.join(runs[0]['tricks'])})"
+        base = kind == "baseline"
         out.append(
-            f"| {label} | {len(runs)} | {statistics.mean(r['map'] for r in runs):.1f} "
-            f"| {'' if is_base else interval(d_test)} "
-            f"| {statistics.mean(r['val_map'] for r in runs):.1f} "
-            f"| {'' if is_base else interval(d_val)} | {losses(runs, grid, epochs)} | {per_class} |"
+            f"| {label} | {len(runs)} | {test['mean']:.1f} "
+            f"| {'' if base else interval(test['delta'])} | {val['mean']:.1f} "
+            f"| {'' if base else interval(val['delta'])} | {losses(runs, grid, epochs)} "
+            f"| {per_class} |"
         )
     return "\n".join(out)
 
