@@ -2,10 +2,11 @@
 each buys on validation and on test, paired over seeds, and what it costs.
 
 For every finished run of an ablate grid (`freebies ablate --task detect`), evaluates its
-last.pt with `freebies.detect.evaluate_checkpoint` on the validation split (when the run had
-one) and the test split, as trained (a full-image model: one pass; a slice-trained one: its
-tiles at the trained scale) and with each option below: tiles and the pyramid for a full-image
-model; for a slice-trained one, its pyramid (tiles enlarged 1.5x and 2x). Per grid variant and
+last.pt with `freebies.detect.evaluate_options` (the data loaded once per split) on the
+validation split (when the run had one) and the test split, as trained (a full-image model:
+one pass; a slice-trained one: its tiles at the trained scale) and with each option below:
+tiles and the pyramid for a full-image model; for a slice-trained one, its pyramid (tiles
+enlarged 1.5x and 2x). Per grid variant and
 option: the mean and the paired 95% t-interval over seeds of Δ map and Δ AP-small against the
 run as trained, and the cost over it. The option to use is the one with the best Δ val map;
 its test figure is read after that choice.
@@ -48,14 +49,21 @@ def evaluate_run(folder: Path, splits: tuple[str, ...], sliced: bool) -> dict[st
     """{split: {"as trained" | option: metrics}} of one run's last.pt."""
     out: dict[str, dict[str, dict]] = {}
     for split in splits:
-        base = detect.evaluate_checkpoint(folder / "last.pt", split=split)
-        out[split] = {"as trained": {k: base[k] for k in KEYS}}
-        for name, options in OPTIONS[sliced].items():
-            r = detect.evaluate_checkpoint(folder / "last.pt", multiscale=options, split=split)
-            out[split][name] = {k: r[k] for k in KEYS} | {
-                "cost": base["img_per_s"] / r["img_per_s"],
-                "inference": r.get("inference", "one pass (the option added nothing)"),
-            }
+        options = {"as trained": {}} | OPTIONS[sliced]
+        r = detect.evaluate_options(folder / "last.pt", options, split=split)
+        base = r["as trained"]
+        out[split] = {
+            name: {k: m[k] for k in KEYS}
+            | (
+                {}
+                if name == "as trained"
+                else {
+                    "cost": base["img_per_s"] / m["img_per_s"],
+                    "inference": m.get("inference", "one pass (the option added nothing)"),
+                }
+            )
+            for name, m in r.items()
+        }
         print(f"{folder.name} {split}: " + ", ".join(
             f"{n} {m['map']:.1f}" for n, m in out[split].items()), flush=True)  # fmt: skip
     return out

@@ -354,6 +354,24 @@ def test_detect_eval_reports_the_multiscale_result_and_its_cost(trained, capsys,
         assert options == ["--auto-tiles"] and "warning: --auto-tiles: no tiling pays" in err
 
 
+def test_several_options_at_once_equal_one_call_each_and_load_the_data_once(
+    trained, monkeypatch
+):
+    from freebies import detect
+
+    path = trained[0] / "last.pt"
+    options = {"as trained": {}, "pyramid": {"pyramid": "1,2"}, "tiles": {"tiles": "2x2"}}
+    alone = {n: detect.evaluate_checkpoint(path, multiscale=o) for n, o in options.items()}
+    loads, load = [], detect.load_data
+    monkeypatch.setattr(detect, "load_data", lambda *a, **k: loads.append(k) or load(*a, **k))
+    together = detect.evaluate_options(path, options)
+    assert loads == [{}, {"native": True}]  # letterboxed once, native once for both options
+    for name, result in together.items():
+        assert result["map"] == pytest.approx(alone[name]["map"], abs=1e-9), name
+        assert result.get("inference") == alone[name].get("inference")
+    assert together["pyramid"]["single"]["map"] == pytest.approx(together["as trained"]["map"])
+
+
 def test_detect_predict_with_tiles_writes_boxes_in_the_images_pixels(trained, tmp_path, capsys):
     import json
 

@@ -745,9 +745,26 @@ def evaluate_checkpoint(
     trained on (or `spec`'s; `split="val"`: its validation split, as training made it, for
     choosing inference options); with `multiscale` options (`multiscale_infer`), also the
     single pass's figures and the cost ratio."""
-    o = check_multiscale(**(multiscale or {}))  # a mistyped option costs no load
+    kw = dict(limit=limit, device=device, split=split)
+    return evaluate_options(path, {"": multiscale or {}}, spec, **kw)[""]
+
+
+def evaluate_options(
+    path: Path,
+    options: dict[str, dict[str, Any]],
+    spec: str | None = None,
+    *,
+    limit: int | None = None,
+    device: str = "auto",
+    split: str = "test",
+) -> dict[str, dict[str, Any]]:
+    """`evaluate_checkpoint` for several sets of `multiscale` options, by name: the data are
+    loaded once (and once at their own resolution) and the single pass runs once, so every
+    option's cost is against the same single pass."""
+    checked = [check_multiscale(**o) for o in options.values()]  # a mistyped option costs no load
     ckpt = checkpoint.load(path, "detect")
-    check_sliced(ckpt.data, o)  # before the data load
+    for o in checked:
+        check_sliced(ckpt.data, o)  # before the data load
     cfg = config.from_dict(ckpt.config, "detect")
     if split not in ("test", "val"):
         raise UsageError(f"split must be test or val, got {split!r}")
@@ -771,22 +788,25 @@ def evaluate_checkpoint(
     model = load_detector(ckpt).to(pick_device(device))
     info = dict(ckpt.data)  # checkpoints from before --auto-tiles: the data's training boxes
     info.setdefault("small_box_side", small_box_side(data.train.boxes))
-    multi = multiscale_infer(model, info, **(multiscale or {}))
     kw = dict(batch_size=cfg.train.eval_batch_size, progress=sys.stderr.isatty())
-    result = evaluate_split(model, part, data.classes, data.category_ids, **kw)
-    if multi:
-        single = result
-        # a slice-trained model's data are at its scale already; the others' are letterboxed
-        own = part if ckpt.data.get("slice") else getattr(load_data(cfg, native=True), split)
+    single = evaluate_split(model, part, data.classes, data.category_ids, **kw)
+    own, out = None, {}
+    for name, given in options.items():
+        multi = multiscale_infer(model, info, **given)
+        if not multi:
+            out[name] = dict(single)
+            continue
+        if own is None:  # a slice-trained model's data are at its scale; the others' letterboxed
+            own = part if ckpt.data.get("slice") else getattr(load_data(cfg, native=True), split)
         result = evaluate_split(
             model, own, data.classes, data.category_ids, infer=multi["infer"], **kw
         )
-        result |= {
+        out[name] = result | {
             "inference": multi["what"],
             "cost_vs_single": single["img_per_s"] / result["img_per_s"],
             "single": {k: single[k] for k in ("map", "map_50", "map_small", "img_per_s")},
         }
-    return result
+    return out
 
 
 def predict_files(
