@@ -354,9 +354,7 @@ def test_detect_eval_reports_the_multiscale_result_and_its_cost(trained, capsys,
         assert options == ["--auto-tiles"] and "warning: --auto-tiles: no tiling pays" in err
 
 
-def test_several_options_at_once_equal_one_call_each_and_load_the_data_once(
-    trained, monkeypatch
-):
+def test_several_options_at_once_equal_one_call_each_and_load_the_data_once(trained, monkeypatch):
     from freebies import detect
 
     path = trained[0] / "last.pt"
