@@ -7,8 +7,8 @@ validation split (when the run had one) and the test split, as trained (a full-i
 one pass; a slice-trained one: its tiles at the trained scale) and with each option below:
 tiles and the pyramid for a full-image model; for a slice-trained one, its pyramid (tiles
 enlarged 1.5x and 2x). Per grid variant and option: the mean and the paired 95% t-interval
-over seeds of Δ map and Δ AP-small against the run as trained, and the cost over it. The option to use is the one with the best Δ val map;
-its test figure is read after that choice.
+over seeds of Δ map and Δ AP-small against the run as trained, and the cost over it. The
+option to use is the one with the best Δ val map; its test figure is read after that choice.
 
     python benchmarks/native_inference.py GRID [GRID ...] [--out docs/results/native_inference.json]
 """
