@@ -1,8 +1,11 @@
 """A detection grid's results as the tables of docs/results/detection.md: per variant, the test
 and validation map (mean over seeds), the paired Δ against the baseline with its 95% interval,
-the training loss at two epochs (underfitting shows there) and the test AP per class.
+the training loss at two epochs (underfitting shows there) and the test AP per class (classes
+the test split holds); with `--cost`, also each variant's training minutes, img/s and peak
+memory (means over seeds).
 
     python benchmarks/grid_table.py docs/results/detection-ablation-bccd-conv [--loss-at 10 20]
+        [--cost]
 
 Reads the grid's results.jsonl and each run's metrics.jsonl (its `run` folder, or the grid's
 copy under runs/); prints markdown. Means and paired intervals are `freebies report`'s own
@@ -43,16 +46,27 @@ def losses(rows: list[dict], grid: Path, epochs: list[int]) -> str:
     return " / ".join(f"{statistics.mean(v):.2f}" if v else "n/a" for v in at.values())
 
 
-def table(grid: Path, epochs: list[int]) -> str:
+def cost(runs: list[dict]) -> str:
+    """Mean training minutes, training img/s and peak memory (GB) over a variant's runs."""
+    minutes, img_s, gb = (
+        statistics.mean(r[k] for r in runs) / div
+        for k, div in (("train_s", 60), ("train_img_per_s", 1), ("peak_mem_mb", 1024))
+    )
+    return f" | {minutes:.1f} | {img_s:.1f} | {gb:.2f}"
+
+
+def table(grid: Path, epochs: list[int], with_cost: bool = False) -> str:
     rows = [r for r in read_results(grid / "results.jsonl") if "error" not in r]
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["variant"], []).append(r)
-    classes = list(by["baseline"][0]["ap_per_class"])
+    aps = by["baseline"][0]["ap_per_class"]
+    classes = [c for c in aps if aps[c] is not None]  # None: the test split has none
+    extra = " | train min | img/s | peak GB" if with_cost else ""
     out = [
         f"| variant | seeds | test map | Δ test [95% CI] | val map | Δ val [95% CI] "
-        f"| train loss ep. {' / '.join(map(str, epochs))} | {' / '.join(classes)} |",
-        "| --- | ---: | ---: | --- | ---: | --- | --- | --- |",
+        f"| train loss ep. {' / '.join(map(str, epochs))} | {' / '.join(classes)}{extra} |",
+        "| --- | ---: | ---: | --- | ---: | --- | --- | ---" + " | ---:" * (3 * with_cost) + " |",
     ]
     for e in summarize(rows, read_metric(grid)):  # means and paired Δ, as in report.md
         runs = by[e["variant"]]
@@ -71,7 +85,7 @@ def table(grid: Path, epochs: list[int]) -> str:
             f"| {label} | {len(runs)} | {test['mean']:.1f} "
             f"| {'' if base else interval(test['delta'])} | {val['mean']:.1f} "
             f"| {'' if base else interval(val['delta'])} | {losses(runs, grid, epochs)} "
-            f"| {per_class} |"
+            f"| {per_class}{cost(runs) if with_cost else ''} |"
         )
     return "\n".join(out)
 
@@ -80,8 +94,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("grid", type=Path)
     p.add_argument("--loss-at", type=int, nargs="+", default=[10, 20])
+    p.add_argument("--cost", action="store_true", help="add training minutes, img/s, peak GB")
     args = p.parse_args()
-    print(table(args.grid, args.loss_at))
+    print(table(args.grid, args.loss_at, args.cost))
 
 
 if __name__ == "__main__":
