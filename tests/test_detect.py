@@ -883,3 +883,34 @@ def test_detect_export_writes_a_checked_onnx_graph(trained, tmp_path, capsys):
     assert cls.shape[2] == len(CLASSES)
     line = usage_error(capsys, "detect", "export", str(trained / "last.pt"), "-o", str(out))
     assert "already exists" in line
+
+
+def test_a_dead_box_head_is_named_once_at_the_third_epoch_of_box_loss_1():
+    from freebies.detect import dead_box_head
+
+    rows = [{"train_bbox_regression": x} for x in (1.0013, 1.0001, 1.0, 1.0, 1.0)]
+    said = [dead_box_head(rows[:n]) for n in range(1, len(rows) + 1)]
+    assert [m is not None for m in said] == [False, False, False, True, False]
+    assert "cannot recover" in said[3] and "train.seed" in said[3]
+    healthy = [{"train_bbox_regression": x} for x in (1.0013, 0.981, 0.79, 0.72, 0.66)]
+    assert all(dead_box_head(healthy[:n]) is None for n in range(1, 6))
+    assert dead_box_head([{"train_loss": 1.0}] * 3) is None  # a task without the part
+
+
+def test_training_with_a_dead_box_head_warns_in_its_third_epoch(
+    coco_dir, tmp_path, capsys, monkeypatch
+):
+    from freebies import detect
+
+    make = detect.make_detector
+
+    def dead(cfg, info):  # every box output below 0 from the start: ReLU passes no gradient
+        net = make(cfg, info)
+        reg = net.head.regression_head.bbox_reg
+        torch.nn.init.zeros_(reg.weight), torch.nn.init.constant_(reg.bias, -10.0)
+        return net
+
+    monkeypatch.setattr(detect, "make_detector", dead)
+    assert main(tiny(f"coco:{coco_dir}", tmp_path / "dead", "--epochs", "3")) == 0
+    err = capsys.readouterr().err
+    assert err.count("the box loss has been 1.0000 for 3 epochs") == 1, err

@@ -325,6 +325,22 @@ def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = Non
         shown=("map", "val_map"),
         select="val_map",
         parts=LOSS_PARTS,
+        check=dead_box_head,
+    )
+
+
+def dead_box_head(rows: list[dict[str, Any]], epochs: int = 3) -> str | None:
+    """A warning, at the epoch it becomes true, when the box loss has been exactly the GIoU
+    loss of point boxes (1.0) for `epochs` epochs: FCOS's box head ends in a ReLU, and once
+    tiny or hard boxes have pulled every output below 0 it predicts points and no gradient
+    reaches it again (seen from scratch on aerial-drone with half the samples whole images)."""
+    dead = [abs(r.get("train_bbox_regression", 0.0) - 1.0) < 2e-4 for r in rows[-epochs - 1 :]]
+    if len(dead) < epochs or not all(dead[-epochs:]) or (len(dead) > epochs and dead[0]):
+        return None
+    return (
+        f"the box loss has been 1.0000 for {epochs} epochs: the box head's ReLU outputs are all "
+        "0 (every box a point) and cannot recover, so this run will not learn boxes; restart it "
+        "with another train.seed or a lower optim.lr, or with fewer tiny boxes"
     )
 
 

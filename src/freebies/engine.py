@@ -71,6 +71,8 @@ class Task:
     shown: tuple[str, ...] = ("test_acc", "val_acc")  # printed each epoch and plotted
     select: str = "val_acc"  # early stopping and best.pt watch it (or train.best_metric)
     parts: tuple[str, ...] = ()  # the loss's parts, logged per epoch as train_<part>
+    # (metrics rows so far) -> a warning to print once, when the run has stopped learning
+    check: Callable[[list[dict[str, Any]]], str | None] | None = None
 
 
 @dataclass
@@ -419,6 +421,8 @@ class _Run:
                 log_scalars(self.tb, row)
             line = epoch_line(row, cfg.train.epochs, task.shown)
             bar.write(line) if self.show else print(line, flush=True)
+            if task.check and (message := task.check(st.metrics)):
+                warn(message)
 
     def add(self, window: torch.Tensor, t_seg: float) -> None:
         """Fold a span of per-step (global mean) losses, their parts and its seconds into the
