@@ -47,12 +47,17 @@ def losses(rows: list[dict], grid: Path, epochs: list[int]) -> str:
 
 
 def cost(runs: list[dict]) -> str:
-    """Mean training minutes, training img/s and peak memory (GB) over a variant's runs."""
-    minutes, img_s, gb = (
-        statistics.mean(r[k] for r in runs) / div
-        for k, div in (("train_s", 60), ("train_img_per_s", 1), ("peak_mem_mb", 1024))
-    )
-    return f" | {minutes:.1f} | {img_s:.1f} | {gb:.2f}"
+    """Mean training minutes and training img/s, and the largest peak memory (GB, as report.md
+    takes it) over a variant's runs; "-" where a run lacks the figure."""
+    cells = []
+    for key, div, agg in (
+        ("train_s", 60, statistics.mean),
+        ("train_img_per_s", 1, statistics.mean),
+        ("peak_mem_mb", 1024, max),
+    ):
+        have = [r[key] for r in runs if r.get(key) is not None]
+        cells.append(f"{agg(have) / div:.{2 if key == 'peak_mem_mb' else 1}f}" if have else "-")
+    return " | " + " | ".join(cells)
 
 
 def table(grid: Path, epochs: list[int], with_cost: bool = False) -> str:

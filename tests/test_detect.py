@@ -897,7 +897,7 @@ def test_a_dead_box_head_is_named_once_at_the_third_epoch_of_box_loss_1():
     assert dead_box_head([{"train_loss": 1.0}] * 3) is None  # a task without the part
 
 
-def test_training_with_a_dead_box_head_warns_in_its_third_epoch(
+def test_training_with_a_dead_box_head_warns_once_within_three_epochs(
     coco_dir, tmp_path, capsys, monkeypatch
 ):
     from freebies import detect

@@ -367,7 +367,7 @@ def test_several_options_at_once_equal_one_call_each_and_load_the_data_once(trai
     for name, result in together.items():
         assert result["map"] == pytest.approx(alone[name]["map"], abs=1e-9), name
         assert result.get("inference") == alone[name].get("inference")
-    assert together["pyramid"]["single"]["map"] == pytest.approx(together["as trained"]["map"])
+    assert together["pyramid"]["single"]["map"] == pytest.approx(alone["pyramid"]["single"]["map"])
 
 
 def test_detect_predict_with_tiles_writes_boxes_in_the_images_pixels(trained, tmp_path, capsys):

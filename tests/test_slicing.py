@@ -309,6 +309,15 @@ def test_a_sliced_model_is_evaluated_and_predicts_tiled_at_its_scale(tmp_path, c
         capsys, "detect", "eval", str(out / "last.pt"), "--pyramid", "1,2", "--snip", "16"
     )
     assert rc == 0 and "tiles enlarged 2x (snip 16 px)" in text, err
+    # several option sets at once: the same figures as one call each, against the tiled pass
+    pyramid = {"pyramid": "1,2", "snip": 16.0}
+    both = detect.evaluate_options(out / "last.pt", {"as trained": {}, "pyramid": pyramid})
+    alone = detect.evaluate_checkpoint(out / "last.pt", multiscale=pyramid)
+    assert both["pyramid"]["map"] == pytest.approx(alone["map"], abs=1e-9)
+    assert both["as trained"]["map"] == pytest.approx(alone["single"]["map"], abs=1e-9)
+    assert "tiles of 32 px" in both["as trained"]["inference"]
+    with pytest.raises(detect.UsageError, match="at least one"):
+        detect.evaluate_options(out / "last.pt", {})
     image = next(data.glob("*.png"))
     rc, text, _ = run_cli(
         capsys, "detect", "predict", str(out / "last.pt"), str(image), "-o", str(tmp_path / "pred")

@@ -333,7 +333,9 @@ def dead_box_head(rows: list[dict[str, Any]], epochs: int = 3) -> str | None:
     """A warning, at the epoch it becomes true, when the box loss has been exactly the GIoU
     loss of point boxes (1.0) for `epochs` epochs: FCOS's box head ends in a ReLU, and once
     tiny or hard boxes have pulled every output below 0 it predicts points and no gradient
-    reaches it again (seen from scratch on aerial-drone with half the samples whole images)."""
+    reaches it again (seen from scratch on aerial-drone with half the samples whole images).
+    Steps without a foreground box add a box loss of 0, so a dead head on data where such
+    steps are common can sit below the tolerance and go unnamed."""
     dead = [abs(r.get("train_bbox_regression", 0.0) - 1.0) < 2e-4 for r in rows[-epochs - 1 :]]
     if len(dead) < epochs or not all(dead[-epochs:]) or (len(dead) > epochs and dead[0]):
         return None
@@ -777,6 +779,8 @@ def evaluate_options(
     """`evaluate_checkpoint` for several sets of `multiscale` options, by name: the data are
     loaded once (and once at their own resolution) and the single pass runs once, so every
     option's cost is against the same single pass."""
+    if not options:
+        raise UsageError("evaluate_options needs at least one set of options ({} is one pass)")
     checked = [check_multiscale(**o) for o in options.values()]  # a mistyped option costs no load
     ckpt = checkpoint.load(path, "detect")
     for o in checked:
