@@ -50,13 +50,13 @@ def cost(runs: list[dict]) -> str:
     """Mean training minutes and training img/s, and the largest peak memory (GB, as report.md
     takes it) over a variant's runs; "-" where a run lacks the figure."""
     cells = []
-    for key, div, agg in (
-        ("train_s", 60, statistics.mean),
-        ("train_img_per_s", 1, statistics.mean),
-        ("peak_mem_mb", 1024, max),
+    for key, div, agg, digits in (
+        ("train_s", 60, statistics.mean, 1),
+        ("train_img_per_s", 1, statistics.mean, 1),
+        ("peak_mem_mb", 1024, max, 2),
     ):
         have = [r[key] for r in runs if r.get(key) is not None]
-        cells.append(f"{agg(have) / div:.{2 if key == 'peak_mem_mb' else 1}f}" if have else "-")
+        cells.append(f"{agg(have) / div:.{digits}f}" if have else "-")
     return " | " + " | ".join(cells)
 
 
