@@ -33,6 +33,12 @@ def interval(d: dict | None) -> str:
     return f"{signed(d['mean'])} [{signed(d['lo'])}, {signed(d['hi'])}]"
 
 
+def mean(values: list[float | None], fmt: str) -> str:
+    """The mean of the values present, formatted; "n/a" when none is."""
+    have = [v for v in values if v is not None]
+    return format(statistics.mean(have), fmt) if have else "n/a"
+
+
 def losses(rows: list[dict], grid: Path, epochs: list[int]) -> str:
     """The mean training loss over seeds at each of `epochs`."""
     at: dict[int, list[float]] = {e: [] for e in epochs}
@@ -41,9 +47,8 @@ def losses(rows: list[dict], grid: Path, epochs: list[int]) -> str:
             row = row | {"run": str(grid / "runs" / Path(row["run"]).name)}
         curve = dict((int(e), v) for e, v in loss_curve(row).get("loss_curve", []))
         for e in epochs:
-            if e in curve:
-                at[e].append(curve[e])
-    return " / ".join(f"{statistics.mean(v):.2f}" if v else "n/a" for v in at.values())
+            at[e].append(curve.get(e))
+    return " / ".join(mean(v, ".2f") for v in at.values())
 
 
 def cost(runs: list[dict]) -> str:
@@ -65,6 +70,8 @@ def table(grid: Path, epochs: list[int], with_cost: bool = False) -> str:
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["variant"], []).append(r)
+    if "baseline" not in by:
+        raise SystemExit(f"{grid}: no finished baseline run, so nothing to compare against")
     aps = by["baseline"][0]["ap_per_class"]
     classes = [c for c in aps if aps[c] is not None]  # None: the test split has none
     extra = " | train min | img/s | peak GB" if with_cost else ""
@@ -81,15 +88,16 @@ def table(grid: Path, epochs: list[int], with_cost: bool = False) -> str:
         )
         if kind == "bag":
             label += f" ({', '.join(e['tricks'])})"
-        test, val = e["metric"], e["val"]
         per_class = " / ".join(
-            f"{statistics.mean(r['ap_per_class'][c] for r in runs):.1f}" for c in classes
+            mean([r["ap_per_class"].get(c) for r in runs], ".1f") for c in classes
         )
-        base = kind == "baseline"
+        cells = []
+        for slot in ("metric", "val"):  # a grid without a validation split has no "val"
+            d = e.get(slot)
+            cells += [f"{d['mean']:.1f}" if d else "n/a", "" if not d or kind == "baseline"
+                      else interval(d["delta"])]  # fmt: skip
         out.append(
-            f"| {label} | {len(runs)} | {test['mean']:.1f} "
-            f"| {'' if base else interval(test['delta'])} | {val['mean']:.1f} "
-            f"| {'' if base else interval(val['delta'])} | {losses(runs, grid, epochs)} "
+            f"| {label} | {len(runs)} | {' | '.join(cells)} | {losses(runs, grid, epochs)} "
             f"| {per_class}{cost(runs) if with_cost else ''} |"
         )
     return "\n".join(out)

@@ -64,7 +64,8 @@ def evaluate_run(folder: Path, splits: tuple[str, ...], sliced: bool) -> dict[st
             for name, m in r.items()
         }
         print(f"{folder.name} {split}: " + ", ".join(
-            f"{n} {m['map']:.1f}" for n, m in out[split].items()), flush=True)  # fmt: skip
+            f"{n} {m['map'] if m['map'] is None else round(m['map'], 1)}"
+            for n, m in out[split].items()), flush=True)  # fmt: skip
     return out
 
 
@@ -100,11 +101,13 @@ def main() -> None:
     for grid in args.grids:
         rows = [json.loads(x) for x in (grid / "results.jsonl").read_text().splitlines() if x]
         variants: dict[str, list[dict]] = {}
+        skipped = []  # failed runs, and runs restored without their checkpoint (grid_copy.py)
         for row in rows:
-            if "error" in row:
+            folder = grid / "runs" / Path(row["run"]).name
+            if "error" in row or not (folder / "last.pt").is_file():
+                skipped.append(str(folder))
                 continue
             sliced = bool(((row.get("config") or {}).get("det") or {}).get("slice_size"))
-            folder = grid / "runs" / Path(row["run"]).name
             has_val = row.get("val_map") is not None  # the run validated: it has a val split
             splits = ("val", "test") if has_val else ("test",)
             variants.setdefault(row["variant"], []).append(
@@ -119,7 +122,7 @@ def main() -> None:
             )
             | {"per_seed": runs}
             for v, runs in variants.items()
-        }
+        } | {"skipped (failed, or no last.pt)": skipped}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every grid
     print(f"wrote {args.out}")

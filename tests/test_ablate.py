@@ -581,3 +581,27 @@ def test_bad_trainer_or_metric_is_one_line(tmp_path, capsys, argv, match):
     base = ["ablate", "--tricks", "label_smoothing", "--out", str(tmp_path / "g"), "--seeds", "2"]
     line = usage_error(capsys, *base, *argv)
     assert re.search(match, line), line
+
+
+def test_a_grid_saved_into_the_repo_is_restored_and_not_trained_again(tmp_path, capsys):
+    """benchmarks/grid_copy.py: save keeps results, not checkpoints; restore puts the runs back
+    (config.yaml rebuilt from results.jsonl) so that rerunning the grid trains nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("grid_copy", ROOT / "benchmarks/grid_copy.py")
+    grid_copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid_copy)
+    out, docs = tmp_path / "grid", tmp_path / "docs"
+    argv = _fake_grid(tmp_path, out, "--metric", "test_nll", "--seeds", "2")
+    assert run_cli(capsys, *argv)[0] == 0
+    assert grid_copy.save(out, docs) == 6  # 3 variants x 2 seeds
+    assert not list(docs.rglob("*.pt")) and (docs / "report.md").is_file()
+    (docs / "runs" / "baseline-s0" / "config.yaml").unlink()  # as in a copy made before it
+    shutil.rmtree(out)
+    assert grid_copy.restore(docs, out) == 6
+    assert grid_copy.restore(docs, out) == 0  # already there
+    assert (out / "runs" / "baseline-s0" / "config.yaml").is_file()
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 0, err
+    assert not list(out.rglob("last.pt")), "a restored run was trained again"
+    assert (out / "report.md").read_text() == (docs / "report.md").read_text()

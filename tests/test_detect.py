@@ -914,3 +914,4 @@ def test_training_with_a_dead_box_head_warns_once_within_three_epochs(
     assert main(tiny(f"coco:{coco_dir}", tmp_path / "dead", "--epochs", "3")) == 0
     err = capsys.readouterr().err
     assert err.count("the box loss has been 1.0000 for 3 epochs") == 1, err
+    assert f"{tmp_path / 'dead'}: the box loss" in err, "the warning names the run"

@@ -422,7 +422,7 @@ class _Run:
             line = epoch_line(row, cfg.train.epochs, task.shown)
             bar.write(line) if self.show else print(line, flush=True)
             if task.check and (message := task.check(st.metrics)):
-                warn(message)
+                warn(f"{self.out}: {message}")
 
     def add(self, window: torch.Tensor, t_seg: float) -> None:
         """Fold a span of per-step (global mean) losses, their parts and its seconds into the

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Issue 23: the detection bag of freebies at convergence on Fashion scenes (500 training
+# scenes, 40 epochs, step decay so that cosine is a trick), each trick alone, all at once, and
+# the bag chosen on validation, 3 seeds. The baselines are native_scenes.sh's, linked in.
+source "$(dirname "$0")/common.sh"
+mkdir -p runs/ablate-det-scenes-conv/runs
+for s in 0 1 2; do
+  if [ -d runs/native-scenes/runs/baseline-s$s ] && [ ! -e runs/ablate-det-scenes-conv/runs/baseline-s$s ]; then
+    ln -s ../../native-scenes/runs/baseline-s$s runs/ablate-det-scenes-conv/runs/baseline-s$s
+  fi
+done
+run_grid runs/ablate-det-scenes-conv docs/results/detection-ablation-scenes-conv \
+  --task detect --recipe detect \
+  --tricks det_mixup,det_label_smoothing,det_expand,det_crop,det_color_jitter,cosine,det_random_shapes \
+  --mode stack --bag --seeds 3 --launcher local --shards 2 \
+  --set data.limit_train=500 --set train.epochs=40 --set train.eval_every=5 --set sched.decay=step
