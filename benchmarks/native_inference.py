@@ -54,7 +54,7 @@ def evaluate_run(folder: Path, splits: tuple[str, ...], sliced: bool) -> dict[st
         out[split] = {
             name: {k: m[k] for k in KEYS}
             | (
-                {}
+                {"img_per_s": m["img_per_s"]}  # inference speed: compare across variants
                 if name == "as trained"
                 else {
                     "cost": base["img_per_s"] / m["img_per_s"],
