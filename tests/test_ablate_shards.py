@@ -93,8 +93,6 @@ def test_claims_are_exclusive_and_dead_ones_are_taken_over(tmp_path):
     old = time.time() - shards.STALE_S - 1
     os.utime(lock / "4", (old, old))
     assert shards.claim(tmp_path, "r", (2, 2)).number == 5
-    # Only a dead claim is taken when asked so: nobody's run is left to its own shard.
-    assert shards.claim(tmp_path, "other", (1, 2), unclaimed=False) is None
 
 
 def test_three_local_shards_give_the_rows_of_one_process(tmp_path, capsys):
@@ -115,6 +113,25 @@ def test_three_local_shards_give_the_rows_of_one_process(tmp_path, capsys):
     assert {c[0]["shard"] for c in claims.values()} <= {"1/3", "2/3", "3/3"}
     assert json.loads((three / "bag.json").read_text())["variant"]["tricks"] == ["label_smoothing"]
     assert run_cli(capsys, "report", str(three))[0] == 0
+
+
+def test_a_shard_slices_the_runs_left_and_then_takes_any_nobody_holds(tmp_path, capsys):
+    """A grid grown by --also: its new runs are spread over the shards (not left in whichever
+    slice their index fell in), and a shard that is done takes the runs no one started."""
+    out = tmp_path / "grid"
+    argv = _fake_grid(tmp_path, out, "--metric", "test_nll", "--seeds", "2")
+    assert run_cli(capsys, *argv)[0] == 0  # 3 variants x 2 seeds, by one process
+    grown = [*argv, "--also", "ls3=loss.label_smoothing=0.3"]
+    # Of all 8 runs, both new ones fall in shard 2's round-robin slice (indices 3 and 7);
+    # of the 2 runs left, shard 1's slice is the first. Shard 1 alone trains both.
+    rc, printed, err = run_cli(capsys, *grown, "--shard", "1/2")
+    assert rc == 0, err
+    new = {k: c for k, c in _claims(out).items() if k.startswith("ls3")}
+    assert sorted(new) == [f"ls3_loss.label_smoothing=0.3_-s{s}" for s in (0, 1)]
+    assert all(c[-1]["shard"] == "1/2" for c in new.values())
+    first, second = (new[f"ls3_loss.label_smoothing=0.3_-s{s}"][-1]["start"] for s in (0, 1))
+    assert first <= second  # its own slice (seed 0) before the taken run (seed 1)
+    assert "runs are with other shards" not in printed and len(_rows(out)) == 8
 
 
 def test_local_shards_split_the_cores_between_them(monkeypatch, tmp_path):
@@ -240,7 +257,8 @@ def _real_grid(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_real_grid_as_three_shards_matches_one_process(tmp_path, capsys):
+def test_real_grid_as_three_shards_matches_one_process(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as each shard's: fp32 sums in the same order
     write_idx(tmp_path / "data", n_train=256, n_test=128)
     one, three = tmp_path / "one", tmp_path / "three"
     assert run_cli(capsys, *_real_grid(tmp_path / "data", one, "--seeds", "2"))[0] == 0

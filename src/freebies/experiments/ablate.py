@@ -558,13 +558,17 @@ def run_grid(
     book = shards.Ledger(grid.out, [grid.folder(v, s).name for v, s in runs], bag)
     # The default trainer's epochs are known now; another's are learnt from its first run.
     epochs = grid.cfg(variants[0], grid.seeds[0]).train.epochs if grid.own else None
-    worker = Worker(grid, book, shard, len(shards.take(runs, shard)), epochs, variants)
+    # This shard's slice of the runs still to do, so that a resumed or grown grid spreads
+    # what is left over every shard; then any run no live process holds (another shard's
+    # not yet started, or dead), so that no shard idles while runs wait.
+    mine = shards.take([r for r in runs if not _done(grid, book, *r)], shard)
+    worker = Worker(grid, book, shard, len(mine), epochs, variants)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        for v, seed in shards.take(runs, shard):
+        for v, seed in mine:
             worker.train(v, seed, retry=True)
-        for v, seed in runs:  # runs of shards that died
-            worker.train(v, seed, unclaimed=False)
+        for v, seed in runs:
+            worker.train(v, seed)
         if bag:
             worker.wait(runs)
             chosen = worker.bag(tricks)
@@ -574,6 +578,15 @@ def run_grid(
         signal.signal(signal.SIGTERM, previous)
         worker.bar.close()
     return worker.report()
+
+
+def _done(grid: Grid, book: shards.Ledger, v: Variant, seed: int) -> bool:
+    """Whether a run needs no training: its row is recorded without an error, or its folder
+    holds a summary (a run put back from a saved copy)."""
+    row = book.row(grid.folder(v, seed).name)
+    if row is not None:
+        return "error" not in row
+    return (grid.folder(v, seed) / "summary.json").is_file()
 
 
 class Worker:
@@ -602,14 +615,14 @@ class Worker:
             self.bar.total = self.runs * self.epochs
             self.bar.update(self.done * self.epochs - self.bar.n)
 
-    def train(self, v: Variant, seed: int, *, retry: bool = False, unclaimed: bool = True) -> bool:
+    def train(self, v: Variant, seed: int, *, retry: bool = False) -> bool:
         """Train (or resume) one run unless it is finished or another process holds it;
         whether it is finished now. `retry` (this shard's own slice) trains a failed run
-        again; `unclaimed=False` takes only a run whose claim is dead."""
+        again."""
         run = self.grid.folder(v, seed).name
         trained = False
         if self._todo(run, retry):
-            claim = shards.claim(self.grid.out, run, self.shard, unclaimed=unclaimed)
+            claim = shards.claim(self.grid.out, run, self.shard)
             if claim is None:
                 return False
             trained = self._todo(run, retry)  # else finished between the look and the claim

@@ -1,7 +1,8 @@
 """One ablation grid, many processes: shards that claim runs in a shared grid folder.
 
-`freebies ablate --shard I/N` trains the I-th of N round-robin slices of the grid's runs;
-every run keeps its own seed, so the results do not depend on N. The grid folder may sit on
+`freebies ablate --shard I/N` trains the I-th of N round-robin slices of the grid's runs still
+to do, then any run that no live process holds; every run keeps its own seed, so the results
+do not depend on N or on which shard trained what. The grid folder may sit on
 a shared file system (NFS, Lustre, ...) and be written by shards on many hosts at once:
 
 - `locks/RUN/K` is claim number K of run RUN, created with O_CREAT | O_EXCL (only one
@@ -143,11 +144,10 @@ def latest(out: Path, run: str) -> Claim | None:
     return Claim(path, info)
 
 
-def claim(out: Path, run: str, shard: tuple[int, int], *, unclaimed: bool = True) -> Claim | None:
-    """Claim `run` for this process, or None when another holds it (or, with
-    `unclaimed=False`, when nobody ever claimed it: only a dead claim is taken over)."""
+def claim(out: Path, run: str, shard: tuple[int, int]) -> Claim | None:
+    """Claim `run` for this process, or None when another live process holds it."""
     current = latest(out, run)
-    if (current is None and not unclaimed) or (current is not None and current.alive()):
+    if current is not None and current.alive():
         return None
     path = out / "locks" / run / str(current.number + 1 if current else 0)
     path.parent.mkdir(parents=True, exist_ok=True)
