@@ -164,8 +164,9 @@ DET_SLICE = Trick(
     "train on random windows cut at native resolution (or slice_scale x native), now and "
     "then the whole image shrunk to the window; evaluation tiles at the same scale",
     advice="pays when objects are small at the training size: BCCD/4 trained at 2x "
-    "(slice_scale=2) +18.3 map [+16.2, +20.5] over 3 seeds at 3.6x the training time, twice "
-    "what the whole image at 2x bought with the same pixels; aerial-drone at native "
+    "(slice_scale=2) +18.3 map [+16.2, +20.5] over 3 seeds at 3.6x the training time and 7x "
+    "the inference time (its tiles), twice what the whole image at 2x bought with the same "
+    "pixels; aerial-drone at native "
     "resolution with slice_object_prob=0.5 +9.2 map (one seed); keep slice_full_prob low "
     "(0.5 cost 3.3 map on BCCD/4 and once killed the box head on aerial-drone) "
     "(docs/results/small-objects.md)",
