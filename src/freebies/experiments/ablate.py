@@ -580,13 +580,19 @@ def run_grid(
     return worker.report()
 
 
+def _todo(book: shards.Ledger, run: str, retry: bool) -> bool:
+    """Whether `run` is to train: no row yet, or (with `retry`) a failed one."""
+    row = book.row(run)
+    return row is None or (retry and "error" in row)
+
+
 def _done(grid: Grid, book: shards.Ledger, v: Variant, seed: int) -> bool:
-    """Whether a run needs no training: its row is recorded without an error, or its folder
-    holds a summary (a run put back from a saved copy)."""
-    row = book.row(grid.folder(v, seed).name)
-    if row is not None:
-        return "error" not in row
-    return (grid.folder(v, seed) / "summary.json").is_file()
+    """Whether a run needs no training: its row is recorded without an error, or, with no row,
+    its folder holds a summary (a run put back from a saved copy)."""
+    folder = grid.folder(v, seed)
+    if book.row(folder.name) is None:
+        return (folder / "summary.json").is_file()
+    return not _todo(book, folder.name, retry=True)
 
 
 class Worker:
@@ -621,11 +627,11 @@ class Worker:
         again."""
         run = self.grid.folder(v, seed).name
         trained = False
-        if self._todo(run, retry):
+        if _todo(self.book, run, retry):
             claim = shards.claim(self.grid.out, run, self.shard)
             if claim is None:
                 return False
-            trained = self._todo(run, retry)  # else finished between the look and the claim
+            trained = _todo(self.book, run, retry)  # else finished between the look and the claim
             if trained:
                 self._run(v, seed, claim)
         if retry or trained:
@@ -653,10 +659,6 @@ class Worker:
             all(done(grid.folder(v, s).name) for s in grid.seeds)
             or all(done(grid.folder(u, seed).name) for u in self.variants)
         )
-
-    def _todo(self, run: str, retry: bool) -> bool:
-        row = self.book.row(run)
-        return row is None or (retry and "error" in row)
 
     def wait(self, runs: list[tuple[Variant, int]]) -> None:
         """Until every run in `runs` is finished, training any that no live process holds."""
