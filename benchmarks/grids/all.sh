@@ -10,7 +10,7 @@ infer() {  # GRID NAME: tiles and pyramid on each trained run, chosen on val (sk
 }
 $G/native_bccd4.sh && infer runs/native-bccd4 bccd4
 $G/native_scenes.sh && infer runs/native-scenes scenes
-$G/native_aerial.sh && infer runs/native-aerial aerial
+$G/native_aerial_key.sh && infer runs/native-aerial-key aerial
 python benchmarks/detect_tuning.py --recipe detect-bccd --runs runs/tune \
   --variant 640-e24=data.image_size:640,train.epochs:24 --seeds 2
 $G/scenes_conv.sh
