@@ -5,7 +5,7 @@ the test split holds); with `--cost`, also each variant's training minutes, img/
 memory (means over seeds).
 
     python benchmarks/grid_table.py docs/results/detection-ablation-bccd-conv [--loss-at 10 20]
-        [--cost]
+        [--cost] [--sizes]
 
 Reads the grid's results.jsonl and each run's metrics.jsonl (its `run` folder, or the grid's
 copy under runs/); prints markdown. Means and paired intervals are `freebies report`'s own
@@ -65,7 +65,10 @@ def cost(runs: list[dict]) -> str:
     return " | " + " | ".join(cells)
 
 
-def table(grid: Path, epochs: list[int], with_cost: bool = False) -> str:
+SIZES = {"small": "map_small", "medium": "map_medium", "large": "map_large"}
+
+
+def table(grid: Path, epochs: list[int], with_cost: bool = False, sizes: bool = False) -> str:
     rows = [r for r in read_results(grid / "results.jsonl") if "error" not in r]
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -74,10 +77,11 @@ def table(grid: Path, epochs: list[int], with_cost: bool = False) -> str:
         raise SystemExit(f"{grid}: no finished baseline run, so nothing to compare against")
     aps = by["baseline"][0]["ap_per_class"]
     classes = [c for c in aps if aps[c] is not None]  # None: the test split has none
+    columns = list(SIZES) if sizes else classes
     extra = " | train min | img/s | peak GB" if with_cost else ""
     out = [
         f"| variant | seeds | test map | Δ test [95% CI] | val map | Δ val [95% CI] "
-        f"| train loss ep. {' / '.join(map(str, epochs))} | {' / '.join(classes)}{extra} |",
+        f"| train loss ep. {' / '.join(map(str, epochs))} | {' / '.join(columns)} AP{extra} |",
         "| --- | ---: | ---: | --- | ---: | --- | --- | ---" + " | ---:" * (3 * with_cost) + " |",
     ]
     for e in summarize(rows, read_metric(grid)):  # means and paired Δ, as in report.md
@@ -88,9 +92,10 @@ def table(grid: Path, epochs: list[int], with_cost: bool = False) -> str:
         )
         if kind == "bag":
             label += f" ({', '.join(e['tricks'])})"
-        per_class = " / ".join(
-            mean([r["ap_per_class"].get(c) for r in runs], ".1f") for c in classes
-        )
+        aps = [
+            [r.get(SIZES[c]) if sizes else r["ap_per_class"].get(c) for r in runs] for c in columns
+        ]
+        per_column = " / ".join(mean(a, ".1f") for a in aps)
         cells = []
         for slot in ("metric", "val"):  # a grid without a validation split has no "val"
             d = e.get(slot)
@@ -98,7 +103,7 @@ def table(grid: Path, epochs: list[int], with_cost: bool = False) -> str:
                       else interval(d["delta"])]  # fmt: skip
         out.append(
             f"| {label} | {len(runs)} | {' | '.join(cells)} | {losses(runs, grid, epochs)} "
-            f"| {per_class}{cost(runs) if with_cost else ''} |"
+            f"| {per_column}{cost(runs) if with_cost else ''} |"
         )
     return "\n".join(out)
 
@@ -108,8 +113,9 @@ def main() -> None:
     p.add_argument("grid", type=Path)
     p.add_argument("--loss-at", type=int, nargs="+", default=[10, 20])
     p.add_argument("--cost", action="store_true", help="add training minutes, img/s, peak GB")
+    p.add_argument("--sizes", action="store_true", help="AP by COCO size bin, not by class")
     args = p.parse_args()
-    print(table(args.grid, args.loss_at, args.cost))
+    print(table(args.grid, args.loss_at, args.cost, args.sizes))
 
 
 if __name__ == "__main__":

@@ -605,3 +605,37 @@ def test_a_grid_saved_into_the_repo_is_restored_and_not_trained_again(tmp_path, 
     assert rc == 0, err
     assert not list(out.rglob("last.pt")), "a restored run was trained again"
     assert (out / "report.md").read_text() == (docs / "report.md").read_text()
+
+
+def test_grid_table_means_and_pairs_a_detection_grid_by_class_or_by_size(tmp_path):
+    """benchmarks/grid_table.py on hand-made rows: per-variant means, the paired Δ, the loss at
+    the asked epochs from each run's metrics.jsonl, AP by class or (--sizes) by size bin."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("grid_table", ROOT / "benchmarks/grid_table.py")
+    grid_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid_table)
+    (tmp_path / "grid.json").write_text(json.dumps({"metric": "map", "better": "higher"}))
+    rows = []
+    for variant, base in (("baseline", 40.0), ("sliced", 44.0)):
+        for seed in (0, 1):
+            run = tmp_path / "runs" / f"{variant}-s{seed}"
+            run.mkdir(parents=True)
+            losses = [{"epoch": e, "train_loss": base / 40 - e / 100} for e in (1, 2)]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in losses))
+            rows.append({
+                "variant": variant, "kind": "baseline" if variant == "baseline" else "single",
+                "tricks": [] if variant == "baseline" else [variant], "seed": seed,
+                "overrides": {}, "command": "freebies ablate", "run": str(run),
+                "map": base + seed, "val_map": base + 2 * seed,
+                "map_small": base / 2 + seed, "map_medium": base, "map_large": base + 10,
+                "ap_per_class": {"cell": base + 1, "absent": None},
+            })  # fmt: skip
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    by_class = grid_table.table(tmp_path, [2]).splitlines()
+    assert "| cell AP |" in by_class[0] and "absent" not in by_class[0]
+    pair = "+4.0 [+4.0, +4.0]"  # every seed gains 4: no spread
+    assert by_class[3] == f"| sliced | 2 | 44.5 | {pair} | 45.0 | {pair} | 1.08 | 45.0 |"
+    by_size = grid_table.table(tmp_path, [1, 2], sizes=True).splitlines()
+    assert "| small / medium / large AP |" in by_size[0]
+    assert by_size[2].endswith("| 0.99 / 0.98 | 20.5 / 40.0 / 50.0 |")
