@@ -9,6 +9,8 @@ tiles and the pyramid for a full-image model; for a slice-trained one, its pyram
 enlarged 1.5x and 2x). Per grid variant and option: the mean and the paired 95% t-interval
 over seeds of Δ map and Δ AP-small against the run as trained, and the cost over it. The
 option to use is the one with the best Δ val map; its test figure is read after that choice.
+The result file is written after every run, and a rerun reuses the runs it already holds, so
+an interrupted benchmark resumes.
 
     python benchmarks/native_inference.py GRID [GRID ...] [--out docs/results/native_inference.json]
 """
@@ -98,6 +100,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("docs/results/native_inference.json"))
     args = p.parse_args()
     result = {"options": {"full image": OPTIONS[False], "sliced": OPTIONS[True]}, **provenance()}
+    done = _evaluated(args.out)
     for grid in args.grids:
         rows = [json.loads(x) for x in (grid / "results.jsonl").read_text().splitlines() if x]
         variants: dict[str, list[dict]] = {}
@@ -110,22 +113,46 @@ def main() -> None:
             sliced = bool(((row.get("config") or {}).get("det") or {}).get("slice_size"))
             has_val = row.get("val_map") is not None  # the run validated: it has a val split
             splits = ("val", "test") if has_val else ("test",)
-            variants.setdefault(row["variant"], []).append(
-                {"seed": row["seed"], "run": str(folder), "sliced": sliced}
-                | evaluate_run(folder, splits, sliced)
-            )
-        result[str(grid)] = {
-            v: summarize(
-                runs,
-                ("val", "test") if "val" in runs[0] else ("test",),
-                list(OPTIONS[runs[0]["sliced"]]),
-            )
-            | {"per_seed": runs}
-            for v, runs in variants.items()
-        } | {"skipped (failed, or no last.pt)": skipped}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every grid
+            run = done.get(str(folder))
+            if run is None:
+                run = {"seed": row["seed"], "run": str(folder), "sliced": sliced}
+                run |= evaluate_run(folder, splits, sliced)
+            variants.setdefault(row["variant"], []).append(run)
+            result[str(grid)] = _grid_result(variants, skipped)
+            _write(args.out, result)  # after every run: a killed benchmark resumes from here
     print(f"wrote {args.out}")
+
+
+def _evaluated(path: Path) -> dict[str, dict]:
+    """The runs an earlier, interrupted invocation already wrote to `path`, by run folder."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    return {
+        r["run"]: r
+        for grid in old.values()
+        if isinstance(grid, dict)
+        for v in grid.values()
+        if isinstance(v, dict)
+        for r in v.get("per_seed", [])
+    }
+
+
+def _grid_result(variants: dict[str, list[dict]], skipped: list[str]) -> dict:
+    return {
+        v: summarize(
+            runs,
+            ("val", "test") if "val" in runs[0] else ("test",),
+            list(OPTIONS[runs[0]["sliced"]]),
+        )
+        | {"per_seed": runs}
+        for v, runs in variants.items()
+    } | {"skipped (failed, or no last.pt)": skipped}
+
+
+def _write(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
