@@ -9,8 +9,8 @@ source "$(dirname "$0")/common.sh"
 mkdir -p runs/native-aerial-key
 [ -f docs/results/native-aerial-key/results.jsonl ] ||
   python benchmarks/grid_copy.py restore docs/results/native-aerial runs/native-aerial-key
-[ ! -d runs/native-aerial-key/runs ] || find runs/native-aerial-key/runs -mindepth 1 -maxdepth 1 -not -name 'baseline-*' \
-  -not -name 'sliced_obj50*' -exec rm -r {} +
+[ ! -d runs/native-aerial-key/runs ] || find runs/native-aerial-key/runs -mindepth 1 \
+  -maxdepth 1 -not -name 'baseline-*' -not -name 'sliced_obj50*' -exec rm -r {} +
 run_grid runs/native-aerial-key docs/results/native-aerial-key \
   --task detect --recipe detect-bccd --data yolo:../shared/data/aerial-drone/data.yaml \
   --tricks "sliced_obj50=det.slice_size=416,sliced_obj50=det.slice_object_prob=0.5,sliced_obj50=train.epochs=180" \
