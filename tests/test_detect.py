@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -915,3 +916,12 @@ def test_training_with_a_dead_box_head_warns_once_within_three_epochs(
     err = capsys.readouterr().err
     assert err.count("the box loss has been 1.0000 for 3 epochs") == 1, err
     assert f"{tmp_path / 'dead'}: the box loss" in err, "the warning names the run"
+
+
+def test_detect_train_without_the_coco_evaluator_stops_before_training(
+    coco_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # `import` now raises ImportError
+    line = usage_error(capsys, *tiny(f"coco:{coco_dir}", tmp_path / "run"))
+    assert "pip install faster-coco-eval" in line
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -42,7 +42,7 @@ from freebies.data.detection import (
 from freebies.data.io import decode, image_paths, output_stems, write_text
 from freebies.data.loader import group_steps, to_device
 from freebies.deploy import count_macs
-from freebies.detection.coco import coco_metrics
+from freebies.detection.coco import coco_metrics, require_evaluator
 from freebies.detection.draw import draw_detections
 from freebies.detection.mixup import mixup_until
 from freebies.detection.model import BACKBONES, build_detector
@@ -278,6 +278,7 @@ def batch_reader(
 
 def build(cfg: DetectConfig, d: Dist, recorded_precision: list[str] | None = None) -> engine.Task:
     """The detection task for the engine: data, detector and what trains it, the step."""
+    require_evaluator()
     data, dev = load_data(cfg), d.device
     steps_per_epoch = check_training(cfg, data)
     info = data_info(data, cfg)

@@ -17,7 +17,21 @@ from typing import Any
 
 import torch
 
+from freebies.errors import UsageError
+
 KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+
+
+def require_evaluator() -> None:
+    """One line with the fix when faster-coco-eval (the COCO evaluator) is missing: a detection
+    run checks it before training, not at its first evaluation."""
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "faster-coco-eval is not installed, and detection is evaluated with it: "
+            "pip install faster-coco-eval (or reinstall freebies)"
+        ) from None
 
 
 def coco_metrics(
@@ -45,6 +59,7 @@ def coco_metrics(
         map, map_50, map_75, map_small, map_medium, map_large (None where a size bin has no
         ground-truth box) and ap_per_class {name: AP or None}.
     """
+    require_evaluator()
     from faster_coco_eval import COCO, COCOeval_faster
 
     images, annotations, results = [], [], []
