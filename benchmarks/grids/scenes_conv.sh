@@ -2,6 +2,7 @@
 # Issue 23: the detection bag of freebies at convergence on Fashion scenes (500 training
 # scenes, 40 epochs, step decay so that cosine is a trick), each trick alone, all at once, and
 # the bag chosen on validation, 3 seeds. The baselines are native_scenes.sh's, linked in.
+# SHARDS=1 runs one shard (beside another job); a later run with 2 takes over its runs.
 source "$(dirname "$0")/common.sh"
 mkdir -p runs/ablate-det-scenes-conv/runs
 for s in 0 1 2; do
@@ -12,5 +13,5 @@ done
 run_grid runs/ablate-det-scenes-conv docs/results/detection-ablation-scenes-conv \
   --task detect --recipe detect \
   --tricks det_mixup,det_label_smoothing,det_expand,det_crop,det_color_jitter,cosine,det_random_shapes \
-  --mode stack --bag --seeds 3 --launcher local --shards 2 \
+  --mode stack --bag --seeds 3 --launcher local --shards "${SHARDS:-2}" \
   --set data.limit_train=500 --set train.epochs=40 --set train.eval_every=5 --set sched.decay=step
