@@ -25,6 +25,7 @@ from pathlib import Path
 from scipy import stats
 
 from freebies import detect
+from freebies.data.io import write_text
 from freebies.runtime import provenance
 
 PYRAMID = {"pyramid": {"pyramid": "1,1.5,2"}, "pyramid+snip": {"pyramid": "1,1.5,2", "snip": 32.0}}
@@ -101,6 +102,7 @@ def main() -> None:
     args = p.parse_args()
     result = {"options": {"full image": OPTIONS[False], "sliced": OPTIONS[True]}, **provenance()}
     done = _evaluated(args.out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for grid in args.grids:
         rows = [json.loads(x) for x in (grid / "results.jsonl").read_text().splitlines() if x]
         variants: dict[str, list[dict]] = {}
@@ -119,7 +121,8 @@ def main() -> None:
                 run |= evaluate_run(folder, splits, sliced)
             variants.setdefault(row["variant"], []).append(run)
             result[str(grid)] = _grid_result(variants, skipped)
-            _write(args.out, result)  # after every run: a killed benchmark resumes from here
+            # after every run, atomically: a killed benchmark resumes from here
+            write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
@@ -148,11 +151,6 @@ def _grid_result(variants: dict[str, list[dict]], skipped: list[str]) -> dict:
         | {"per_seed": runs}
         for v, runs in variants.items()
     } | {"skipped (failed, or no last.pt)": skipped}
-
-
-def _write(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
