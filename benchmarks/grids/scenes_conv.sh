@@ -10,8 +10,6 @@ for s in 0 1 2; do
     ln -s ../../native-scenes/runs/baseline-s$s runs/ablate-det-scenes-conv/runs/baseline-s$s
   fi
 done
+source benchmarks/grids/scenes_conv_args.sh
 run_grid runs/ablate-det-scenes-conv docs/results/detection-ablation-scenes-conv \
-  --task detect --recipe detect \
-  --tricks det_mixup,det_label_smoothing,det_expand,det_crop,det_color_jitter,cosine,det_random_shapes \
-  --mode stack --bag --seeds 3 --launcher local --shards "${SHARDS:-2}" \
-  --set data.limit_train=500 --set train.epochs=40 --set train.eval_every=5 --set sched.decay=step
+  "${SCENES_CONV_GRID[@]}" --launcher local --shards "${SHARDS:-2}"

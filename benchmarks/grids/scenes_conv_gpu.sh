@@ -18,11 +18,10 @@ pack() {
 mkdir -p "$grid"
 (while sleep 30; do pack; done) &
 packer=$!
-timeout "$seconds" python3 -m freebies ablate --out "$grid" --task detect --recipe detect \
-  --tricks det_mixup,det_label_smoothing,det_expand,det_crop,det_color_jitter,cosine,det_random_shapes \
-  --mode stack --bag --seeds 3 --launcher local --shards "${SHARDS:-9}" \
-  --set data.limit_train=500 --set train.epochs=40 --set train.eval_every=5 \
-  --set sched.decay=step --set train.device=cuda --set train.precision=fp32 "${@:3}"
+source benchmarks/grids/scenes_conv_args.sh
+timeout "$seconds" python3 -m freebies ablate --out "$grid" "${SCENES_CONV_GRID[@]}" \
+  --launcher local --shards "${SHARDS:-9}" --set train.device=cuda --set train.precision=fp32 \
+  "${@:3}"
 status=$?
 kill "$packer"
 pack
