@@ -476,6 +476,9 @@ ls, mix = sets.get("loss.label_smoothing", 0.0), sets.get("aug.mixup", 0.0)
 nll = 0.40 + 0.01 * seed - ls * (0.5 + 0.1 * seed) + mix * (0.1 + 0.05 * seed)
 out = Path(a.out)
 out.mkdir(parents=True, exist_ok=True)
+seen = out.parent.parent / "results.jsonl"  # what the grid had recorded when this run began
+if seen.is_file():
+    (out / "seen.jsonl").write_text(seen.read_text())
 (out / "config.yaml").write_text(yaml.safe_dump(config))
 rows = [{"epoch": e, "test_loss": nll + 0.1 * (2 - e), "test_acc": 80.0 + e} for e in (1, 2)]
 (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
@@ -585,7 +588,8 @@ def test_bad_trainer_or_metric_is_one_line(tmp_path, capsys, argv, match):
 
 def test_a_grid_saved_into_the_repo_is_restored_and_not_trained_again(tmp_path, capsys):
     """benchmarks/grid_copy.py: save keeps results, not checkpoints; restore puts the runs back
-    (config.yaml rebuilt from results.jsonl) so that rerunning the grid trains nothing."""
+    (config.yaml rebuilt from results.jsonl) so that rerunning the grid trains only what is
+    missing, with the restored runs in results.jsonl before it starts."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("grid_copy", ROOT / "benchmarks/grid_copy.py")
@@ -601,9 +605,13 @@ def test_a_grid_saved_into_the_repo_is_restored_and_not_trained_again(tmp_path, 
     assert grid_copy.restore(docs, out) == 6
     assert grid_copy.restore(docs, out) == 0  # already there
     assert (out / "runs" / "baseline-s0" / "config.yaml").is_file()
+    shutil.rmtree(out / "runs" / "mixup-s1")  # a run the copy lacks
     rc, _, err = run_cli(capsys, *argv)
     assert rc == 0, err
-    assert not list(out.rglob("last.pt")), "a restored run was trained again"
+    trained = [p.parent.name for p in out.rglob("last.pt")]
+    assert trained == ["mixup-s1"], "a restored run was trained again"
+    seen = (out / "runs" / "mixup-s1" / "seen.jsonl").read_text().splitlines()
+    assert len(seen) == 5 and json.loads(seen[0])["variant"] == "baseline"
     assert (out / "report.md").read_text() == (docs / "report.md").read_text()
 
 

@@ -561,8 +561,12 @@ def run_grid(
     # This shard's slice of the runs still to do, so that a resumed or grown grid spreads
     # what is left over every shard; then any run no live process holds (another shard's
     # not yet started, or dead), so that no shard idles while runs wait.
-    mine = shards.take([r for r in runs if not _done(grid, book, *r)], shard)
+    adopted = _adopt(grid, book, runs)
+    todo = [r for r in runs if _todo(book, grid.folder(*r).name, retry=True)]
+    mine = shards.take(todo, shard)
     worker = Worker(grid, book, shard, len(mine), epochs, variants)
+    if adopted:
+        worker.report()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         for v, seed in mine:
@@ -586,13 +590,21 @@ def _todo(book: shards.Ledger, run: str, retry: bool) -> bool:
     return row is None or (retry and "error" in row)
 
 
-def _done(grid: Grid, book: shards.Ledger, v: Variant, seed: int) -> bool:
-    """Whether a run needs no training: its row is recorded without an error, or, with no row,
-    its folder holds a summary (a run put back from a saved copy)."""
-    folder = grid.folder(v, seed)
-    if book.row(folder.name) is None:
-        return (folder / "summary.json").is_file()
-    return not _todo(book, folder.name, retry=True)
+def _adopt(grid: Grid, book: shards.Ledger, runs: list[tuple[Variant, int]]) -> int:
+    """Record the row of each finished run folder that has none (put back from a saved copy,
+    or linked from another grid), so that results.jsonl counts it from the start and not
+    once every other run is done; returns how many."""
+    adopted = 0
+    with shards.merging(grid.out):
+        for v, seed in runs:
+            folder = grid.folder(v, seed)
+            if book.row(folder.name) is None and (folder / "summary.json").is_file():
+                row = grid.result(v, seed)
+                if v.kind == "baseline":
+                    _check_metric(grid, row, book.bag)
+                book.record(folder.name, row)
+                adopted += 1
+    return adopted
 
 
 class Worker:
