@@ -125,6 +125,21 @@ def test_tiles_cut_from_the_images_own_pixels_find_what_the_letterbox_threw_away
     assert set(model.seen) == {(64, 64)}  # 64 px windows of the image, shown at 64 px
 
 
+def test_snip_at_native_resolution_leaves_the_trained_scale_whole():
+    """Images at their own resolution for a model trained letterboxed: the pyramid level 1 is
+    the letterbox factor (here 1/4), the pass SNIP must leave whole; only level 2, enlarged
+    beyond it, keeps the small boxes alone."""
+    from freebies import detect
+
+    native = image_with((20, 20, 32, 32), (100, 100, 220, 220), size=(256, 256))  # 12, 120 px
+    o = detect.check_multiscale(pyramid="1,2", snip=8.0)  # 8 input px: 32 of the image's
+    model = Stub(64)
+    found = detect.native_infer(model, 64, [1.0, 2.0], None, None, o)(native)[0]["boxes"]
+    sides = sorted((found[:, 2] - found[:, 0]).round().tolist())
+    assert sides == [12.0, 120.0]
+    assert set(model.seen) == {(64, 64), (128, 128)}
+
+
 def test_each_tile_is_upsampled_to_the_input_size_and_batched():
     x = image_with((10, 10, 20, 20), size=(100, 100)).repeat(3, 1, 1, 1)
     windows = tile_windows(100, 100, grid=(2, 3), overlap=0.2)

@@ -717,6 +717,7 @@ def native_infer(
             merge=o["merge"],
             threshold=o["merge_thr"],
             detections=getattr(model, "detections_per_img", 100),
+            base=f,
         )
 
     return infer

@@ -94,9 +94,16 @@ def check_scales(scales: Sequence[float]) -> None:
 
 
 def pyramid_parts(
-    model: nn.Module, images: torch.Tensor, scales: Sequence[float], snip: float | None, bs: int
+    model: nn.Module,
+    images: torch.Tensor,
+    scales: Sequence[float],
+    snip: float | None,
+    bs: int,
+    base: float = 1.0,
 ) -> list[Dets]:
-    """Each image's detections at every scale, in its own pixels (unmerged)."""
+    """Each image's detections at every scale, in its own pixels (unmerged). With `snip`, a
+    pass enlarged beyond `base` (the scale at which the model saw images in training) keeps
+    only boxes below it, one shrunk below `base` only those at least as large."""
     n, _, h, w = images.shape
     parts: list[Dets] = [[] for _ in range(n)]
     for f in scales:
@@ -104,8 +111,8 @@ def pyramid_parts(
         for i, det in enumerate(_detect(model, _resize(images, sh, sw), bs)):
             boxes = _moved(det["boxes"], w / sw, h / sh)
             keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
-            if snip is not None and f != 1:
-                keep = _side(boxes) < snip if f > 1 else _side(boxes) >= snip
+            if snip is not None and not math.isclose(f, base):
+                keep = _side(boxes) < snip if f > base else _side(boxes) >= snip
             parts[i].append({k: v[keep] for k, v in {**det, "boxes": boxes}.items()})
     return parts
 
@@ -231,6 +238,7 @@ def multiscale_detect(
     threshold: float = 0.5,
     batch_size: int = 8,
     detections: int = 100,
+    base: float = 1.0,
 ) -> Dets:
     """Detect on an image pyramid and/or tiles of each image, map back, merge.
 
@@ -246,12 +254,15 @@ def multiscale_detect(
         input_size: the side the model was trained at (needed with `windows`).
         snip: SNIP-style ranges, in original pixels: a pass with f > 1 and every tile keep
             only boxes whose side sqrt(w * h) is below `snip` (they exist for small objects),
-            a pass with f < 1 only boxes at least that large; f = 1 keeps all. None keeps
-            every box.
+            a pass with f < 1 only boxes at least that large; f = 1 keeps all (1: `base`).
+            None keeps every box.
         merge: "ios" or "nms" (see `merge_detections`); default "ios" with tiles, else "nms".
         threshold: the merge's IoS or IoU threshold.
         batch_size: images (or tiles) per forward pass.
         detections: the most boxes kept per image, by score.
+        base: the resize at which the model saw these images in training (images at their
+            own resolution for a model trained letterboxed: the letterbox factor); the pass
+            at `base` is the plain one that snip leaves whole.
 
     Returns:
         One {"boxes" (xyxy, the input's pixels), "scores", "labels"} per image.
@@ -259,7 +270,7 @@ def multiscale_detect(
     check_scales(scales)
     if not scales and not windows:
         raise ValueError("multiscale_detect: give scales, windows or both")
-    parts = pyramid_parts(model, images, scales, snip, batch_size)
+    parts = pyramid_parts(model, images, scales, snip, batch_size, base)
     if windows:
         if input_size is None:
             raise ValueError("multiscale_detect: tiles need input_size (the training size)")
