@@ -918,6 +918,32 @@ def test_training_with_a_dead_box_head_warns_once_within_three_epochs(
     assert f"{tmp_path / 'dead'}: the box loss" in err, "the warning names the run"
 
 
+def test_evaluation_during_training_runs_in_fp32_whatever_the_precision(tmp_path, monkeypatch):
+    """Under bf16 autocast FCOS decodes its boxes in bf16 (2 px steps from 256 px on): the
+    evaluation that picks best.pt and fills the summary sees the fp32 boxes `detect eval` sees."""
+    from freebies.distributed import Dist
+
+    root = coco_set(tmp_path / "coco")
+    seen, real = {}, detect.coco_metrics
+    for precision in ("fp32", "bf16"):
+        sets = {
+            **{"data.spec": f"coco:{root}", "data.image_size": 128, "data.limit_test": 4},
+            **{"det.fpn_width": 16, "det.score_thresh": 0.0, "train.precision": precision},
+        }
+        task = detect.build(config.load("detect", sets), Dist(0, 1, torch.device("cpu")))
+        assert task.precision[0] == precision
+
+        def record(preds, *a, precision=precision, **k):
+            seen.setdefault(precision, []).extend(preds)
+            return real(preds, *a, **k)
+
+        monkeypatch.setattr(detect, "coco_metrics", record)
+        task.evaluate(True)
+    assert sum(len(p["boxes"]) for p in seen["fp32"]) > 100  # score 0: every image has boxes
+    for a, b in zip(seen["fp32"], seen["bf16"], strict=True):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
 def test_detect_train_without_the_coco_evaluator_stops_before_training(
     coco_dir, tmp_path, capsys, monkeypatch
 ):

@@ -140,6 +140,41 @@ def test_snip_at_native_resolution_leaves_the_trained_scale_whole():
     assert set(model.seen) == {(64, 64), (128, 128)}
 
 
+def test_native_inference_takes_its_scale_from_the_image_not_its_padded_batch():
+    """A 100 x 75 image (rect batches pad it to 128 x 96) for a model trained at 64: the pass
+    at the trained scale shows it at 64/100, so a 10 px object is 6.4 px there (found by a
+    detector of objects of at least 6 px), not at 64/128 (5 px, missed)."""
+    from freebies import detect
+
+    class Model(Stub):  # predict() asks a model for its device
+        def __init__(self) -> None:
+            super().__init__(64, min_px=6)
+            self.p = nn.Parameter(torch.zeros(1))
+
+    image = (255 * image_with((40, 30, 50, 40), size=(75, 100))[0]).to(torch.uint8)
+    info = {"image_size": 64, "rect": True, "classes": ["a"], "category_ids": [1]}
+    model = Model()
+    infer = detect.native_infer(model, 64, [1.0], None, None, detect.check_multiscale())
+    found = detect.predict_image(model, image, info, 0.5, infer=infer)
+    assert [f["box_xyxy"] for f in found] == [pytest.approx([40, 30, 50, 40], abs=1)]
+    assert set(model.seen) == {(48, 64)}
+
+
+def test_tile_boxes_moved_into_a_large_frame_keep_float32_coordinates():
+    """A detector under bf16 autocast returns bf16 boxes; moved to their tile's place beyond
+    1024 px they must not be rounded to bf16's 8 px steps."""
+
+    class Bf16Stub(Stub):
+        def forward(self, images):
+            return [{**d, "boxes": d["boxes"].bfloat16()} for d in super().forward(images)]
+
+    x = image_with((1500, 20, 1512, 32), size=(64, 2048))  # 1500 is no bf16 number
+    windows = tile_windows(64, 2048, tile_size=64, overlap=0.2)
+    found = multiscale_detect(Bf16Stub(64), x, scales=(), windows=windows, input_size=64)[0]
+    assert found["boxes"].dtype == torch.float32
+    assert found["boxes"].tolist() == [[1500.0, 20.0, 1512.0, 32.0]]
+
+
 def test_each_tile_is_upsampled_to_the_input_size_and_batched():
     x = image_with((10, 10, 20, 20), size=(100, 100)).repeat(3, 1, 1, 1)
     windows = tile_windows(100, 100, grid=(2, 3), overlap=0.2)

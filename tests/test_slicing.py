@@ -294,7 +294,7 @@ def test_a_sliced_model_is_evaluated_and_predicts_tiled_at_its_scale(tmp_path, c
     detect.predict(model, split, batch_size=4, infer=detect.sliced_infer(model, 32, factors=(1, 2)))
     halves = sum(
         len(multiscale.tile_windows(h, w, tile_size=16, overlap=0.2))
-        for h, w in split.shapes.tolist()
+        for h, w in split.fitted.tolist()  # the images, not their padded batch shapes
     )
     assert len(seen) == plain + halves and all(max(s) <= 32 for s in seen)
     # eval says how it ran; tiles on top, or a pyramid below 1, are refused in one line

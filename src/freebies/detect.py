@@ -361,7 +361,8 @@ def predict(
 ) -> list[dict[str, torch.Tensor]]:
     """Detections on this rank's shard of `split`, in each image's original pixels (CPU).
 
-    Batches hold images of one batch shape, cut to it.
+    Batches hold images of one batch shape, cut to it; with `infer`, of one size, cut to the
+    images themselves (no padding), since its scales and tiles are taken from that size.
     `infer` maps a float batch (N, 3, h, w) in [0, 1] to the detections in its pixels
     (e.g. `freebies.detection.multiscale.multiscale_detect`); default: one plain pass.
     `progress` shows a bar with its ETA (`freebies detect eval`).
@@ -371,12 +372,12 @@ def predict(
     model.eval()
     dev = next(model.parameters()).device
     out = []
-    index = shape_batches(
-        split.shapes[rank::world], batch_size, list(range(rank, len(split), world))
-    )
+    shapes = split.shapes if infer is None else split.fitted
+    index = shape_batches(shapes[rank::world], batch_size, list(range(rank, len(split), world)))
     for ib in tqdm(index, unit="batch", disable=not progress, leave=False):
         x = split.batch(ib).to(dev).float() / 255
-        h, w = x.shape[-2:]
+        h, w = shapes[ib[0]].tolist()
+        x = x[..., :h, :w]
         with autocast or contextlib.nullcontext(), native_size(model, h, w):
             dets = infer(x) if infer is not None else model(list(x.unbind(0)))
         out += [in_original(det, split, i) for i, det in zip(ib, dets, strict=True)]
@@ -465,11 +466,11 @@ def evaluate_split(
 
 def eval_row(s: DetStep, data: DetData, d: Dist, info: dict[str, Any]) -> dict[str, Any]:
     """Test (and validation) COCO metrics for a metrics row; the EMA weights when EMA is on;
-    a slice-trained model tiled at its trained scale."""
+    a slice-trained model tiled at its trained scale. In fp32 whatever the training's precision:
+    under bf16 autocast FCOS decodes its boxes in bf16 (benchmarks/eval_precision.py)."""
     model = s.ema.module if s.ema is not None else s.net
     kw = dict(
         batch_size=s.cfg.train.eval_batch_size,
-        autocast=s.autocast,
         rank=d.rank,
         world=d.world,
         infer=sliced_infer(model, info["slice"]["size"]) if info.get("slice") else None,

@@ -82,10 +82,11 @@ def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def _moved(boxes: torch.Tensor, sx: float, sy: float, dx: float = 0, dy: float = 0) -> torch.Tensor:
-    """xyxy boxes scaled by (sx, sy), then shifted by (dx, dy); float64 arithmetic."""
+    """xyxy boxes scaled by (sx, sy), then shifted by (dx, dy): float64 arithmetic, float32
+    out (never back to a bf16 of autocast, whose steps are 8 px beyond 1024)."""
     scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float64, device=boxes.device)
     shift = torch.tensor([dx, dy, dx, dy], dtype=torch.float64, device=boxes.device)
-    return (boxes.double() * scale + shift).to(boxes.dtype)
+    return (boxes.double() * scale + shift).float()
 
 
 def check_scales(scales: Sequence[float]) -> None:
