@@ -253,10 +253,10 @@ def multiscale_detect(
             upsampled so its longer side is `input_size` (a crop at its own resolution would
             show the model the same pixels); the windows of all images run in batches.
         input_size: the side the model was trained at (needed with `windows`).
-        snip: SNIP-style ranges, in original pixels: a pass with f > 1 and every tile keep
-            only boxes whose side sqrt(w * h) is below `snip` (they exist for small objects),
-            a pass with f < 1 only boxes at least that large; f = 1 keeps all (1: `base`).
-            None keeps every box.
+        snip: SNIP-style ranges, in original pixels: a pass with f > `base` and every tile
+            keep only boxes whose side sqrt(w * h) is below `snip` (they exist for small
+            objects), a pass with f < `base` only boxes at least that large; the pass at
+            `base` keeps all. None keeps every box.
         merge: "ios" or "nms" (see `merge_detections`); default "ios" with tiles, else "nms".
         threshold: the merge's IoS or IoU threshold.
         batch_size: images (or tiles) per forward pass.
