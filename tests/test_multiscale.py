@@ -492,6 +492,23 @@ def test_check_multiscale_applies_the_defaults_only_where_they_act():
 
 
 @pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"tiles": "2x2", "tile_size": 96}, "each choose the tiles; give one"),
+        ({"tile_size": 96, "auto_tiles": True}, "each choose the tiles; give one"),
+        ({"pyramid": "1,2", "merge": "wbf"}, "--merge is one of ios, nms, got 'wbf'"),
+    ],
+)
+def test_check_multiscale_refuses_what_the_cli_cannot_parse(options, match):
+    """The Python API (`evaluate_checkpoint(multiscale=...)`) gets the CLI's one-line errors."""
+    from freebies.detect import check_multiscale
+    from freebies.errors import UsageError
+
+    with pytest.raises(UsageError, match=match):
+        check_multiscale(**options)
+
+
+@pytest.mark.parametrize(
     ("options", "warning"),
     [
         (

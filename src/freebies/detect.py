@@ -582,8 +582,12 @@ def check_multiscale(
         if not (x and rows.isdigit() and cols.isdigit() and int(rows) * int(cols) > 0):
             raise UsageError(f"--tiles takes ROWSxCOLS such as 2x2, got {tiles!r}")
         grid = (int(rows), int(cols))
+    if sum((grid is not None, tile_size is not None, auto_tiles)) > 1:
+        raise UsageError("--tiles, --tile-size and --auto-tiles each choose the tiles; give one")
     if tile_size is not None and tile_size < 1:
         raise UsageError(f"--tile-size is a tile side in pixels >= 1, got {tile_size}")
+    if merge is not None and merge not in ms.MERGES:
+        raise UsageError(f"--merge is one of {', '.join(ms.MERGES)}, got {merge!r}")
     if snip is not None and not 0 < snip < float("inf"):
         raise UsageError(f"--snip is a box side in pixels > 0, got {snip}")
     tiled = bool(grid or tile_size or auto_tiles)
