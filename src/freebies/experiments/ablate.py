@@ -599,12 +599,16 @@ def _adopt(grid: Grid, book: shards.Ledger, runs: list[tuple[Variant, int]]) -> 
         for v, seed in runs:
             folder = grid.folder(v, seed)
             if book.row(folder.name) is None and (folder / "summary.json").is_file():
-                row = grid.result(v, seed)
-                if v.kind == "baseline":
-                    _check_metric(grid, row, book.bag)
-                book.record(folder.name, row)
+                _record(grid, book, v, seed, grid.result(v, seed))
                 adopted += 1
     return adopted
+
+
+def _record(grid: Grid, book: shards.Ledger, v: Variant, seed: int, row: dict) -> None:
+    """Put a run's row in the book; a baseline's must hold the grid's metric."""
+    if v.kind == "baseline":
+        _check_metric(grid, row, book.bag)
+    book.record(grid.folder(v, seed).name, row)
 
 
 class Worker:
@@ -659,9 +663,7 @@ class Worker:
         if error and v.kind == "baseline":
             raise UsageError(f"the baseline run (seed {seed}) failed: {error}")
         row = grid.result(v, seed) if error is None else grid.row(v, seed) | {"error": error}
-        if v.kind == "baseline":
-            _check_metric(grid, row, self.book.bag)
-        self.book.record(grid.folder(v, seed).name, row)
+        _record(grid, self.book, v, seed, row)
         if self.epochs is None:
             self.epochs = _epochs_done(grid.folder(v, seed)) or None
         # results.jsonl after every run; the report (plots: ~1 s) once a variant or a seed is
