@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fakedata import write_idx
+from freebies import config
 from freebies.errors import UsageError
 from freebies.experiments import ablate
 from freebies.report.table import Metric, bar_colour, markdown, paired_delta, summarize
@@ -229,6 +231,33 @@ def test_parse_tricks_keeps_a_bracketed_list_whole():
         {"det.random_shapes": [320, 416]},
     )
     assert got[1][0] == "det_mixup"
+
+
+def test_a_grid_resumes_after_a_trick_setting_is_rewritten_but_not_after_it_changes(tmp_path):
+    """grid.json names the tricks; whether a finished run still matches is its resolved
+    config: det_random_shapes, once a list of sizes, now [0.75, 1.25] x data.image_size."""
+
+    def prepare(tricks):
+        return ablate.prepare("detect", tricks, [0], "single", tmp_path, {}, bag=False,
+                              command="freebies ablate --task detect",
+                              trainer=ablate.DETECT_TRAINER)  # fmt: skip
+
+    def trained(sizes):  # the run folder a grid of the old catalog setting left
+        grid, variants = prepare([("det_random_shapes", {"det.random_shapes": sizes})])
+        folder = grid.folder(variants[1], 0)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.yaml").write_text(
+            yaml.safe_dump(config.to_dict(grid.cfg(variants[1], 0)))
+        )
+
+    trained([192, 224, 256, 288, 320])
+    assert [v.name for v in prepare(ablate.parse_tricks("det_random_shapes"))[1]][1] == (
+        "det_random_shapes"
+    )
+    shutil.rmtree(tmp_path / "runs")
+    trained([160, 192])
+    with pytest.raises(UsageError, match=r"was trained with det.random_shapes=\[160, 192\]"):
+        prepare(ablate.parse_tricks("det_random_shapes"))
 
 
 def _ablate_args(data: Path, out: Path, *extra: str) -> list[str]:

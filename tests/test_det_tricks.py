@@ -19,6 +19,7 @@ from freebies.detection import model as det_model
 from freebies.detection.mixup import mix_detection, mixup_until
 from freebies.detection.model import build_detector
 from freebies.detection.transforms import DET_RANDOM_SHAPES, random_shape
+from freebies.errors import UsageError
 from helpers import usage_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -245,6 +246,24 @@ def test_random_shape_is_drawn_every_k_steps_from_the_list_and_reproducible():
     on = config.flatten(config.to_dict(config.load("detect", {"det.random_shapes": [64, 96]})))
     assert DET_RANDOM_SHAPES.build(on)(5) in (64, 96)
     assert DET_RANDOM_SHAPES.build(config.flatten(config.to_dict(config.load("detect")))) is None
+
+
+def test_random_shapes_default_spans_a_quarter_either_side_of_each_recipes_size():
+    """The catalog's setting is relative: 192-320 for the 256 px scenes recipe and 320-512
+    for BCCD's 416 px (the lists measured at convergence), resolved into the run's config."""
+
+    def shapes(recipe: str, **extra) -> list[int]:
+        cfg = config.load(recipe, {**DET_RANDOM_SHAPES.on, **extra})
+        assert cfg.det.random_shapes_scale is None  # the config names the sizes it trains at
+        return cfg.det.random_shapes
+
+    assert shapes("detect") == [192, 224, 256, 288, 320]
+    assert shapes("detect-bccd") == [320, 352, 384, 416, 448, 480, 512]
+    assert shapes("detect", **{"data.image_size": 40}) == [32]  # none in range: the nearest
+    with pytest.raises(UsageError, match="use one"):
+        config.load("detect", {**DET_RANDOM_SHAPES.on, "det.random_shapes": [64]})
+    with pytest.raises(UsageError, match="0 < lo <= hi"):
+        config.load("detect", {"det.random_shapes_scale": [1.25, 0.75]})
 
 
 # --------------------------------------------------------------------------------------------

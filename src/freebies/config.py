@@ -8,6 +8,7 @@ expected type. The resolved recipe is saved in every run folder as ``config.yaml
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -110,6 +111,8 @@ class DetCfg:
     color_jitter: bool = False  # per-image brightness, contrast and saturation
     jitter_strength: float = 0.5  # factors in [1 - s, 1 + s] (SSD's contrast range: 0.5)
     random_shapes: list[int] | None = None  # training sizes, multiples of 32; null = off
+    # Or as [lo, hi] factors of data.image_size: every multiple of 32 between; load resolves it.
+    random_shapes_scale: tuple[float, float] | None = None
     random_shapes_every: int = 10  # draw a new size every k iterations (GluonCV: 10)
     # Sliced training (SAHI): random windows at native resolution; evaluation tiles at that scale.
     slice_size: int | None = None  # window side in px, a multiple of 32; null = off
@@ -476,7 +479,9 @@ def load(
             f"recipe {Path(recipe).stem} is a {own} recipe, not a {task} one; train it with "
             f"`{COMMANDS[own]}`, or choose a {task} recipe"
         )
-    return validate(clamp_warmup(apply(apply(CONFIGS[task](), data), overrides or {})))
+    return validate(
+        resolve_shapes(clamp_warmup(apply(apply(CONFIGS[task](), data), overrides or {})))
+    )
 
 
 def clamp_warmup(cfg: Config) -> Config:
@@ -489,6 +494,26 @@ def clamp_warmup(cfg: Config) -> Config:
             f"sched.warmup_epochs={warmup:g} is not shorter than the run "
             f"(train.epochs={epochs}); warming up over {epochs / 2:g} epochs instead"
         )
+    return cfg
+
+
+def resolve_shapes(cfg: Config) -> Config:
+    """`det.random_shapes_scale: [lo, hi]` as the sizes it stands for: every multiple of 32
+    from lo to hi times data.image_size (at least the one nearest data.image_size), written to
+    det.random_shapes, so that a run's config names the sizes it trained at."""
+    det = getattr(cfg, "det", None)
+    if det is None or det.random_shapes_scale is None:
+        return cfg
+    lo, hi = det.random_shapes_scale
+    if det.random_shapes is not None or not 0 < lo <= hi:
+        raise UsageError(
+            f"det.random_shapes_scale={list(det.random_shapes_scale)} must be [lo, hi] with "
+            "0 < lo <= hi, and det.random_shapes unset (both set the training sizes; use one)"
+        )
+    size = cfg.data.image_size
+    first, last = max(1, math.ceil(lo * size / 32)), math.floor(hi * size / 32)
+    det.random_shapes = [32 * k for k in range(first, last + 1)] or [32 * max(1, round(size / 32))]
+    det.random_shapes_scale = None
     return cfg
 
 

@@ -393,13 +393,14 @@ DET_RANDOM_SHAPES = Trick(
     ("detect",),
     (
         Key("det.random_shapes", list, "(0, inf)", note="multiples of 32; null = off"),
+        Key("det.random_shapes_scale", tuple, "(0, inf)", note="[lo, hi] x data.image_size"),
         Key("det.random_shapes_every", int, "(0, inf)", note="iterations"),
     ),
-    {"det.random_shapes": [192, 224, 256, 288, 320]},
+    {"det.random_shapes_scale": [0.75, 1.25]},
     "Zhang et al. 2019 (detection bag of freebies)" + "; Redmon & Farhadi 2018 (YOLOv3)",
     "https://arxiv.org/abs/1902.04103",
-    "every k iterations the whole batch trains at a size drawn from the list; evaluation "
-    "stays at data.image_size",
+    "every k iterations the whole batch trains at a size drawn from the list (or from every "
+    "multiple of 32 in [lo, hi] x data.image_size); evaluation stays at data.image_size",
     check=_shape_rules,
     build=lambda s: when(
         s["det.random_shapes"],

@@ -754,6 +754,8 @@ def _same_grid(out: Path, grid: dict[str, Any]) -> None:
     The metric only decides the report (and the bag), so it may change until a bag has been
     chosen on it; grid.json then records the new one. `also` variants may be appended to a
     grid (they are never stacked or bagged, so the runs done stay valid); the others stay.
+    Tricks are compared by name: a catalog setting changed since (e.g. written relative to the
+    image size) is checked run by run on the resolved config (`Grid.same_config`).
     """
     path = out / "grid.json"
     if path.is_file():
@@ -761,9 +763,13 @@ def _same_grid(out: Path, grid: dict[str, Any]) -> None:
         fixed = [k for k in grid if k not in ("metric", "better") or _bag_chosen(out)]
         new = json.loads(json.dumps(grid))
         grown = new["also"][: len(saved["also"])] == saved["also"]
-        diff = next(
-            (k for k in fixed if saved.get(k) != new[k] and not (k == "also" and grown)), None
-        )
+
+        def same(k: str) -> bool:
+            if k == "tricks":
+                return [t[0] for t in saved[k]] == [t[0] for t in new[k]]
+            return saved.get(k) == new[k] or (k == "also" and grown)
+
+        diff = next((k for k in fixed if not same(k)), None)
         if diff is not None:
             raise UsageError(
                 f"{out} holds another grid (its {diff} was {saved.get(diff)!r}); use another "
