@@ -44,6 +44,9 @@ def key_types(task: str) -> dict[str, type]:
     return out
 
 
+RESOLVED = {"det.random_shapes_scale": "det.random_shapes"}
+
+
 @pytest.mark.parametrize("trick", TRICKS, ids=lambda t: t.name)
 def test_every_record_names_keys_of_its_tasks_with_their_types(trick):
     assert trick.tasks and set(trick.tasks) <= {"classify", "detect"}
@@ -57,7 +60,9 @@ def test_every_record_names_keys_of_its_tasks_with_their_types(trick):
         recipe = "baseline" if task == "classify" else "detect"
         cfg = config.load(recipe, {"data.val_split": 0.1, **trick.on})
         flat = config.flatten(config.to_dict(cfg))
-        assert all(flat[k] == v for k, v in trick.on.items())
+        assert all(flat[k] == v for k, v in trick.on.items() if k not in RESOLVED)
+        # a relative setting is written as what it stands for (config.resolve_shapes)
+        assert all(flat[k] is None and flat[RESOLVED[k]] for k in trick.on.keys() & RESOLVED)
 
 
 @pytest.mark.parametrize("task", ["classify", "detect"])
@@ -90,7 +95,7 @@ def test_builders_give_nothing_at_the_plain_defaults_and_a_callable_when_on(task
     assert set(catalog.built(task, base)) <= defaults_on
     for t in catalog.for_task(task):
         if t.build is not None:
-            cfg = config.apply(config.CONFIGS[task](), t.on)
+            cfg = config.resolve_shapes(config.apply(config.CONFIGS[task](), t.on))
             assert callable(t.build(config.flatten(config.to_dict(cfg)))), t.name
 
 
@@ -239,7 +244,11 @@ def test_every_detection_trick_changes_what_trains(tmp_path, one_thread):
     base = run("base", {})
     # These boxes are small for their images: no crop of at least 0.3 of the side reaches IoU
     # 0.1 with one (the SSD crop then keeps the image whole), so the crop is tested at 0.1.
-    extra = {"det_crop": {"det.crop_min_scale": 0.1}}
+    # Random shapes' 0.75-1.25 x 64 px is 64 px alone, so it is tested at 1.5-2 (96, 128 px).
+    extra = {
+        "det_crop": {"det.crop_min_scale": 0.1},
+        "det_random_shapes": {"det.random_shapes_scale": [1.5, 2]},
+    }
     same = []
     for t in TRICKS:
         if t.tasks == ("detect",):

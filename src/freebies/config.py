@@ -510,7 +510,7 @@ def resolve_shapes(cfg: Config) -> Config:
             f"det.random_shapes_scale={list(det.random_shapes_scale)} must be [lo, hi] with "
             "0 < lo <= hi, and det.random_shapes unset (both set the training sizes; use one)"
         )
-    size = cfg.data.image_size
+    size = cfg.data.image_size or DETECT_IMAGE_SIZE
     first, last = max(1, math.ceil(lo * size / 32)), math.floor(hi * size / 32)
     det.random_shapes = [32 * k for k in range(first, last + 1)] or [32 * max(1, round(size / 32))]
     det.random_shapes_scale = None
@@ -544,5 +544,6 @@ def migrate(d: dict, task: str) -> dict:
     return {k: v for k, v in flatten(d).items() if k in own or k not in others}
 
 
+DETECT_IMAGE_SIZE = 416  # the letterbox size when a detection recipe sets no data.image_size
 COMMANDS = {"classify": "freebies train", "detect": "freebies detect train"}  # train, resume
 EVAL_COMMANDS = {"classify": "freebies eval", "detect": "freebies detect eval"}

@@ -55,7 +55,6 @@ from freebies.tricks.ema import ema_weights
 
 MODELS = tuple(f"fcos_{b}" for b in BACKBONES)
 LOSS_PARTS = ("classification", "bbox_regression", "bbox_ctrness")  # FCOS's, logged per epoch
-IMAGE_SIZE = 416  # letterbox size when the recipe sets no data.image_size
 
 
 @dataclass
@@ -195,7 +194,7 @@ def load_data(cfg: DetectConfig, native: bool = False) -> DetData:
             dist.barrier()
     data = load_detection(
         spec,
-        image_size=cfg.data.image_size or IMAGE_SIZE,
+        image_size=cfg.data.image_size or config.DETECT_IMAGE_SIZE,
         val_split=cfg.data.val_split,
         test_split=cfg.data.test_split,
         split_seed=cfg.data.split_seed,
@@ -253,7 +252,7 @@ def data_info(data: DetData, cfg: DetectConfig) -> dict[str, Any]:
         "fingerprint": data.fingerprint,
         "classes": data.classes,
         "category_ids": data.category_ids,
-        "image_size": sliced or cfg.data.image_size or IMAGE_SIZE,
+        "image_size": sliced or cfg.data.image_size or config.DETECT_IMAGE_SIZE,
         "rect": cfg.data.rect,
         "slice": {"size": sliced, "scale": cfg.det.slice_scale} if sliced else None,
         "mean": (mean / 255).tolist(),
