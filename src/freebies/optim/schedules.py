@@ -131,6 +131,7 @@ COSINE = Trick(
     "https://arxiv.org/abs/1608.03983",
     "LR follows 1/2 (1 + cos(pi t / T)) over the post-warmup iterations",
     advice="detection: against step decay it paid at a short budget (scenes, 500 steps: "
-    "+5.8 map) and not at convergence (BCCD, 20 epochs: -1.2, interval includes 0): "
-    "its gain is a schedule that finishes decaying (docs/results/detection.md)",
+    "+5.8 map) and not at convergence (scenes, 40 epochs: -0.6 [-2.4, +1.2]; BCCD, 20 "
+    "epochs: -1.2): its gain is a schedule that finishes decaying "
+    "(docs/results/detection.md)",
 )
