@@ -270,7 +270,9 @@ def test_real_grid_as_three_shards_matches_one_process(tmp_path, capsys, monkeyp
 @pytest.mark.slow
 def test_killed_shard_resumes_bit_identically_on_another_shard(tmp_path):
     data = tmp_path / "data"
-    write_idx(data, n_train=256, n_test=128)
+    # 32 steps an epoch: long enough that the kill lands mid-run on a loaded machine too (with 8
+    # the run could finish between epoch 1's metrics and the kill; seen under pytest -n 2).
+    write_idx(data, n_train=1024, n_test=128)
     out = tmp_path / "grid"
     cmd = [sys.executable, "-m", "freebies", *_real_grid(data, out, "--seeds", "1")]
     shard1 = subprocess.Popen([*cmd, "--shard", "1/2"], stderr=subprocess.DEVNULL)
